@@ -1,0 +1,59 @@
+//! Control registers.
+
+use core::arch::asm;
+
+/// CR0 bits zdat uses (IBM bit n of the doubleword = 1 << (63 - n)).
+pub mod cr0 {
+    /// Secondary-space control: SACF/MVCP/MVCS may use the secondary space.
+    pub const SECONDARY_SPACE: u64 = 1 << (63 - 37);
+    /// External-interruption subclass masks.
+    pub const EMERGENCY_SIGNAL: u64 = 1 << (63 - 49);
+    pub const EXTERNAL_CALL: u64 = 1 << (63 - 50);
+    pub const CLOCK_COMPARATOR: u64 = 1 << (63 - 52);
+    pub const CPU_TIMER: u64 = 1 << (63 - 53);
+    pub const SERVICE_SIGNAL: u64 = 1 << (63 - 54);
+}
+
+/// Read control register `CR`.
+pub fn stctg<const CR: u8>() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: STCTG stores one doubleword into `v`, a valid local.
+    unsafe {
+        asm!("stctg {cr},{cr},0({p})", cr = const CR, p = in(reg_addr) &mut v,
+             options(nostack, preserves_flags));
+    }
+    v
+}
+
+/// Load control register `CR`.
+///
+/// # Safety
+/// The value must be valid for that register: a wrong ASCE, subclass mask or
+/// DAT control changes how every following instruction is translated and
+/// which interruptions arrive.
+pub unsafe fn lctlg<const CR: u8>(v: u64) {
+    // SAFETY: the caller vouches for the value; LCTLG reads one doubleword.
+    unsafe {
+        asm!("lctlg {cr},{cr},0({p})", cr = const CR, p = in(reg_addr) &v,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// Set bits in CR0.
+///
+/// # Safety
+/// As `lctlg`: enabling an interruption subclass must only happen when its
+/// handler is ready.
+pub unsafe fn cr0_set(bits: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { lctlg::<0>(stctg::<0>() | bits) }
+}
+
+/// Clear bits in CR0.
+///
+/// # Safety
+/// As `lctlg`.
+pub unsafe fn cr0_clear(bits: u64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { lctlg::<0>(stctg::<0>() & !bits) }
+}

@@ -1,0 +1,12 @@
+//! s390x primitives: every `asm!` of the kernel lives below this module.
+
+pub mod cr;
+pub mod extable;
+pub mod facility;
+pub mod insn;
+pub mod interrupt;
+pub mod probe;
+pub mod tod;
+
+#[cfg(target_os = "none")]
+mod ktests;

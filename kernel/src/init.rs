@@ -1,0 +1,85 @@
+//! start_kernel: from the boot crate's hand-over to the end of the run.
+
+use crate::arch::s390x::{extable, facility};
+use crate::fmtbuf::FixedBuf;
+use crate::machine::{self, BootInfo, Machine};
+use crate::panic::{exit, ExitStatus};
+use crate::{ktest, log, pr_info, sclp};
+
+pub fn start_kernel(boot: BootInfo) -> ! {
+    log::init();
+    facility::detect();
+    sclp::init();
+    if sclp::console::init().is_err() {
+        // Nothing can be printed; the exit address still says why.
+        exit(ExitStatus::BadConfig);
+    }
+    pr_info!("zdat: booting; command line \"{}\"", boot.cmdline);
+    let info = match sclp::read_info() {
+        Ok(info) => info,
+        Err(e) => {
+            pr_info!("zdat: SCLP Read SCP Info failed: {:?}", e);
+            exit(ExitStatus::BadConfig);
+        }
+    };
+    facility::set_esop1(info.esop1);
+    machine::set(Machine {
+        boot,
+        memory: info.memory,
+        cpus: info.cpus,
+    });
+    pr_info!(
+        "zdat: memory {} MiB, {} CPU{}",
+        info.memory >> 20,
+        info.cpus,
+        if info.cpus == 1 { "" } else { "s" }
+    );
+    log_facilities();
+    let suites = ktest::suites();
+    pr_info!(
+        "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites",
+        boot.image_start,
+        boot.image_end,
+        extable::count(),
+        suites.len()
+    );
+
+    let cmd = machine::cmdline();
+    let filter = ktest::Filter::new(cmd.get("ktest.filter"));
+    if cmd.flag("ktest.list") {
+        let n = ktest::list(suites, &filter);
+        pr_info!("zdat: {} test cases", n);
+        exit(ExitStatus::Success);
+    }
+    let summary = ktest::run(suites, &filter);
+    exit(if summary.ok() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::TestsFailed
+    })
+}
+
+fn log_facilities() {
+    use core::fmt::Write;
+    let mut have = FixedBuf::<160>::new();
+    let mut lack = FixedBuf::<160>::new();
+    for (nr, name) in facility::DAT_FACILITIES {
+        let list = if facility::has_facility(nr) {
+            &mut have
+        } else {
+            &mut lack
+        };
+        let _ = write!(list, " {name}");
+    }
+    let list = if facility::has_esop1() {
+        &mut have
+    } else {
+        &mut lack
+    };
+    let _ = write!(list, " ESOP-1");
+    pr_info!(
+        "zdat: facilities:{}; absent:{}",
+        have.as_str(),
+        lack.as_str()
+    );
+}

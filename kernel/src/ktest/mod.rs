@@ -1,0 +1,201 @@
+//! ktest: the in-kernel test harness. Suites are registered next to their
+//! code with `ktest_suite!`, which places a pointer in the `.ktest_suites`
+//! linker section (like KUnit's suite list), so adding a suite needs no
+//! central list. Cases return `KResult`; the assertion macros print a
+//! diagnostic with file:line and both values and end only the current case.
+
+pub mod glob;
+pub mod ktap;
+mod runner;
+mod selftest;
+
+pub use runner::{list, run, Filter, Summary};
+
+/// Why a case did not pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An assertion failed (its diagnostic is already printed).
+    Fail,
+    /// The case does not apply here; the reason goes into `# SKIP`.
+    Skip(&'static str),
+}
+
+pub type KResult = Result<(), Outcome>;
+
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn() -> KResult,
+}
+
+pub struct Suite {
+    pub name: &'static str,
+    pub cases: &'static [Case],
+    /// Runs before the first case; an error fails every case of the suite.
+    pub init: Option<fn() -> KResult>,
+    /// Runs after the last case.
+    pub exit: Option<fn()>,
+    /// Runs only when a filter names it literally (`ktest.filter=selftest`),
+    /// never as part of the default run or a wildcard.
+    pub explicit: bool,
+    /// The suite keeps memory on purpose: the leak check only reports it.
+    pub keeps_memory: bool,
+}
+
+impl Suite {
+    /// Defaults for the optional fields, for use in `ktest_suite!`.
+    pub const DEFAULT: Suite = Suite {
+        name: "",
+        cases: &[],
+        init: None,
+        exit: None,
+        explicit: false,
+        keeps_memory: false,
+    };
+}
+
+/// Register a suite:
+/// `ktest_suite!(SCLP_SUITE, "sclp", [memory_size, cpu_count]);`
+/// `ktest_suite!(S, "name", [cases...], init: f, exit: g, explicit: true);`
+#[macro_export]
+macro_rules! ktest_suite {
+    ($ident:ident, $name:literal, [$($case:ident),* $(,)?] $(, $field:ident : $value:expr)* $(,)?) => {
+        #[cfg_attr(target_os = "none", link_section = ".ktest_suites")]
+        #[used]
+        static $ident: &$crate::ktest::Suite = &$crate::ktest::Suite {
+            name: $name,
+            cases: &[$($crate::ktest::Case { name: stringify!($case), run: $case }),*],
+            $($field: $crate::ktest::ktest_suite!(@field $field $value),)*
+            ..$crate::ktest::Suite::DEFAULT
+        };
+    };
+    (@field init $v:expr) => { Some($v) };
+    (@field exit $v:expr) => { Some($v) };
+    (@field $f:ident $v:expr) => { $v };
+}
+pub use ktest_suite;
+
+/// Every registered suite, in link order.
+#[cfg(target_os = "none")]
+pub fn suites() -> &'static [&'static Suite] {
+    extern "C" {
+        static __start_ktest_suites: u8;
+        static __stop_ktest_suites: u8;
+    }
+    // SAFETY: the linker script brackets .ktest_suites with these symbols;
+    // `ktest_suite!` puts only `&'static Suite` values there (8 bytes,
+    // 8-aligned, no padding between them).
+    unsafe {
+        let start = core::ptr::addr_of!(__start_ktest_suites) as *const &'static Suite;
+        let stop = core::ptr::addr_of!(__stop_ktest_suites) as usize;
+        let n = (stop - start as usize) / core::mem::size_of::<&Suite>();
+        core::slice::from_raw_parts(start, n)
+    }
+}
+
+/// Report a failed assertion of the running case (used by the macros).
+pub fn report_failure(file: &str, line: u32, what: core::fmt::Arguments<'_>) {
+    runner::report_failure(file, line, what);
+}
+
+/// Print a diagnostic line inside the running case.
+pub fn diag(what: core::fmt::Arguments<'_>) {
+    runner::diag(what);
+}
+
+/// A counter of free memory the runner samples before and after each suite;
+/// the physical-memory allocator installs it.
+pub fn set_leak_counter(f: fn() -> u64) {
+    runner::set_leak_counter(f);
+}
+
+#[macro_export]
+macro_rules! kassert {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            $crate::ktest::report_failure(file!(), line!(),
+                format_args!("Expected {} to be true, but is false", stringify!($cond)));
+            return Err($crate::ktest::Outcome::Fail);
+        }
+    };
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            $crate::ktest::report_failure(file!(), line!(),
+                format_args!("Expected {} to be true, but is false\n{}", stringify!($cond),
+                    format_args!($($arg)+)));
+            return Err($crate::ktest::Outcome::Fail);
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! kassert_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if !(*l == *r) {
+                    $crate::ktest::report_failure(
+                        file!(),
+                        line!(),
+                        format_args!(
+                            "Expected {} == {}, but\n    {} == {:?}\n    {} == {:?}",
+                            stringify!($left),
+                            stringify!($right),
+                            stringify!($left),
+                            l,
+                            stringify!($right),
+                            r
+                        ),
+                    );
+                    return Err($crate::ktest::Outcome::Fail);
+                }
+            }
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! kassert_ne {
+    ($left:expr, $right:expr $(,)?) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if *l == *r {
+                    $crate::ktest::report_failure(
+                        file!(),
+                        line!(),
+                        format_args!(
+                            "Expected {} != {}, but both are {:?}",
+                            stringify!($left),
+                            stringify!($right),
+                            l
+                        ),
+                    );
+                    return Err($crate::ktest::Outcome::Fail);
+                }
+            }
+        }
+    };
+}
+
+/// Assert that a value matches a pattern; prints the value otherwise.
+#[macro_export]
+macro_rules! kassert_matches {
+    ($value:expr, $pat:pat $(if $guard:expr)? $(,)?) => {
+        match $value {
+            $pat $(if $guard)? => {}
+            ref other => {
+                $crate::ktest::report_failure(file!(), line!(), format_args!(
+                    "Expected {} to match {}, but it is {:?}",
+                    stringify!($value), stringify!($pat $(if $guard)?), other));
+                return Err($crate::ktest::Outcome::Fail);
+            }
+        }
+    };
+}
+
+/// End the case as skipped.
+#[macro_export]
+macro_rules! kskip {
+    ($reason:literal) => {
+        return Err($crate::ktest::Outcome::Skip($reason))
+    };
+}

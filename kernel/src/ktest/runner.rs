@@ -1,0 +1,230 @@
+//! Selecting and running suites, printing KTAP.
+
+use core::fmt::{self, Write};
+
+use spin::Mutex;
+
+use crate::fmtbuf::FixedBuf;
+
+use super::glob::{glob_match, has_wildcard};
+use super::ktap::{Directive, Ktap};
+use super::{Case, Outcome, Suite};
+
+/// Which suites and cases run: comma-separated globs, each `suite` or
+/// `suite.case` (as KUnit's `kunit.filter_glob`). No filter selects every
+/// suite that is not `explicit`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    globs: Option<&'a str>,
+}
+
+impl<'a> Filter<'a> {
+    pub fn new(globs: Option<&'a str>) -> Self {
+        Self {
+            globs: globs.filter(|g| !g.is_empty()),
+        }
+    }
+
+    pub fn selects(&self, suite: &Suite, case: &Case) -> bool {
+        let Some(globs) = self.globs else {
+            return !suite.explicit;
+        };
+        globs.split(',').filter(|g| !g.is_empty()).any(|g| {
+            let (sg, cg) = match g.split_once('.') {
+                Some((s, c)) => (s, Some(c)),
+                None => (g, None),
+            };
+            let suite_ok = if suite.explicit {
+                !has_wildcard(sg) && sg == suite.name
+            } else {
+                glob_match(sg, suite.name)
+            };
+            suite_ok && cg.is_none_or(|cg| glob_match(cg, case.name))
+        })
+    }
+}
+
+/// Counts of case results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// State of the running case, for diagnostics printed by assertions.
+struct Current {
+    case: &'static str,
+    level: usize,
+}
+
+static CURRENT: Mutex<Current> = Mutex::new(Current { case: "", level: 1 });
+static LEAK_COUNTER: Mutex<Option<fn() -> u64>> = Mutex::new(None);
+
+pub(super) fn set_leak_counter(f: fn() -> u64) {
+    *LEAK_COUNTER.lock() = Some(f);
+}
+
+/// Format KTAP lines into one buffer and print them with one console write.
+fn emit(f: impl FnOnce(&mut Ktap<&mut FixedBuf<1536>>) -> fmt::Result) {
+    let mut out = FixedBuf::<1536>::new();
+    let _ = f(&mut Ktap::new(&mut out));
+    crate::kprint!("{}", out.as_str());
+}
+
+type MsgBuf = FixedBuf<768>;
+
+pub(super) fn diag(what: fmt::Arguments<'_>) {
+    let level = CURRENT.lock().level;
+    let mut m = MsgBuf::new();
+    let _ = m.write_fmt(what);
+    emit(|k| k.diag(level, m.as_str()));
+}
+
+pub(super) fn report_failure(file: &str, line: u32, what: fmt::Arguments<'_>) {
+    let (case, level) = {
+        let c = CURRENT.lock();
+        (c.case, c.level)
+    };
+    let mut m = MsgBuf::new();
+    let _ = write!(m, "{case}: ASSERTION FAILED at {file}:{line}\n{what}");
+    emit(|k| k.diag(level, m.as_str()));
+}
+
+/// Print `suite.case` for every selected case.
+pub fn list(suites: &[&Suite], filter: &Filter<'_>) -> usize {
+    let mut n = 0;
+    for s in suites {
+        for c in s.cases.iter().filter(|c| filter.selects(s, c)) {
+            crate::kprintln!("{}.{}", s.name, c.name);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Run the selected cases of `suites`, printing KTAP version 1.
+pub fn run(suites: &[&Suite], filter: &Filter<'_>) -> Summary {
+    let selected = suites
+        .iter()
+        .filter(|s| s.cases.iter().any(|c| filter.selects(s, c)))
+        .count();
+    emit(|k| {
+        k.version(0)?;
+        k.plan(0, selected)
+    });
+    let mut total = Summary::default();
+    let mut number = 0;
+    for suite in suites {
+        let n = suite
+            .cases
+            .iter()
+            .filter(|c| filter.selects(suite, c))
+            .count();
+        if n == 0 {
+            continue;
+        }
+        number += 1;
+        let s = run_suite(suite, filter, n);
+        total.passed += s.passed;
+        total.failed += s.failed;
+        total.skipped += s.skipped;
+        emit(|k| k.result(0, number, s.ok(), suite.name, Directive::None));
+    }
+    emit(|k| {
+        let mut m = MsgBuf::new();
+        let _ = write!(
+            m,
+            "Totals: pass:{} fail:{} skip:{} total:{}",
+            total.passed,
+            total.failed,
+            total.skipped,
+            total.passed + total.failed + total.skipped
+        );
+        k.diag(0, m.as_str())
+    });
+    total
+}
+
+fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
+    emit(|k| {
+        k.version(1)?;
+        k.subtest(1, suite.name)?;
+        k.plan(1, n)
+    });
+    let leak_counter = *LEAK_COUNTER.lock();
+    let before = leak_counter.map(|f| f());
+    set_current(suite.name, 1);
+    let init = suite.init.map_or(Ok(()), |f| f());
+    let mut sum = Summary::default();
+    for (i, case) in suite
+        .cases
+        .iter()
+        .filter(|c| filter.selects(suite, c))
+        .enumerate()
+    {
+        set_current(case.name, 1);
+        let result = match init {
+            Ok(()) => (case.run)(),
+            Err(_) => {
+                diag(format_args!(
+                    "{}: suite init failed, case not run",
+                    case.name
+                ));
+                Err(Outcome::Fail)
+            }
+        };
+        let (ok, directive) = match result {
+            Ok(()) => {
+                sum.passed += 1;
+                (true, Directive::None)
+            }
+            Err(Outcome::Skip(reason)) => {
+                sum.skipped += 1;
+                (true, Directive::Skip(reason))
+            }
+            Err(Outcome::Fail) => {
+                sum.failed += 1;
+                (false, Directive::None)
+            }
+        };
+        emit(|k| k.result(1, i + 1, ok, case.name, directive));
+    }
+    if init.is_ok() {
+        if let Some(exit) = suite.exit {
+            exit();
+        }
+    }
+    if let (Some(f), Some(before)) = (leak_counter, before) {
+        let after = f();
+        if after != before {
+            set_current(suite.name, 1);
+            if suite.keeps_memory {
+                diag(format_args!(
+                    "{}: keeps {} pages on purpose",
+                    suite.name,
+                    before.abs_diff(after)
+                ));
+            } else {
+                diag(format_args!(
+                    "{}: LEAK: free pages {} before the suite, {} after",
+                    suite.name, before, after
+                ));
+                sum.failed += 1;
+            }
+        }
+    }
+    sum
+}
+
+fn set_current(case: &'static str, level: usize) {
+    let mut c = CURRENT.lock();
+    c.case = case;
+    c.level = level;
+}

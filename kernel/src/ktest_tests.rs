@@ -1,0 +1,124 @@
+//! Host tests of the ktest runner: the exact KTAP it prints for passing,
+//! failing and skipped cases, filtering, explicit suites and the leak check.
+
+use crate::console::capture;
+use crate::ktest::{self, Filter, KResult, Suite, Summary};
+use crate::{kassert, kassert_eq, kskip, ktest_suite};
+
+fn ok_case() -> KResult {
+    kassert!(1 < 2);
+    Ok(())
+}
+
+/// The line of the failing assertion below (checked by the case itself).
+const FAIL_LINE: u32 = line!() + 5;
+
+fn failing_case() -> KResult {
+    let x = 3;
+    assert_eq!(FAIL_LINE, line!() + 1);
+    kassert_eq!(x, 4);
+    Ok(())
+}
+
+fn skipped_case() -> KResult {
+    kskip!("not on this machine");
+}
+
+ktest_suite!(ALPHA, "alpha", [ok_case, failing_case, skipped_case]);
+ktest_suite!(BETA, "beta", [ok_case]);
+ktest_suite!(HIDDEN, "hidden", [ok_case], explicit: true);
+
+/// The runner keeps the running case in a global; host tests run in
+/// parallel threads, so the ones that run suites take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn suites() -> [&'static Suite; 3] {
+    [ALPHA, BETA, HIDDEN]
+}
+
+#[test]
+fn ktap_output_for_pass_fail_skip() {
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    let sum = ktest::run(&suites(), &Filter::new(None));
+    let out = capture::take();
+    assert_eq!(
+        sum,
+        Summary {
+            passed: 2,
+            failed: 1,
+            skipped: 1
+        }
+    );
+    let expected = format!(
+        "KTAP version 1
+1..2
+    KTAP version 1
+    # Subtest: alpha
+    1..3
+    ok 1 ok_case
+    # failing_case: ASSERTION FAILED at kernel/src/ktest_tests.rs:{}
+    # Expected x == 4, but
+    #     x == 3
+    #     4 == 4
+    not ok 2 failing_case
+    ok 3 skipped_case # SKIP not on this machine
+not ok 1 alpha
+    KTAP version 1
+    # Subtest: beta
+    1..1
+    ok 1 ok_case
+ok 2 beta
+# Totals: pass:2 fail:1 skip:1 total:4
+",
+        FAIL_LINE
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn filter_by_suite_and_case_globs() {
+    let s = suites();
+    let f = Filter::new(Some("alpha.ok*,be?a"));
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    assert_eq!(ktest::list(&s, &f), 2);
+    assert_eq!(capture::take(), "alpha.ok_case\nbeta.ok_case\n");
+    let sum = ktest::run(&s, &f);
+    assert_eq!(
+        sum,
+        Summary {
+            passed: 2,
+            failed: 0,
+            skipped: 0
+        }
+    );
+    let out = capture::take();
+    assert!(out.starts_with("KTAP version 1\n1..2\n"));
+    assert!(!out.contains("failing_case"));
+}
+
+#[test]
+fn explicit_suites_need_their_literal_name() {
+    let s = suites();
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    assert_eq!(ktest::list(&s, &Filter::new(None)), 4);
+    assert_eq!(ktest::list(&s, &Filter::new(Some("*"))), 4);
+    assert_eq!(ktest::list(&s, &Filter::new(Some("hid*"))), 0);
+    assert_eq!(ktest::list(&s, &Filter::new(Some("hidden"))), 1);
+    assert_eq!(ktest::list(&s, &Filter::new(Some("hidden.ok_case"))), 1);
+    let _ = capture::take();
+}
+
+#[test]
+fn empty_selection_prints_empty_plan() {
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    let sum = ktest::run(&suites(), &Filter::new(Some("nothing")));
+    assert_eq!(sum, Summary::default());
+    assert_eq!(
+        capture::take(),
+        "KTAP version 1\n1..0\n# Totals: pass:0 fail:0 skip:0 total:0\n"
+    );
+}

@@ -1,0 +1,25 @@
+//! zdat: a teaching-and-research kernel for s390x memory management.
+//!
+//! This crate is everything but the entry code: it builds for
+//! `s390x-unknown-none-softfloat` (linked by the `boot` crate) and for the
+//! host, where `cargo test` runs the unit tests of its pure parts.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod arch;
+pub mod cmdline;
+pub mod console;
+pub mod fmtbuf;
+pub mod ktest;
+pub mod log;
+pub mod machine;
+pub mod panic;
+pub mod sclp;
+
+#[cfg(target_arch = "s390x")]
+mod init;
+#[cfg(target_arch = "s390x")]
+pub use init::start_kernel;
+
+#[cfg(all(test, not(target_arch = "s390x")))]
+mod ktest_tests;

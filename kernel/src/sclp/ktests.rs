@@ -1,0 +1,62 @@
+//! In-kernel tests of the SCLP: what it reports must be what QEMU was
+//! given (x.py passes the expectation on the command line).
+
+use crate::ktest::KResult;
+use crate::{kassert, kassert_eq, kskip, ktest_suite, machine};
+
+fn memory_size() -> KResult {
+    let Ok(Some(expected)) = machine::cmdline().size("ktest.expect_mem") else {
+        kskip!("no valid ktest.expect_mem= on the command line");
+    };
+    let m = machine::get().map(|m| m.memory);
+    kassert_eq!(m, Some(expected));
+    Ok(())
+}
+
+fn cpu_count() -> KResult {
+    let Ok(Some(expected)) = machine::cmdline().size("ktest.expect_cpus") else {
+        kskip!("no valid ktest.expect_cpus= on the command line");
+    };
+    let cpus = machine::get().map(|m| m.cpus as u64);
+    kassert_eq!(cpus, Some(expected));
+    Ok(())
+}
+
+fn read_info_is_stable() -> KResult {
+    let a = super::read_info();
+    kassert!(a.is_ok());
+    let b = super::read_info();
+    kassert_eq!(a, b);
+    kassert_eq!(
+        a.map(|i| i.memory),
+        Ok(machine::get().map_or(0, |m| m.memory))
+    );
+    Ok(())
+}
+
+fn console_writes_longer_than_one_sccb() -> KResult {
+    // One diagnostic longer than a Write Event Data chunk is split in two
+    // SCCBs; both parts must arrive (x.py sees the line whole).
+    let n = super::console::CHUNK + 100;
+    kassert!(n > super::console::CHUNK);
+    let before = crate::arch::s390x::interrupt::count(crate::arch::lowcore::IntClass::External);
+    let mut line = [b'='; 4200];
+    line[..6].copy_from_slice(b"    # ");
+    line[4199] = b'\n';
+    super::console::write(&line[..]);
+    let after = crate::arch::s390x::interrupt::count(crate::arch::lowcore::IntClass::External);
+    // Two service calls, two service signals.
+    kassert_eq!(after - before, 2);
+    Ok(())
+}
+
+ktest_suite!(
+    SCLP,
+    "sclp",
+    [
+        memory_size,
+        cpu_count,
+        read_info_is_stable,
+        console_writes_longer_than_one_sccb
+    ]
+);
