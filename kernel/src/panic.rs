@@ -85,7 +85,7 @@ mod dump {
     /// end the run with a failing status.
     pub fn fatal_interrupt(frame: &InterruptFrame, class: IntClass, why: &str) -> ! {
         enter_fatal();
-        kprintln!("zdat: {}: {} interruption", why, class.name());
+        kprintln!("zdat: {} ({} interruption)", why, class.name());
         match class {
             IntClass::Program => {
                 let pc = frame.program_check();

@@ -1,0 +1,650 @@
+#!/usr/bin/env python3
+"""zdat driver: build, run, test, debug the kernel. Python standard library only.
+
+    python3 x.py run            boot zdat in QEMU, stream the console
+    python3 x.py test           host unit tests + in-kernel KTAP suites in QEMU
+    python3 x.py gdb            QEMU halted at reset, gdb attached
+    python3 x.py build | clean
+
+Every subcommand installs what it needs: the pinned toolchain (rustup), and
+QEMU / gdb-multiarch (apt-get, when running as root).
+"""
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+TARGET = "s390x-unknown-none-softfloat"
+BUILD_DIR = ROOT / "build"
+QEMU = "qemu-system-s390x"
+GDB = "gdb-multiarch"
+DEFAULT_TEST_MEMORY = ["128M", "1G"]
+DEFAULT_TIMEOUT = 600
+EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
+
+
+def log(msg):
+    print(f"x.py: {msg}", flush=True)
+
+
+def die(msg, code=2):
+    print(f"x.py: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------
+# What the build needs
+
+
+def toolchain():
+    """(channel, components) from rust-toolchain.toml."""
+    text = (ROOT / "rust-toolchain.toml").read_text()
+    channel = re.search(r'^channel\s*=\s*"([^"]+)"', text, re.M)
+    comps = re.search(r"^components\s*=\s*\[([^\]]*)\]", text, re.M)
+    if not channel:
+        die("rust-toolchain.toml names no channel")
+    components = re.findall(r'"([^"]+)"', comps.group(1)) if comps else []
+    return channel.group(1), components
+
+
+def installed_components(channel):
+    r = subprocess.run(
+        ["rustup", "component", "list", "--installed", "--toolchain", channel],
+        cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    return {line.split()[0].rsplit("-x86_64", 1)[0].rsplit("-aarch64", 1)[0]
+            for line in r.stdout.splitlines() if line.strip()}
+
+
+def ensure_toolchain(extra=()):
+    """Install the pinned toolchain (RUSTUP_AUTO_INSTALL=0 on these machines
+    means cargo will not do it on first use)."""
+    if not shutil.which("rustup"):
+        die("rustup is missing: install it from https://rustup.rs, then rerun")
+    channel, components = toolchain()
+    wanted = list(components) + list(extra)
+    have = installed_components(channel)
+    missing = [c for c in wanted if have is None or c not in have]
+    if have is None:
+        log(f"installing Rust toolchain {channel} ({', '.join(wanted)})")
+        cmd = ["rustup", "toolchain", "install", channel, "--profile", "minimal"]
+        for c in wanted:
+            cmd += ["-c", c]
+        run_checked(cmd)
+    elif missing:
+        log(f"adding components to {channel}: {', '.join(missing)}")
+        run_checked(["rustup", "component", "add", "--toolchain", channel] + missing)
+    return channel
+
+
+def ensure_apt(binary, package):
+    if shutil.which(binary):
+        return
+    cmd = f"apt-get update && apt-get install -y {package}"
+    if os.geteuid() != 0:
+        die(f"{binary} is missing; install it with:\n    sudo sh -c '{cmd}'")
+    log(f"{binary} is missing; installing Debian package {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run_checked(["apt-get", "update", "-q"], env=env)
+    run_checked(["apt-get", "install", "-y", "-q", package], env=env)
+    if not shutil.which(binary):
+        die(f"{package} installed but {binary} is still not on PATH")
+
+
+def run_checked(cmd, **kw):
+    r = subprocess.run(cmd, cwd=kw.pop("cwd", ROOT), **kw)
+    if r.returncode != 0:
+        die(f"command failed ({r.returncode}): {shlex.join(cmd)}", r.returncode or 1)
+    return r
+
+
+# ---------------------------------------------------------------------------
+# Build
+
+
+def kernel_cargo_args(release):
+    args = ["-p", "boot", "--target", TARGET,
+            "-Zbuild-std=core,alloc", "-Zbuild-std-features=compiler-builtins-mem"]
+    if release:
+        args.append("--release")
+    return args
+
+
+def build(release=False, quiet=False):
+    ensure_toolchain()
+    cmd = ["cargo", "build"] + kernel_cargo_args(release)
+    if quiet:
+        cmd.append("--quiet")
+    run_checked(cmd)
+    elf = ROOT / "target" / TARGET / ("release" if release else "debug") / "zdat"
+    if not elf.exists():
+        die(f"build produced no kernel at {elf}")
+    return elf
+
+
+# ---------------------------------------------------------------------------
+# QEMU
+
+
+def qemu_cmd(elf, memory, smp, append, extra=()):
+    return [QEMU, "-machine", "s390-ccw-virtio", "-nodefaults", "-display", "none",
+            "-no-reboot", "-action", "panic=exit-failure",
+            "-m", memory, "-smp", str(smp),
+            "-kernel", str(elf), "-append", append,
+            "-chardev", "stdio,id=con0", "-device", "sclpconsole,chardev=con0",
+            *extra]
+
+
+class Run:
+    """One QEMU run: its console lines, exit code and whether it timed out."""
+
+    def __init__(self, lines, returncode, timed_out, seconds):
+        self.lines = lines
+        self.returncode = returncode
+        self.timed_out = timed_out
+        self.seconds = seconds
+
+
+def boot(cmd, timeout, on_line=None, log_path=None):
+    """Run QEMU, hand every console line to on_line, kill it at the timeout."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    lines = []
+    logf = open(log_path, "w") if log_path else None
+
+    def reader():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(line)
+            if logf:
+                logf.write(line + "\n")
+                logf.flush()
+            if on_line:
+                on_line(line)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout if timeout and timeout > 0 else None)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    t.join(timeout=5)
+    if logf:
+        logf.close()
+    return Run(lines, proc.returncode, timed_out, time.monotonic() - start)
+
+
+# ---------------------------------------------------------------------------
+# KTAP
+
+
+class Ktap:
+    """What a console log says about the KTAP run in it."""
+
+    def __init__(self):
+        self.cases = []          # (suite, case, status, reason) status: ok/fail/skip
+        self.suites = []         # (suite, ok)
+        self.errors = []         # structural problems: the log cannot be trusted
+        self.status = None       # the kernel's EXIT: STATUS=n
+
+
+RESULT = re.compile(r"^(not ok|ok) (\d+) (\S+)(?: # (SKIP)(?: (.*))?)?$")
+PLAN = re.compile(r"^1\.\.(\d+)$")
+
+
+def parse_ktap(lines):
+    """Check the log is complete KTAP version 1 as zdat (and KUnit) print it:
+    a top-level plan, one indented subtest per suite with its own version,
+    `# Subtest:` and plan, every planned result present and numbered in
+    order, then the status marker."""
+    k = Ktap()
+    i = 0
+    n = len(lines)
+    while i < n and lines[i] != "KTAP version 1":
+        i += 1
+    if i == n:
+        k.errors.append("no 'KTAP version 1' line")
+    else:
+        i += 1
+        m = PLAN.match(lines[i]) if i < n else None
+        if not m:
+            k.errors.append("no top-level plan after 'KTAP version 1'")
+        else:
+            planned = int(m.group(1))
+            i += 1
+            for number in range(1, planned + 1):
+                i = parse_suite(lines, i, number, k)
+                if k.errors:
+                    break
+            else:
+                while i < n and lines[i].startswith("#"):
+                    i += 1
+    for line in lines:
+        m = EXIT_MARKER.match(line)
+        if m:
+            k.status = int(m.group(1))
+    if k.status is None:
+        k.errors.append("no 'EXIT: STATUS=n' marker: the run did not finish")
+    return k
+
+
+def parse_suite(lines, i, number, k):
+    n = len(lines)
+    ind = "    "
+    # Tolerate unrelated lines between suites (none are expected).
+    while i < n and lines[i].startswith("#"):
+        i += 1
+    if i >= n or lines[i] != ind + "KTAP version 1":
+        k.errors.append(f"suite {number}: missing subtest 'KTAP version 1' (log ends or is garbled)")
+        return i
+    i += 1
+    if i >= n or not lines[i].startswith(ind + "# Subtest: "):
+        k.errors.append(f"suite {number}: missing '# Subtest:' line")
+        return i
+    suite = lines[i][len(ind + "# Subtest: "):]
+    i += 1
+    m = PLAN.match(lines[i][len(ind):]) if i < n and lines[i].startswith(ind) else None
+    if not m:
+        k.errors.append(f"suite {suite}: missing plan")
+        return i
+    planned = int(m.group(1))
+    i += 1
+    seen = 0
+    while i < n and seen < planned:
+        line = lines[i]
+        if line.startswith(ind + "#"):
+            i += 1
+            continue
+        m = RESULT.match(line[len(ind):]) if line.startswith(ind) else None
+        if not m:
+            k.errors.append(f"suite {suite}: unexpected line in the middle of the suite: {line!r}")
+            return i
+        seen += 1
+        if int(m.group(2)) != seen:
+            k.errors.append(f"suite {suite}: result {m.group(2)} out of order (expected {seen})")
+            return i
+        if m.group(4) == "SKIP":
+            status = "skip"
+        else:
+            status = "ok" if m.group(1) == "ok" else "fail"
+        k.cases.append((suite, m.group(3), status, m.group(5) or ""))
+        i += 1
+    if seen < planned:
+        k.errors.append(f"suite {suite}: {seen} of {planned} results before the log ended")
+        return i
+    while i < n and lines[i].startswith(ind + "#"):
+        i += 1
+    m = RESULT.match(lines[i]) if i < n else None
+    if not m or m.group(3) != suite or int(m.group(2)) != number:
+        k.errors.append(f"suite {suite}: missing its top-level result line 'ok {number} {suite}'")
+        return i
+    k.suites.append((suite, m.group(1) == "ok"))
+    return i + 1
+
+
+# ---------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_build(args):
+    elf = build(args.release)
+    log(f"kernel: {elf.relative_to(ROOT)}")
+
+
+def cmd_lint(args):
+    """cargo fmt --check, clippy on the host library and on the s390x kernel,
+    warnings denied."""
+    ensure_toolchain()
+    steps = [
+        ["cargo", "fmt", "--all", "--", "--check"],
+        ["cargo", "clippy", "--workspace", "--exclude", "boot", "--all-targets",
+         "--", "-D", "warnings"],
+        ["cargo", "clippy"] + kernel_cargo_args(False)[:2] + ["-p", "kernel"]
+        + kernel_cargo_args(False)[2:] + ["--", "-D", "warnings"],
+    ]
+    for cmd in steps:
+        log(shlex.join(cmd))
+        run_checked(cmd)
+    log("lint clean")
+
+
+def cmd_clean(args):
+    run_checked(["cargo", "clean"])
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)
+
+
+def cmd_run(args):
+    ensure_apt(QEMU, "qemu-system-misc")
+    elf = build(args.release)
+    # The sclp suite checks what SCLP reports against what QEMU was given.
+    append = f"ktest.expect_mem={args.memory} ktest.expect_cpus={args.smp}"
+    if args.append:
+        append += " " + args.append
+    cmd = qemu_cmd(elf, args.memory, args.smp, append, args.qemu_args)
+    log(shlex.join(cmd))
+    r = boot(cmd, args.timeout, on_line=print)
+    return finish_run(r, args.timeout)
+
+
+def finish_run(r, timeout):
+    if r.timed_out:
+        log(f"QEMU killed after the {timeout} s timeout")
+        return 124
+    status = None
+    for line in r.lines:
+        m = EXIT_MARKER.match(line)
+        if m:
+            status = int(m.group(1))
+    if status is None:
+        log(f"QEMU exited {r.returncode} without a status marker")
+        return r.returncode or 1
+    log(f"kernel status {status}, QEMU exit {r.returncode}, {r.seconds:.2f} s")
+    return status if status else r.returncode
+
+
+def host_tests(release):
+    ensure_toolchain()
+    cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
+    if release:
+        cmd.append("--release")
+    log(shlex.join(cmd))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    passed = failed = ignored = 0
+    for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored",
+                         r.stdout):
+        passed += int(m.group(1))
+        failed += int(m.group(2))
+        ignored += int(m.group(3))
+    if r.returncode != 0 and failed == 0:
+        failed = 1  # a build failure or crash counts as a failure
+    return passed, failed, ignored
+
+
+def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False):
+    """Boot once with the KTAP suites; return (Ktap, Run, problems)."""
+    append = f"ktest.expect_mem={memory} ktest.expect_cpus={smp}"
+    if filt:
+        append += f" ktest.filter={filt}"
+    if extra_append:
+        append += " " + extra_append
+    BUILD_DIR.mkdir(exist_ok=True)
+    log_path = BUILD_DIR / f"test-{label}.log"
+    cmd = qemu_cmd(elf, memory, smp, append)
+    if not quiet:
+        log(f"[{label}] {shlex.join(cmd)}")
+
+    current = {"suite": "?"}
+
+    def on_line(line):
+        if line.startswith("    # Subtest: "):
+            current["suite"] = line[len("    # Subtest: "):]
+        m = RESULT.match(line[4:]) if line.startswith("    ") else None
+        if m and not quiet:
+            status = "SKIP" if m.group(4) else ("ok" if m.group(1) == "ok" else "FAIL")
+            reason = f"  ({m.group(5)})" if m.group(4) and m.group(5) else ""
+            print(f"  [{label}] {status:4} {current['suite']}.{m.group(3)}{reason}", flush=True)
+
+    r = boot(cmd, timeout, on_line=on_line, log_path=log_path)
+    k = parse_ktap(r.lines)
+    problems = []
+    if r.timed_out:
+        problems.append(f"timed out after {timeout} s (QEMU killed)")
+    problems += k.errors
+    if not r.timed_out and r.returncode != 0:
+        problems.append(f"QEMU exited {r.returncode}")
+    if k.status not in (None, 0):
+        problems.append(f"kernel status {k.status}")
+    failed_cases = sum(1 for c in k.cases if c[2] == "fail")
+    failed_suites = [s for s, ok in k.suites if not ok]
+    if k.status == 0 and (failed_cases or failed_suites):
+        problems.append("kernel reported success but KTAP has failures")
+    if not k.errors and k.status == 0 and r.returncode == 0 and not k.cases and not filt:
+        problems.append("no test case ran")
+    return k, r, problems, log_path
+
+
+def suite_level_failures(k):
+    """Suites reported `not ok` although none of their cases failed (the leak
+    check fails a suite this way)."""
+    bad = []
+    for suite, ok in k.suites:
+        if not ok and not any(c[0] == suite and c[2] == "fail" for c in k.cases):
+            bad.append(suite)
+    return bad
+
+
+def print_problem_log(r, label, log_path):
+    tail = [l for l in r.lines if not l.startswith("    ok ") and not l.startswith("ok ")]
+    print(f"---- [{label}] console (non-passing lines; full log {log_path.relative_to(ROOT)}) ----")
+    for line in tail[-60:]:
+        print(line)
+    print("----")
+
+
+def cmd_test(args):
+    if args.selftest:
+        return selftest(args)
+    passed = failed = skipped = 0
+    problems = []
+    if not args.qemu_only:
+        p, f, s = host_tests(args.release)
+        passed, failed, skipped = passed + p, failed + f, skipped + s
+        if f:
+            problems.append(f"host: {f} failed")
+    if not args.host_only:
+        ensure_apt(QEMU, "qemu-system-misc")
+        elf = build(args.release, quiet=True)
+        for memory in args.memory:
+            label = f"{memory}" + (f"-smp{args.smp}" if args.smp != 1 else "")
+            k, r, probs, log_path = qemu_suite_run(elf, memory, args.smp, args.filter,
+                                                   args.timeout, label)
+            p = sum(1 for c in k.cases if c[2] == "ok")
+            f = sum(1 for c in k.cases if c[2] == "fail")
+            s = sum(1 for c in k.cases if c[2] == "skip")
+            extra = suite_level_failures(k)
+            for suite in extra:
+                probs.append(f"suite {suite} failed outside its cases (see its diagnostics)")
+            f += len(extra)
+            if probs and f == 0:
+                f = 1  # a crash, hang or broken log is a failure even with no failed case
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            log(f"[{label}] {p} passed, {f} failed, {s} skipped in {r.seconds:.2f} s")
+            for prob in probs:
+                problems.append(f"[{label}] {prob}")
+            if probs or f:
+                print_problem_log(r, label, log_path)
+    for prob in problems:
+        log(f"FAILED: {prob}")
+    print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    return 1 if failed or problems else 0
+
+
+def selftest(args):
+    """Prove the failure paths: each of these runs must be reported as a
+    failure, with the right reason."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    elf = build(args.release, quiet=True)
+    checks = []
+
+    def check(name, cond, detail=""):
+        checks.append((name, bool(cond)))
+        log(f"selftest {'PASS' if cond else 'FAIL'}: {name}{(' - ' + detail) if detail and not cond else ''}")
+
+    # 1. A failing assertion: complete KTAP, one failure, non-zero status.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest", 60, "selftest", quiet=True)
+    counts = [sum(1 for c in k.cases if c[2] == s) for s in ("ok", "fail", "skip")]
+    check("failing assertion is counted", counts == [2, 1, 1], f"pass/fail/skip {counts}")
+    check("failing assertion gives a failing status", k.status == 1 and r.returncode != 0,
+          f"status {k.status}, qemu {r.returncode}")
+    check("the assertion prints file:line and both values",
+          any("ASSERTION FAILED at kernel/src/ktest/selftest.rs:" in l for l in r.lines)
+          and any("two + 1 == 3" in l for l in r.lines))
+    check("x.py reports it", bool(probs))
+    # 2. An unexpected program check: dump, failing status, truncated KTAP.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_crash", 60, "crash", quiet=True)
+    check("unexpected program check dumps", any("unexpected program check" in l for l in r.lines)
+          and any("Call Trace" in l for l in r.lines))
+    check("crash exits non-zero", r.returncode != 0 and k.status == 3, f"qemu {r.returncode}, status {k.status}")
+    check("crash leaves incomplete KTAP that x.py rejects", k.errors and probs)
+    # 3. A panic.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_panic", 60, "panic", quiet=True)
+    check("panic is reported", any("KERNEL PANIC" in l for l in r.lines) and r.returncode != 0
+          and k.status == 2 and probs)
+    # 4. A hang: killed at the timeout.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
+    check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,
+          f"timed_out {r.timed_out}, {r.seconds:.1f} s")
+    # 5. A truncated log with QEMU exit 0 is a failure (KTAP parser alone).
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "clock", 60, "truncate", quiet=True)
+    full = parse_ktap(r.lines)
+    check("a complete passing run parses clean", not full.errors and full.status == 0 and not probs,
+          f"{full.errors} {probs}")
+    cut = [l for l in r.lines if not l.startswith("ok ") and not EXIT_MARKER.match(l)]
+    check("a truncated log is rejected", bool(parse_ktap(cut).errors))
+    dropped = [l for l in r.lines if l != "    ok 2 stckf_between_stcks"]
+    check("a missing result is rejected", bool(parse_ktap(dropped).errors))
+    ok = all(c for _, c in checks)
+    print(f"{sum(c for _, c in checks)} passed, {sum(not c for _, c in checks)} failed, 0 skipped")
+    return 0 if ok else 1
+
+
+def cmd_gdb(args):
+    ensure_apt(QEMU, "qemu-system-misc")
+    ensure_apt(GDB, "gdb-multiarch")
+    elf = build(args.release)
+    BUILD_DIR.mkdir(exist_ok=True)
+    console = BUILD_DIR / "gdb-console.log"
+    cmd = qemu_cmd(elf, args.memory, args.smp, args.append or "",
+                   ["-S", "-gdb", f"tcp::{args.port}"])
+    cmd[cmd.index("stdio,id=con0")] = f"file,id=con0,path={console}"
+    log(shlex.join(cmd))
+    log(f"console output goes to {console.relative_to(ROOT)} (tail -f it in another terminal)")
+    qemu = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+    gdb = [GDB, "-q", str(elf),
+           "-ex", "set architecture s390:64-bit",
+           "-ex", f"target remote localhost:{args.port}",
+           "-ex", "break boot_main",
+           "-ex", "break kernel::panic::panic",
+           "-ex", "continue"]
+    if args.batch:
+        gdb = [GDB, "-q", "-batch", str(elf),
+               "-ex", "set architecture s390:64-bit",
+               "-ex", f"target remote localhost:{args.port}",
+               "-ex", "break boot_main", "-ex", "continue",
+               "-ex", "bt", "-ex", "info registers pswa"]
+    log(shlex.join(gdb))
+    try:
+        rc = subprocess.call(gdb, cwd=ROOT)
+    finally:
+        if qemu.poll() is None:
+            os.killpg(qemu.pid, signal.SIGKILL)
+        qemu.wait()
+    return rc
+
+
+def main():
+    p = argparse.ArgumentParser(prog="x.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_common(sp, memory=True):
+        sp.add_argument("--release", action="store_true", help="build with optimisations")
+        if memory:
+            sp.add_argument("-m", "--memory", default="128M", metavar="SIZE",
+                            help="guest memory, QEMU syntax (default 128M)")
+        sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
+
+    sp = sub.add_parser("build", help="build the kernel ELF")
+    sp.add_argument("--release", action="store_true", help="build with optimisations")
+    sp.set_defaults(func=cmd_build)
+
+    sp = sub.add_parser("lint", help="cargo fmt --check and clippy (host and s390x), "
+                        "warnings denied")
+    sp.set_defaults(func=cmd_lint)
+
+    sp = sub.add_parser("clean", help="remove build outputs")
+    sp.set_defaults(func=cmd_clean)
+
+    sp = sub.add_parser("run", help="build and boot zdat, streaming the console",
+                        description="Build and boot zdat in QEMU; the console streams "
+                        "to stdout and x.py exits with the kernel's status. Extra QEMU "
+                        "arguments go after `--`.")
+    add_common(sp)
+    sp.add_argument("--append", metavar="ARGS", help="kernel command line, e.g. "
+                    "'ktest.filter=clock ktest.list'")
+    sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
+                    help=f"kill QEMU after S seconds, 0 = never (default {DEFAULT_TIMEOUT})")
+    sp.add_argument("qemu_args", nargs="*", metavar="QEMU-ARGS",
+                    help="passed to QEMU (after --)")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("test", help="host unit tests and in-kernel KTAP suites",
+                        description="Run `cargo test` on the host, then boot the KTAP "
+                        "suites in QEMU at each memory size; print every case and one "
+                        "closing line `N passed, N failed, N skipped`.")
+    sp.add_argument("--release", action="store_true", help="build with optimisations")
+    sp.add_argument("--filter", metavar="GLOB", help="ktest.filter: suite or suite.case "
+                    "globs, comma-separated (QEMU suites only)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--host-only", action="store_true", help="only cargo test on the host")
+    g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
+    sp.add_argument("--memory", type=lambda s: s.split(","), default=DEFAULT_TEST_MEMORY,
+                    metavar="SIZES", help="comma-separated memory sizes (default 128M,1G)")
+    sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
+    sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
+                    help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
+    sp.add_argument("--selftest", action="store_true",
+                    help="prove the failure paths: a failing assertion, a crash, a panic "
+                    "and a hang must each be reported as failures")
+    sp.set_defaults(func=cmd_test)
+
+    sp = sub.add_parser("gdb", help="boot halted with gdb-multiarch attached",
+                        description="Start QEMU halted (-S) with a gdb stub, attach "
+                        "gdb-multiarch with the kernel's symbols and stop at boot_main. "
+                        "The console goes to build/gdb-console.log.")
+    add_common(sp)
+    sp.add_argument("--append", metavar="ARGS", help="kernel command line")
+    sp.add_argument("--port", type=int, default=1234, help="gdb stub port (default 1234)")
+    sp.add_argument("--batch", action="store_true",
+                    help="non-interactive: stop at boot_main, print a backtrace, quit")
+    sp.set_defaults(func=cmd_gdb)
+
+    argv = sys.argv[1:]
+    # `x.py run [opts] -- QEMU-ARGS`: everything after -- goes to QEMU.
+    qemu_extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, qemu_extra = argv[:cut], argv[cut + 1:]
+    args = p.parse_args(argv)
+    if qemu_extra:
+        if args.command != "run":
+            p.error("extra QEMU arguments after -- are only for `run`")
+        args.qemu_args = list(args.qemu_args) + qemu_extra
+    rc = args.func(args)
+    sys.exit(rc or 0)
+
+
+if __name__ == "__main__":
+    main()
