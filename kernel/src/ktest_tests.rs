@@ -122,3 +122,71 @@ fn empty_selection_prints_empty_plan() {
         "KTAP version 1\n1..0\n# Totals: pass:0 fail:0 skip:0 total:0\n"
     );
 }
+
+static EXIT_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn failing_init() -> KResult {
+    kassert!(false);
+    Ok(())
+}
+
+fn counting_exit() {
+    EXIT_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+ktest_suite!(BROKEN_INIT, "broken_init", [ok_case, ok_case], init: failing_init, exit: counting_exit);
+ktest_suite!(WITH_EXIT, "with_exit", [ok_case], init: || Ok(()), exit: counting_exit);
+
+#[test]
+fn init_failure_fails_every_case_and_skips_exit() {
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    EXIT_CALLS.store(0, std::sync::atomic::Ordering::SeqCst);
+    let sum = ktest::run(&[BROKEN_INIT, WITH_EXIT], &Filter::new(None));
+    let out = capture::take();
+    assert_eq!(
+        sum,
+        Summary {
+            passed: 1,
+            failed: 2,
+            skipped: 0
+        }
+    );
+    // exit runs only for the suite whose init succeeded.
+    assert_eq!(EXIT_CALLS.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(out.contains("    # ok_case: suite init failed, case not run\n    not ok 1 ok_case\n"));
+    assert!(out.contains("not ok 1 broken_init\n"));
+    assert!(out.contains("ok 2 with_exit\n"));
+}
+
+static FREE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+
+fn leaks_a_page() -> KResult {
+    FREE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+ktest_suite!(LEAKY, "leaky", [leaks_a_page]);
+ktest_suite!(KEEPER, "keeper", [leaks_a_page], keeps_memory: true);
+
+#[test]
+fn leak_check_fails_the_suite_unless_it_keeps_memory() {
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    ktest::set_leak_counter(|| FREE.load(std::sync::atomic::Ordering::SeqCst));
+    let sum = ktest::run(&[LEAKY, KEEPER], &Filter::new(None));
+    let out = capture::take();
+    // Both cases pass; the leaky suite fails as a whole.
+    assert_eq!(
+        sum,
+        Summary {
+            passed: 2,
+            failed: 1,
+            skipped: 0
+        }
+    );
+    assert!(out.contains(
+        "    # leaky: LEAK: free pages 100 before the suite, 99 after\nnot ok 1 leaky\n"
+    ));
+    assert!(out.contains("    # keeper: keeps 1 pages on purpose\nok 2 keeper\n"));
+}
