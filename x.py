@@ -206,6 +206,7 @@ class Ktap:
         self.suites = []         # (suite, ok)
         self.errors = []         # structural problems: the log cannot be trusted
         self.status = None       # the kernel's EXIT: STATUS=n
+        self.log_lines = 0       # non-KTAP lines inside suites
 
 
 RESULT = re.compile(r"^(not ok|ok) (\d+) (\S+)(?: # (SKIP)(?: (.*))?)?$")
@@ -277,8 +278,11 @@ def parse_suite(lines, i, number, k):
             continue
         m = RESULT.match(line[len(ind):]) if line.startswith(ind) else None
         if not m:
-            k.errors.append(f"suite {suite}: unexpected line in the middle of the suite: {line!r}")
-            return i
+            # Kernel log lines (a "BUG: Bad page state" report, say) may sit
+            # between results; KTAP lets parsers ignore unknown lines.
+            k.log_lines += 1
+            i += 1
+            continue
         seen += 1
         if int(m.group(2)) != seen:
             k.errors.append(f"suite {suite}: result {m.group(2)} out of order (expected {seen})")

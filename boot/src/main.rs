@@ -10,6 +10,12 @@ mod entry;
 #[cfg(target_os = "none")]
 mod head;
 
+/// The kernel heap (linked_list_allocator regions fed by the buddy
+/// allocator).
+#[cfg(target_os = "none")]
+#[global_allocator]
+static HEAP: kernel::mm::heap::KernelHeap = kernel::mm::heap::KernelHeap;
+
 /// On the host this crate has nothing to run; x.py builds it for s390x.
 #[cfg(not(target_os = "none"))]
 fn main() {

@@ -3,8 +3,9 @@
 use crate::arch::s390x::{extable, facility};
 use crate::fmtbuf::FixedBuf;
 use crate::machine::{self, BootInfo, Machine};
+use crate::mm::addr::PhysAddr;
 use crate::panic::{exit, ExitStatus};
-use crate::{ktest, log, pr_info, sclp};
+use crate::{ktest, log, mm, pr_info, sclp};
 
 pub fn start_kernel(boot: BootInfo) -> ! {
     log::init();
@@ -35,6 +36,16 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         if info.cpus == 1 { "" } else { "s" }
     );
     log_facilities();
+    let image = (PhysAddr(boot.image_start), PhysAddr(boot.image_end));
+    if let Err(e) = mm::init(info.memory, image.0, image.1) {
+        pr_info!("mm: cannot set up memory: {:?}", e);
+        exit(ExitStatus::BadConfig);
+    }
+    if let Err(e) = mm::heap::init() {
+        pr_info!("mm: cannot create the heap: {:?}", e);
+        exit(ExitStatus::BadConfig);
+    }
+    mm::log_summary();
     let suites = ktest::suites();
     pr_info!(
         "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites",
@@ -45,6 +56,9 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     );
 
     let cmd = machine::cmdline();
+    if cmd.flag("mm.dump") {
+        mm::dump();
+    }
     let filter = ktest::Filter::new(cmd.get("ktest.filter"));
     if cmd.flag("ktest.list") {
         let n = ktest::list(suites, &filter);

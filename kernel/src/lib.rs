@@ -6,6 +6,8 @@
 
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
 pub mod arch;
 pub mod cmdline;
 pub mod console;
@@ -13,6 +15,7 @@ pub mod fmtbuf;
 pub mod ktest;
 pub mod log;
 pub mod machine;
+pub mod mm;
 pub mod panic;
 pub mod sclp;
 

@@ -5,6 +5,7 @@ pub mod extable;
 pub mod facility;
 pub mod insn;
 pub mod interrupt;
+pub mod mem;
 pub mod probe;
 pub mod tod;
 

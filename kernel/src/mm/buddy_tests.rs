@@ -1,0 +1,355 @@
+//! Host tests of the buddy allocator on simulated memory: a model-based
+//! property test and one unit test per misuse case. They also run under
+//! Miri (`python3 x.py test --miri`), with smaller memory and fewer cases.
+
+use core::sync::atomic::Ordering;
+
+use proptest::prelude::*;
+
+use super::addr::{Pfn, PAGE_SIZE};
+use super::buddy::{AllocError, AllocFlags, BuddyAllocator, FreeError, MAX_ORDER};
+use super::memmap::MemMap;
+use super::page::{Page, PageType};
+
+#[repr(C, align(4096))]
+struct Frame([u8; PAGE_SIZE as usize]);
+
+/// Simulated RAM and its memmap.
+struct Sim {
+    _ram: Vec<Frame>,
+    pages: Vec<Page>,
+    ram_base: usize,
+}
+
+#[cfg(not(miri))]
+const FRAMES: u64 = 4000;
+#[cfg(miri)]
+const FRAMES: u64 = 600;
+
+/// Reserved like a boot would: the lowcore, an "image" in the middle, and
+/// the end (a firmware area), so blocks meet odd boundaries.
+fn reserved() -> [(u64, u64); 3] {
+    [(0, 2), (130, 170), (FRAMES - 37, FRAMES)]
+}
+
+impl Sim {
+    fn new(frames: u64) -> Self {
+        let mut ram: Vec<Frame> = (0..frames)
+            .map(|_| Frame([0; PAGE_SIZE as usize]))
+            .collect();
+        let ram_base = ram.as_mut_ptr() as usize;
+        let pages = (0..frames).map(|_| Page::new()).collect();
+        Sim {
+            _ram: ram,
+            pages,
+            ram_base,
+        }
+    }
+
+    fn map(&self) -> MemMap<'_> {
+        // SAFETY: `_ram` is `frames` 4 KiB frames owned by the Sim, which
+        // outlives every MemMap made from it.
+        unsafe { MemMap::new(&self.pages, self.ram_base) }
+    }
+}
+
+fn boot<'a>(map: &'a MemMap<'a>) -> BuddyAllocator<'a> {
+    let mut b = BuddyAllocator::new(map);
+    let mut next = 0;
+    for (s, e) in reserved() {
+        b.reserve_range(Pfn(s), Pfn(e));
+        if next < s {
+            b.add_free_range(Pfn(next), Pfn(s));
+        }
+        next = e;
+    }
+    if next < map.nr_pages() {
+        b.add_free_range(Pfn(next), map.end_pfn());
+    }
+    b
+}
+
+/// Every free block, from the memmap: (pfn, order) of each Buddy head.
+fn free_blocks(map: &MemMap<'_>) -> Vec<(u64, u64)> {
+    map.pages()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.has_type(PageType::Buddy))
+        .map(|(i, p)| (i as u64, p.buddy().order.load(Ordering::Relaxed)))
+        .collect()
+}
+
+fn reserved_count() -> u64 {
+    reserved().iter().map(|(s, e)| e - s).sum()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc(u32),
+    Free(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u32..=3).prop_map(Op::Alloc),
+        2 => (4u32..=MAX_ORDER).prop_map(Op::Alloc),
+        7 => any::<usize>().prop_map(Op::Free),
+    ]
+}
+
+#[cfg(not(miri))]
+const CASES: u32 = 64;
+#[cfg(miri)]
+const CASES: u32 = 2;
+#[cfg(not(miri))]
+const MAX_OPS: usize = 300;
+#[cfg(miri)]
+const MAX_OPS: usize = 40;
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Random alloc/free sequences against a model of which frames are
+    /// live. After every step: blocks never overlap, each frame is free,
+    /// allocated or reserved exactly once, and the checker agrees. Freeing
+    /// everything restores the initial free-block set.
+    #[test]
+    fn buddy_matches_model(ops in proptest::collection::vec(op(), 1..MAX_OPS)) {
+        let sim = Sim::new(FRAMES);
+        let map = sim.map();
+        let mut b = boot(&map);
+        let initial_blocks = free_blocks(&map);
+        let initial_free = b.nr_free_pages();
+        prop_assert_eq!(initial_free + reserved_count(), FRAMES);
+        let mut owner = vec![false; FRAMES as usize];
+        let mut live: Vec<(Pfn, u32)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Alloc(order) => match b.alloc(order, AllocFlags::empty()) {
+                    Ok(pfn) => {
+                        prop_assert!(pfn.is_aligned_to_order(order), "{:?} order {}", pfn, order);
+                        for f in pfn.0..pfn.0 + (1 << order) {
+                            prop_assert!(!owner[f as usize], "frame {:#x} handed out twice", f);
+                            prop_assert!(!reserved().iter().any(|(s, e)| f >= *s && f < *e));
+                            owner[f as usize] = true;
+                        }
+                        live.push((pfn, order));
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e, AllocError::NoMemory);
+                        // Only refused when no free run of that size is left.
+                        prop_assert!(b.nr_free_pages() < FRAMES);
+                    }
+                },
+                Op::Free(i) if !live.is_empty() => {
+                    let (pfn, order) = live.swap_remove(i % live.len());
+                    prop_assert_eq!(b.free(pfn, order), Ok(()));
+                    for f in pfn.0..pfn.0 + (1 << order) {
+                        owner[f as usize] = false;
+                    }
+                }
+                Op::Free(_) => {}
+            }
+            let stats = b.check().map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let allocated = owner.iter().filter(|o| **o).count() as u64;
+            prop_assert_eq!(stats.allocated, allocated);
+            prop_assert_eq!(stats.reserved, reserved_count());
+            prop_assert_eq!(stats.free + stats.allocated + stats.reserved, FRAMES);
+            prop_assert_eq!(b.nr_free_pages(), initial_free - allocated);
+        }
+        for (pfn, order) in live.drain(..) {
+            prop_assert_eq!(b.free(pfn, order), Ok(()));
+        }
+        b.drain_pcp();
+        prop_assert!(b.check().is_ok());
+        prop_assert_eq!(b.nr_free_pages(), initial_free);
+        prop_assert_eq!(free_blocks(&map), initial_blocks);
+    }
+}
+
+/// Set up, run `f`, check the allocator is intact and unchanged by a refused
+/// free.
+fn with_alloc(f: impl FnOnce(&mut BuddyAllocator<'_>)) {
+    let sim = Sim::new(FRAMES);
+    let map = sim.map();
+    let mut b = boot(&map);
+    f(&mut b);
+    assert!(b.check().is_ok(), "{:?}", b.check());
+}
+
+fn refused(b: &mut BuddyAllocator<'_>, pfn: Pfn, order: u32, want: FreeError) {
+    let before = b.nr_free_pages();
+    let blocks = free_blocks(b.map());
+    assert_eq!(b.free(pfn, order), Err(want));
+    assert_eq!(
+        b.nr_free_pages(),
+        before,
+        "a refused free changed the free count"
+    );
+    assert_eq!(
+        free_blocks(b.map()),
+        blocks,
+        "a refused free changed the free lists"
+    );
+    assert!(b.check().is_ok(), "{:?}", b.check());
+}
+
+#[test]
+fn double_free_is_refused() {
+    with_alloc(|b| {
+        let p = b.alloc(0, AllocFlags::empty()).unwrap();
+        b.free(p, 0).unwrap();
+        refused(b, p, 0, FreeError::AlreadyFree);
+        let q = b.alloc(3, AllocFlags::empty()).unwrap();
+        b.free(q, 3).unwrap();
+        refused(b, q, 3, FreeError::AlreadyFree);
+        // A page inside a merged free block, not its head.
+        refused(b, Pfn(q.0 + 1), 0, FreeError::AlreadyFree);
+    });
+}
+
+#[test]
+fn never_allocated_page_is_refused() {
+    with_alloc(|b| {
+        // Pfn 200 is free memory nobody allocated.
+        refused(b, Pfn(200), 0, FreeError::AlreadyFree);
+    });
+}
+
+#[test]
+fn reserved_page_is_refused() {
+    with_alloc(|b| {
+        refused(b, Pfn(0), 0, FreeError::Reserved);
+        refused(b, Pfn(140), 0, FreeError::Reserved);
+    });
+}
+
+#[test]
+fn wrong_order_is_refused() {
+    with_alloc(|b| {
+        let p = b.alloc(2, AllocFlags::empty()).unwrap();
+        refused(b, p, 1, FreeError::WrongOrder { allocated: 2 });
+        refused(b, p, 0, FreeError::WrongOrder { allocated: 2 });
+        refused(b, Pfn(p.0 + 1), 0, FreeError::NotHead);
+        refused(b, p, MAX_ORDER + 1, FreeError::BadOrder);
+        b.free(p, 2).unwrap();
+    });
+}
+
+#[test]
+fn extra_reference_is_refused() {
+    with_alloc(|b| {
+        let p = b.alloc(0, AllocFlags::empty()).unwrap();
+        let page = b.map().pfn_to_page(p).unwrap();
+        page.page_ref_inc();
+        refused(b, p, 0, FreeError::BadRefcount(2));
+        page.page_ref_dec();
+        b.free(p, 0).unwrap();
+    });
+}
+
+#[test]
+fn non_null_mapping_is_refused() {
+    with_alloc(|b| {
+        let p = b.alloc(1, AllocFlags::empty()).unwrap();
+        let page = b.map().pfn_to_page(p).unwrap();
+        page.generic().mapping.store(0xdead_0000, Ordering::Relaxed);
+        refused(b, p, 1, FreeError::NonNullMapping(0xdead_0000));
+        // The seed's field aliases `mapping`: a gaddr left in a table page is
+        // the same bug.
+        page.set_page_type(PageType::PageTable);
+        page.pt()._pt_s390_gaddr.store(0x10_0000, Ordering::Relaxed);
+        page.set_page_type(PageType::Allocated);
+        refused(b, p, 1, FreeError::NonNullMapping(0x10_0000));
+        page.generic().mapping.store(0, Ordering::Relaxed);
+        b.free(p, 1).unwrap();
+    });
+}
+
+#[test]
+fn page_in_use_as_table_is_refused() {
+    with_alloc(|b| {
+        let p = b.alloc(0, AllocFlags::empty()).unwrap();
+        let page = b.map().pfn_to_page(p).unwrap();
+        page.set_page_type(PageType::PageTable);
+        refused(b, p, 0, FreeError::InUse(PageType::PageTable));
+        page.set_page_type(PageType::Allocated);
+        b.free(p, 0).unwrap();
+    });
+}
+
+#[test]
+fn out_of_range_and_misaligned_are_refused() {
+    with_alloc(|b| {
+        refused(b, Pfn(FRAMES), 0, FreeError::OutOfRange);
+        refused(b, Pfn(u64::MAX), 0, FreeError::OutOfRange);
+        let p = b.alloc(0, AllocFlags::empty()).unwrap();
+        if !p.is_aligned_to_order(1) {
+            refused(b, p, 1, FreeError::BadOrder);
+        }
+        b.free(p, 0).unwrap();
+    });
+}
+
+#[test]
+fn zero_flag_zeroes() {
+    with_alloc(|b| {
+        let p = b.alloc(2, AllocFlags::empty()).unwrap();
+        let ptr = b.map().frame_ptr(p);
+        // SAFETY: the block is allocated to this test.
+        unsafe { core::ptr::write_bytes(ptr, 0xa5, 4 * PAGE_SIZE as usize) };
+        b.free(p, 2).unwrap();
+        let q = b.alloc(2, AllocFlags::ZERO).unwrap();
+        let ptr = b.map().frame_ptr(q);
+        // SAFETY: allocated to this test, 4 pages long.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr, 4 * PAGE_SIZE as usize) };
+        assert!(bytes.iter().all(|&x| x == 0));
+        b.free(q, 2).unwrap();
+    });
+}
+
+#[test]
+fn exhaustion_then_recovery() {
+    with_alloc(|b| {
+        let start = b.nr_free_pages();
+        let mut got = Vec::new();
+        while let Ok(p) = b.alloc(0, AllocFlags::empty()) {
+            got.push(p);
+        }
+        assert_eq!(got.len() as u64, start);
+        assert_eq!(b.alloc(0, AllocFlags::empty()), Err(AllocError::NoMemory));
+        assert_eq!(
+            b.alloc(MAX_ORDER + 1, AllocFlags::empty()),
+            Err(AllocError::BadOrder)
+        );
+        for p in got {
+            b.free(p, 0).unwrap();
+        }
+        b.drain_pcp();
+        assert_eq!(b.nr_free_pages(), start);
+    });
+}
+
+#[test]
+fn contiguous_blocks() {
+    let frames = 8 * 1024;
+    let sim = Sim::new(frames);
+    let map = sim.map();
+    let mut b = BuddyAllocator::new(&map);
+    b.reserve_range(Pfn(0), Pfn(2));
+    b.add_free_range(Pfn(2), map.end_pfn());
+    // Blocks 1..8 are whole; block 0 is not (lowcore).
+    let pfn = b.alloc_contig(7).unwrap();
+    assert_eq!(pfn, Pfn(1024));
+    assert_eq!(b.alloc_contig(1), Err(AllocError::NoMemory));
+    assert!(b.check().is_ok());
+    for i in 0..7 {
+        b.free(Pfn(pfn.0 + i * 1024), MAX_ORDER).unwrap();
+    }
+    assert!(b.check().is_ok());
+    assert_eq!(b.nr_free(MAX_ORDER), 7);
+}

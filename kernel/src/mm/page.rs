@@ -1,0 +1,479 @@
+//! `struct page`: 64 bytes of metadata per 4 KiB frame, laid out like
+//! Linux's include/linux/mm_types.h. The 40 bytes after `flags` are a Rust
+//! `union` of per-use layouts; `page_type` says which one is live.
+//!
+//! Every word is an atomic: the memmap is shared, and an all-atomic layout
+//! makes every bit pattern valid for every arm, so reading an arm is never
+//! undefined behaviour. *Which* arm means something is the type tag's job,
+//! and the accessors check it in debug builds.
+
+use core::mem::{offset_of, size_of, ManuallyDrop};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bitflags::bitflags;
+
+bitflags! {
+    /// Page flags (the low bits of Linux's `page->flags`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PageFlags: u64 {
+        const LOCKED = 1 << 0;
+        const DIRTY = 1 << 4;
+        /// First page of a multi-page allocation (PG_head); its order is in
+        /// the order field.
+        const HEAD = 1 << 6;
+        /// Never given to the allocator (PG_reserved).
+        const RESERVED = 1 << 10;
+        const _ = !0;
+    }
+}
+
+/// Where the allocation order of a block's head page is kept in `flags`
+/// (Linux keeps section/node/zone bits up there).
+const ORDER_SHIFT: u32 = 56;
+const ORDER_MASK: u64 = 0xf << ORDER_SHIFT;
+
+/// Which union arm is live (Linux's page_type, extended with the uses zdat
+/// tracks explicitly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PageType {
+    /// In the buddy allocator, inside a free block but not its head. A
+    /// zero-filled memmap entry is this.
+    Free = 0,
+    /// Head of a free buddy block; the order is in the buddy arm.
+    Buddy = 1,
+    /// Free, parked in the per-CPU order-0 list.
+    Pcp = 2,
+    /// Head of a block handed out by `alloc_pages` (generic arm, owner's use).
+    Allocated = 3,
+    /// Any other page of an allocated block.
+    Tail = 4,
+    /// Never allocatable: lowcore, image, memmap, firmware.
+    Reserved = 5,
+    /// A process page table (`PtDesc` arm).
+    PageTable = 6,
+    /// A gmap region or segment table (gmap arm).
+    GmapTable = 7,
+    /// Head of a block backing the kernel heap.
+    Heap = 8,
+}
+
+impl PageType {
+    pub const fn from_raw(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Free,
+            1 => Self::Buddy,
+            2 => Self::Pcp,
+            3 => Self::Allocated,
+            4 => Self::Tail,
+            5 => Self::Reserved,
+            6 => Self::PageTable,
+            7 => Self::GmapTable,
+            8 => Self::Heap,
+            _ => return None,
+        })
+    }
+
+    /// Free in any form (buddy head, buddy tail, per-CPU list).
+    pub const fn is_free(self) -> bool {
+        matches!(self, Self::Free | Self::Buddy | Self::Pcp)
+    }
+}
+
+/// Links of a doubly linked list of pages, as page frame numbers (NIL = none).
+#[repr(C)]
+pub struct ListLinks {
+    pub next: AtomicU64,
+    pub prev: AtomicU64,
+}
+
+pub const NIL: u64 = u64::MAX;
+
+/// Generic use: an allocated page belongs to its owner.
+#[repr(C)]
+pub struct GenericArm {
+    pub lru: ListLinks,
+    pub mapping: AtomicU64,
+    pub index: AtomicU64,
+    pub private: AtomicU64,
+}
+
+/// A free page in the buddy allocator (Linux: `buddy_list`, order in
+/// `private`).
+#[repr(C)]
+pub struct BuddyArm {
+    pub buddy_list: ListLinks,
+    /// Aliases `mapping`: always 0 while free.
+    pub _mapping: AtomicU64,
+    pub _index: AtomicU64,
+    pub order: AtomicU64,
+}
+
+/// `pt_mm` or `pt_frag_refcount`, sharing a word as in Linux.
+#[repr(C)]
+pub union PtMmFrag {
+    pub pt_mm: ManuallyDrop<AtomicU64>,
+    pub pt_frag_refcount: ManuallyDrop<AtomicU32>,
+}
+
+/// A page-table lock embedded in the page (Linux without
+/// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`).
+#[repr(C)]
+pub struct PtLock {
+    locked: AtomicU32,
+    _pad: AtomicU32,
+}
+
+impl PtLock {
+    /// Spin until the lock is ours. SMP: a plain test-and-set spinlock;
+    /// interruptions are disabled in all code that takes it.
+    pub fn lock(&self) -> PtLockGuard<'_> {
+        while self
+            .locked
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        PtLockGuard { lock: self }
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed) != 0
+    }
+
+    /// Reset to unlocked (`ptlock_init`).
+    pub fn init(&self) {
+        self.locked.store(0, Ordering::Release);
+        self._pad.store(0, Ordering::Relaxed);
+    }
+}
+
+pub struct PtLockGuard<'a> {
+    lock: &'a PtLock,
+}
+
+impl Drop for PtLockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.locked.store(0, Ordering::Release);
+    }
+}
+
+/// A process page table (the `ptdesc` view; mm_types.h, Linux 6.3).
+#[repr(C)]
+pub struct PtArm {
+    /// Aliases `compound_head`: bit 0 must stay clear.
+    pub _pt_pad_1: AtomicU64,
+    pub pmd_huge_pte: AtomicU64,
+    /// Aliases `mapping` (the seed patch's field for gmap address tracking).
+    pub _pt_s390_gaddr: AtomicU64,
+    pub pt_mm_or_frag: PtMmFrag,
+    pub ptl: PtLock,
+}
+
+/// A gmap region or segment table: its own arm, not a process page table.
+#[repr(C)]
+pub struct GmapArm {
+    pub _gt_pad_1: AtomicU64,
+    /// List of tables of one gmap (pfns).
+    pub gt_list: AtomicU64,
+    /// Guest address the table starts at; aliases `mapping`, so it must be
+    /// cleared before the page is freed.
+    pub _gt_s390_gaddr: AtomicU64,
+    /// The owning gmap.
+    pub gt_gmap: AtomicU64,
+    /// Level of the table (region-first ... segment).
+    pub gt_level: AtomicU64,
+}
+
+/// The per-use words of `struct page`.
+#[repr(C)]
+pub union PageUnion {
+    pub generic: ManuallyDrop<GenericArm>,
+    pub buddy: ManuallyDrop<BuddyArm>,
+    pub pt: ManuallyDrop<PtArm>,
+    pub gmap: ManuallyDrop<GmapArm>,
+    pub words: ManuallyDrop<[AtomicU64; 5]>,
+}
+
+/// `struct page`.
+#[repr(C)]
+pub struct Page {
+    flags: AtomicU64,
+    u: PageUnion,
+    page_type: AtomicU32,
+    refcount: AtomicU32,
+    /// Linux's `memcg_data`; unused here.
+    _spare: AtomicU64,
+}
+
+// Layout: exactly Linux's 64 bytes, with the union's words where Linux has
+// them.
+const _: () = assert!(size_of::<Page>() == 64);
+const _: () = assert!(size_of::<PageUnion>() == 40);
+const _: () = assert!(offset_of!(Page, flags) == 0);
+const _: () = assert!(offset_of!(Page, u) == 8);
+const _: () = assert!(offset_of!(Page, page_type) == 48);
+const _: () = assert!(offset_of!(Page, refcount) == 52);
+const _: () = assert!(offset_of!(Page, _spare) == 56);
+/// Offset of `mapping` in `struct page`.
+pub const MAPPING_OFFSET: usize = 24;
+const _: () = assert!(8 + offset_of!(GenericArm, mapping) == MAPPING_OFFSET);
+const _: () = assert!(8 + offset_of!(GenericArm, index) == 32);
+const _: () = assert!(8 + offset_of!(GenericArm, private) == 40);
+const _: () = assert!(8 + offset_of!(BuddyArm, _mapping) == MAPPING_OFFSET);
+const _: () = assert!(8 + offset_of!(BuddyArm, order) == 40);
+const _: () = assert!(8 + offset_of!(PtArm, _pt_pad_1) == 8);
+const _: () = assert!(8 + offset_of!(PtArm, pmd_huge_pte) == 16);
+const _: () = assert!(8 + offset_of!(PtArm, _pt_s390_gaddr) == MAPPING_OFFSET);
+const _: () = assert!(8 + offset_of!(PtArm, pt_mm_or_frag) == 32);
+const _: () = assert!(8 + offset_of!(PtArm, ptl) == 40);
+const _: () = assert!(8 + offset_of!(GmapArm, _gt_s390_gaddr) == MAPPING_OFFSET);
+const _: () = assert!(size_of::<PtArm>() == 40 && size_of::<GmapArm>() == 40);
+const _: () = assert!(size_of::<BuddyArm>() == 40 && size_of::<GenericArm>() == 40);
+
+#[allow(clippy::new_without_default)]
+impl Page {
+    /// A zeroed entry: a free page inside a buddy block.
+    pub const fn new() -> Self {
+        // SAFETY: all fields are atomics, for which all-zero is valid.
+        unsafe { core::mem::zeroed() }
+    }
+
+    fn union(&self) -> &PageUnion {
+        &self.u
+    }
+
+    pub fn flags(&self) -> PageFlags {
+        PageFlags::from_bits_retain(self.flags.load(Ordering::Relaxed) & !ORDER_MASK)
+    }
+
+    pub fn set_flags(&self, f: PageFlags) {
+        let order = self.flags.load(Ordering::Relaxed) & ORDER_MASK;
+        self.flags
+            .store((f.bits() & !ORDER_MASK) | order, Ordering::Relaxed);
+    }
+
+    pub fn raw_flags(&self) -> u64 {
+        self.flags.load(Ordering::Relaxed)
+    }
+
+    /// Order of the allocated block this page heads (flags order field).
+    pub fn head_order(&self) -> u32 {
+        ((self.flags.load(Ordering::Relaxed) & ORDER_MASK) >> ORDER_SHIFT) as u32
+    }
+
+    /// Mark this page the head of an allocated block of `order`.
+    pub fn set_head(&self, order: u32) {
+        let f = if order > 0 { PageFlags::HEAD.bits() } else { 0 };
+        self.flags
+            .store(f | ((order as u64) << ORDER_SHIFT), Ordering::Relaxed);
+    }
+
+    pub fn raw_page_type(&self) -> u32 {
+        self.page_type.load(Ordering::Relaxed)
+    }
+
+    /// The live union arm; `None` for a value no code writes (corruption).
+    pub fn page_type(&self) -> Option<PageType> {
+        PageType::from_raw(self.raw_page_type())
+    }
+
+    pub fn set_page_type(&self, t: PageType) {
+        self.page_type.store(t as u32, Ordering::Relaxed);
+    }
+
+    pub fn has_type(&self, t: PageType) -> bool {
+        self.raw_page_type() == t as u32
+    }
+
+    pub fn refcount(&self) -> u32 {
+        self.refcount.load(Ordering::Relaxed)
+    }
+
+    pub fn set_refcount(&self, v: u32) {
+        self.refcount.store(v, Ordering::Relaxed);
+    }
+
+    /// `get_page`: take a reference.
+    pub fn page_ref_inc(&self) -> u32 {
+        self.refcount.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// `put_page` without the free: drop a reference, return what is left.
+    pub fn page_ref_dec(&self) -> u32 {
+        self.refcount.fetch_sub(1, Ordering::AcqRel) - 1
+    }
+
+    /// The `mapping` word, whatever arm is live (Linux's bad_page check reads
+    /// it the same way).
+    pub fn mapping(&self) -> u64 {
+        self.words()[2].load(Ordering::Relaxed)
+    }
+
+    /// All five union words, for dumps and checks that look past the type.
+    pub fn words(&self) -> &[AtomicU64; 5] {
+        // SAFETY: every arm is atomics over the same 40 bytes, so viewing them
+        // as five words is valid whatever arm is live.
+        unsafe { &self.union().words }
+    }
+
+    /// Zero the union words (a page changing owner starts clean).
+    pub fn clear_union(&self) {
+        for w in self.words() {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The generic arm (an allocated page's owner words).
+    pub fn generic(&self) -> &GenericArm {
+        debug_assert!(
+            matches!(self.page_type(), Some(PageType::Allocated | PageType::Heap)),
+            "generic arm of a {:?} page",
+            self.page_type()
+        );
+        // SAFETY: see `words`: every arm is valid for any contents.
+        unsafe { &self.union().generic }
+    }
+
+    /// The buddy arm (free pages).
+    pub fn buddy(&self) -> &BuddyArm {
+        debug_assert!(
+            self.page_type().is_some_and(PageType::is_free),
+            "buddy arm of a {:?} page",
+            self.page_type()
+        );
+        // SAFETY: see `words`.
+        unsafe { &self.union().buddy }
+    }
+
+    /// The page-table arm (`PtDesc` is the typed view over it).
+    pub fn pt(&self) -> &PtArm {
+        debug_assert!(
+            self.has_type(PageType::PageTable),
+            "page-table arm of a {:?} page",
+            self.page_type()
+        );
+        // SAFETY: see `words`.
+        unsafe { &self.union().pt }
+    }
+
+    /// The gmap-table arm.
+    pub fn gmap(&self) -> &GmapArm {
+        debug_assert!(
+            self.has_type(PageType::GmapTable),
+            "gmap arm of a {:?} page",
+            self.page_type()
+        );
+        // SAFETY: see `words`.
+        unsafe { &self.union().gmap }
+    }
+
+    /// The page-table arm without the type check.
+    ///
+    /// # Safety
+    /// The caller is about to make this page a page table (the ctor) or has
+    /// just stopped (the dtor): the words are read or reset knowing the tag
+    /// does not say `PageTable` yet or any more.
+    pub unsafe fn pt_unchecked(&self) -> &PtArm {
+        // SAFETY: see `words`.
+        unsafe { &self.union().pt }
+    }
+
+    /// The gmap arm without the type check.
+    ///
+    /// # Safety
+    /// As `pt_unchecked`, for gmap tables.
+    pub unsafe fn gmap_unchecked(&self) -> &GmapArm {
+        // SAFETY: see `words`.
+        unsafe { &self.union().gmap }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_aliases_across_arms() {
+        let p = Page::new();
+        p.set_page_type(PageType::PageTable);
+        p.pt()._pt_s390_gaddr.store(0x8000_0000, Ordering::Relaxed);
+        assert_eq!(p.mapping(), 0x8000_0000);
+        p.set_page_type(PageType::Allocated);
+        assert_eq!(p.generic().mapping.load(Ordering::Relaxed), 0x8000_0000);
+        p.set_page_type(PageType::GmapTable);
+        assert_eq!(p.gmap()._gt_s390_gaddr.load(Ordering::Relaxed), 0x8000_0000);
+        p.clear_union();
+        assert_eq!(p.mapping(), 0);
+    }
+
+    #[test]
+    fn frag_refcount_shares_the_pt_mm_word() {
+        let p = Page::new();
+        p.set_page_type(PageType::PageTable);
+        // SAFETY: either member of an atomics-only union is valid to read.
+        let frag = unsafe {
+            p.pt()
+                .pt_mm_or_frag
+                .pt_mm
+                .store(0x1111_2222_3333_4444, Ordering::Relaxed);
+            p.pt()
+                .pt_mm_or_frag
+                .pt_frag_refcount
+                .load(Ordering::Relaxed)
+        };
+        // The 32-bit count is the first four bytes of the word in memory.
+        let expected = if cfg!(target_endian = "big") {
+            0x1111_2222
+        } else {
+            0x3333_4444
+        };
+        assert_eq!(frag, expected);
+    }
+
+    #[test]
+    fn flags_keep_the_order_field() {
+        let p = Page::new();
+        p.set_head(10);
+        assert_eq!(p.head_order(), 10);
+        assert!(p.flags().contains(PageFlags::HEAD));
+        p.set_flags(PageFlags::HEAD | PageFlags::DIRTY);
+        assert_eq!(p.head_order(), 10);
+        p.set_head(0);
+        assert_eq!(p.head_order(), 0);
+        assert!(!p.flags().contains(PageFlags::HEAD));
+    }
+
+    #[test]
+    fn refcount_and_types() {
+        let p = Page::new();
+        assert_eq!(p.page_type(), Some(PageType::Free));
+        p.set_refcount(1);
+        assert_eq!(p.page_ref_inc(), 2);
+        assert_eq!(p.page_ref_dec(), 1);
+        p.page_type.store(99, Ordering::Relaxed);
+        assert_eq!(p.page_type(), None);
+    }
+
+    #[test]
+    fn ptlock_excludes() {
+        let p = Page::new();
+        p.set_page_type(PageType::PageTable);
+        let l = &p.pt().ptl;
+        {
+            let _g = l.lock();
+            assert!(l.is_locked());
+        }
+        assert!(!l.is_locked());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "page-table arm of a Some(Allocated) page")]
+    fn wrong_arm_is_caught() {
+        let p = Page::new();
+        p.set_page_type(PageType::Allocated);
+        let _ = p.pt();
+    }
+}
