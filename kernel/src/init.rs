@@ -60,6 +60,10 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         mm::dump();
     }
     let filter = ktest::Filter::new(cmd.get("ktest.filter"));
+    if cmd.flag("bench") {
+        crate::bench::run();
+        exit(ExitStatus::Success);
+    }
     if cmd.flag("ktest.list") {
         let n = ktest::list(suites, &filter);
         pr_info!("zdat: {} test cases", n);

@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod arch;
+#[cfg(target_arch = "s390x")]
+pub mod bench;
 pub mod cmdline;
 pub mod console;
 pub mod fmtbuf;

@@ -1,8 +1,8 @@
 //! The buddy page-frame allocator: orders 0..=MAX_ORDER, free lists linked
 //! through the `Page` union (as pfns), the buddy of a block found by pfn
-//! arithmetic, split on allocation and merged on free. Order-0 pages go
-//! through a per-CPU list first, as Linux's pcp lists, so the common case
-//! neither splits nor merges.
+//! arithmetic, split on allocation and merged on free. Order-0 traffic
+//! normally goes through the per-CPU lists in `pcp`, which take pages from
+//! here in batches.
 //!
 //! The allocator is plain data behind the caller's lock; it works on any
 //! `MemMap`, so host tests run it on simulated memory.
@@ -18,10 +18,6 @@ use super::page::{Page, PageFlags, PageType, NIL};
 pub const MAX_ORDER: u32 = 10;
 pub const NR_ORDERS: usize = MAX_ORDER as usize + 1;
 pub const MAX_ORDER_PAGES: u64 = 1 << MAX_ORDER;
-
-/// Per-CPU list sizing (Linux: pcp->high and pcp->batch).
-const PCP_HIGH: u64 = 96;
-const PCP_BATCH: u64 = 32;
 
 bitflags::bitflags! {
     /// Allocation flags (gfp_t).
@@ -121,6 +117,8 @@ pub struct CheckStats {
     pub free: u64,
     pub allocated: u64,
     pub reserved: u64,
+    /// Pages parked in per-CPU lists (type Pcp).
+    pub pcp: u64,
     pub other: u64,
 }
 
@@ -131,19 +129,10 @@ struct FreeArea {
     nr_free: u64,
 }
 
-/// The per-CPU order-0 list. SMP: one CPU for now, so one list; with more
-/// CPUs each gets its own and only refills/drains take the zone lock.
-#[derive(Clone, Copy, Debug)]
-struct Pcp {
-    head: u64,
-    count: u64,
-}
-
 pub struct BuddyAllocator<'a> {
     map: &'a MemMap<'a>,
     free_area: [FreeArea; NR_ORDERS],
-    pcp: Pcp,
-    /// Free pages in the buddy lists and the pcp list.
+    /// Free pages in the buddy lists (per-CPU lists not included).
     nr_free_pages: u64,
     nr_reserved: u64,
     /// Pages ever given to the allocator (free at init).
@@ -161,10 +150,6 @@ impl<'a> BuddyAllocator<'a> {
                 head: NIL,
                 nr_free: 0,
             }; NR_ORDERS],
-            pcp: Pcp {
-                head: NIL,
-                count: 0,
-            },
             nr_free_pages: 0,
             nr_reserved: 0,
             nr_managed: 0,
@@ -224,10 +209,6 @@ impl<'a> BuddyAllocator<'a> {
     /// Free blocks of `order` in the buddy lists.
     pub fn nr_free(&self, order: u32) -> u64 {
         self.free_area[order as usize].nr_free
-    }
-
-    pub fn pcp_count(&self) -> u64 {
-        self.pcp.count
     }
 
     // -- lists -----------------------------------------------------------
@@ -347,56 +328,31 @@ impl<'a> BuddyAllocator<'a> {
         }
     }
 
-    fn pcp_refill(&mut self) {
-        for _ in 0..PCP_BATCH {
+    /// Take `n` order-0 pages for a per-CPU list, typed Pcp; `push` gets
+    /// each pfn. Returns how many there were.
+    pub fn take_for_pcp(&mut self, n: u64, mut push: impl FnMut(u64)) -> u64 {
+        let mut got = 0;
+        while got < n {
             let Some(pfn) = self.rmqueue(0) else { break };
-            self.pcp_push(pfn);
-        }
-    }
-
-    fn pcp_push(&mut self, pfn: u64) {
-        let p = self.page(pfn);
-        p.set_page_type(PageType::Pcp);
-        p.set_flags(PageFlags::empty());
-        p.set_refcount(0);
-        p.clear_union();
-        p.buddy()
-            .buddy_list
-            .next
-            .store(self.pcp.head, Ordering::Relaxed);
-        self.pcp.head = pfn;
-        self.pcp.count += 1;
-    }
-
-    fn pcp_pop(&mut self) -> Option<u64> {
-        let pfn = self.pcp.head;
-        if pfn == NIL {
-            return None;
-        }
-        self.pcp.head = self
-            .page(pfn)
-            .buddy()
-            .buddy_list
-            .next
-            .load(Ordering::Relaxed);
-        self.pcp.count -= 1;
-        Some(pfn)
-    }
-
-    /// Return up to `n` pages of the per-CPU list to the buddy lists.
-    fn pcp_drain(&mut self, n: u64) {
-        for _ in 0..n {
-            let Some(pfn) = self.pcp_pop() else { break };
             let p = self.page(pfn);
-            p.clear_union();
-            p.set_page_type(PageType::Free);
-            self.free_one_page(pfn, 0);
+            p.set_page_type(PageType::Pcp);
+            p.set_flags(PageFlags::empty());
+            p.set_refcount(0);
+            push(pfn);
+            got += 1;
         }
+        self.nr_free_pages -= got;
+        got
     }
 
-    /// Return every per-CPU page to the buddy lists, so they can merge.
-    pub fn drain_pcp(&mut self) {
-        self.pcp_drain(u64::MAX);
+    /// Take back a page from a per-CPU list (type Pcp) and merge it.
+    pub fn give_from_pcp(&mut self, pfn: u64) {
+        let p = self.page(pfn);
+        debug_assert!(p.has_type(PageType::Pcp));
+        p.clear_union();
+        p.set_page_type(PageType::Free);
+        self.nr_free_pages += 1;
+        self.free_one_page(pfn, 0);
     }
 
     /// Allocate 2^order contiguous, order-aligned frames. The head page is
@@ -405,27 +361,7 @@ impl<'a> BuddyAllocator<'a> {
         if order > MAX_ORDER {
             return Err(AllocError::BadOrder);
         }
-        let pfn = if order == 0 {
-            if self.pcp.head == NIL {
-                self.pcp_refill();
-            }
-            match self.pcp_pop() {
-                Some(pfn) => pfn,
-                None => return Err(AllocError::NoMemory),
-            }
-        } else {
-            match self.rmqueue(order) {
-                Some(pfn) => pfn,
-                None => {
-                    // Pages parked per CPU may be what keeps blocks apart.
-                    if self.pcp.count == 0 {
-                        return Err(AllocError::NoMemory);
-                    }
-                    self.drain_pcp();
-                    self.rmqueue(order).ok_or(AllocError::NoMemory)?
-                }
-            }
-        };
+        let pfn = self.rmqueue(order).ok_or(AllocError::NoMemory)?;
         self.prep_new_block(pfn, order);
         self.nr_free_pages -= 1 << order;
         if flags.contains(AllocFlags::ZERO) {
@@ -485,16 +421,9 @@ impl<'a> BuddyAllocator<'a> {
         head.set_flags(PageFlags::empty());
         head.set_head(0);
         self.nr_free_pages += 1 << order;
-        if order == 0 {
-            self.pcp_push(pfn.0);
-            if self.pcp.count > PCP_HIGH {
-                self.pcp_drain(PCP_BATCH);
-            }
-        } else {
-            head.clear_union();
-            head.set_page_type(PageType::Free);
-            self.free_one_page(pfn.0, order);
-        }
+        head.clear_union();
+        head.set_page_type(PageType::Free);
+        self.free_one_page(pfn.0, order);
         Ok(())
     }
 
@@ -505,7 +434,6 @@ impl<'a> BuddyAllocator<'a> {
         if n == 0 {
             return Err(AllocError::BadOrder);
         }
-        self.drain_pcp();
         let blocks = self.map.nr_pages() / MAX_ORDER_PAGES;
         let mut run_start = 0;
         let mut run = 0;
@@ -538,7 +466,8 @@ impl<'a> BuddyAllocator<'a> {
     /// Check the lists against the memmap: every list entry a Buddy head of
     /// its order, aligned, back links right, counts right; every page inside
     /// a free block Free, inside an allocated block Tail; the free total
-    /// adds up. O(memory).
+    /// adds up. Per-CPU pages are counted in `pcp` for the caller to match
+    /// against its lists. O(memory).
     pub fn check(&self) -> Result<CheckStats, CheckError> {
         let n = self.map.nr_pages();
         let mut free_in_lists = 0;
@@ -591,33 +520,6 @@ impl<'a> BuddyAllocator<'a> {
             }
             free_in_lists += counted << order;
         }
-        let mut pcp = 0;
-        let mut pfn = self.pcp.head;
-        while pfn != NIL {
-            if pfn >= n || !self.page(pfn).has_type(PageType::Pcp) {
-                return Err(CheckError::ListEntry {
-                    order: 0,
-                    pfn: Pfn(pfn),
-                });
-            }
-            pcp += 1;
-            if pcp > n {
-                return Err(CheckError::Loop { order: 0 });
-            }
-            pfn = self
-                .page(pfn)
-                .buddy()
-                .buddy_list
-                .next
-                .load(Ordering::Relaxed);
-        }
-        if pcp != self.pcp.count {
-            return Err(CheckError::Count {
-                order: 0,
-                counted: pcp,
-                recorded: self.pcp.count,
-            });
-        }
         // Walk the memmap block by block.
         let mut stats = CheckStats::default();
         let mut pfn = 0;
@@ -632,7 +534,7 @@ impl<'a> BuddyAllocator<'a> {
                     )
                 }
                 Some(PageType::Pcp) => {
-                    stats.free += 1;
+                    stats.pcp += 1;
                     (1, PageType::Free)
                 }
                 Some(PageType::Allocated) | Some(PageType::Heap) => {
@@ -666,7 +568,7 @@ impl<'a> BuddyAllocator<'a> {
             }
             pfn += span;
         }
-        if stats.free != free_in_lists + pcp || stats.free != self.nr_free_pages {
+        if stats.free != free_in_lists || stats.free != self.nr_free_pages {
             return Err(CheckError::Total {
                 counted: stats.free,
                 recorded: self.nr_free_pages,

@@ -10,6 +10,8 @@ use super::addr::{Pfn, PAGE_SIZE};
 use super::buddy::{AllocError, AllocFlags, BuddyAllocator, FreeError, MAX_ORDER};
 use super::memmap::MemMap;
 use super::page::{Page, PageType};
+use super::pcp::{PcpList, PCP_HIGH};
+use spin::Mutex;
 
 #[repr(C, align(4096))]
 struct Frame([u8; PAGE_SIZE as usize]);
@@ -121,15 +123,20 @@ proptest! {
     fn buddy_matches_model(ops in proptest::collection::vec(op(), 1..MAX_OPS)) {
         let sim = Sim::new(FRAMES);
         let map = sim.map();
-        let mut b = boot(&map);
+        let zone = Mutex::new(boot(&map));
+        let mut pcp = PcpList::new();
         let initial_blocks = free_blocks(&map);
-        let initial_free = b.nr_free_pages();
+        let initial_free = zone.lock().nr_free_pages();
         prop_assert_eq!(initial_free + reserved_count(), FRAMES);
         let mut owner = vec![false; FRAMES as usize];
         let mut live: Vec<(Pfn, u32)> = Vec::new();
         for op in ops {
             match op {
-                Op::Alloc(order) => match b.alloc(order, AllocFlags::empty()) {
+                Op::Alloc(order) => match if order == 0 {
+                    pcp.alloc(&map, &zone)
+                } else {
+                    zone.lock().alloc(order, AllocFlags::empty())
+                } {
                     Ok(pfn) => {
                         prop_assert!(pfn.is_aligned_to_order(order), "{:?} order {}", pfn, order);
                         for f in pfn.0..pfn.0 + (1 << order) {
@@ -142,31 +149,35 @@ proptest! {
                     Err(e) => {
                         prop_assert_eq!(e, AllocError::NoMemory);
                         // Only refused when no free run of that size is left.
-                        prop_assert!(b.nr_free_pages() < FRAMES);
+                        prop_assert!(zone.lock().nr_free_pages() < FRAMES);
                     }
                 },
                 Op::Free(i) if !live.is_empty() => {
                     let (pfn, order) = live.swap_remove(i % live.len());
-                    prop_assert_eq!(b.free(pfn, order), Ok(()));
+                    let r = if order == 0 { pcp.free(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+                    prop_assert_eq!(r, Ok(()));
                     for f in pfn.0..pfn.0 + (1 << order) {
                         owner[f as usize] = false;
                     }
                 }
                 Op::Free(_) => {}
             }
-            let stats = b.check().map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            let stats = zone.lock().check().map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            prop_assert_eq!(pcp.check(&map), Ok(stats.pcp));
+            prop_assert!(stats.pcp <= PCP_HIGH);
             let allocated = owner.iter().filter(|o| **o).count() as u64;
             prop_assert_eq!(stats.allocated, allocated);
             prop_assert_eq!(stats.reserved, reserved_count());
-            prop_assert_eq!(stats.free + stats.allocated + stats.reserved, FRAMES);
-            prop_assert_eq!(b.nr_free_pages(), initial_free - allocated);
+            prop_assert_eq!(stats.free + stats.pcp + stats.allocated + stats.reserved, FRAMES);
+            prop_assert_eq!(zone.lock().nr_free_pages() + pcp.count(), initial_free - allocated);
         }
         for (pfn, order) in live.drain(..) {
-            prop_assert_eq!(b.free(pfn, order), Ok(()));
+            let r = if order == 0 { pcp.free(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+            prop_assert_eq!(r, Ok(()));
         }
-        b.drain_pcp();
-        prop_assert!(b.check().is_ok());
-        prop_assert_eq!(b.nr_free_pages(), initial_free);
+        pcp.drain(&map, &zone, u64::MAX);
+        prop_assert!(zone.lock().check().is_ok());
+        prop_assert_eq!(zone.lock().nr_free_pages(), initial_free);
         prop_assert_eq!(free_blocks(&map), initial_blocks);
     }
 }
@@ -329,7 +340,6 @@ fn exhaustion_then_recovery() {
         for p in got {
             b.free(p, 0).unwrap();
         }
-        b.drain_pcp();
         assert_eq!(b.nr_free_pages(), start);
     });
 }
@@ -352,4 +362,59 @@ fn contiguous_blocks() {
     }
     assert!(b.check().is_ok());
     assert_eq!(b.nr_free(MAX_ORDER), 7);
+}
+
+/// The per-CPU list: LIFO reuse, refill and drain in batches, and every
+/// misuse routed to the buddy allocator's precise refusal.
+#[test]
+fn pcp_fast_path_and_misuse() {
+    let sim = Sim::new(FRAMES);
+    let map = sim.map();
+    let zone = Mutex::new(boot(&map));
+    let mut pcp = PcpList::new();
+    let start = zone.lock().nr_free_pages();
+    let a = pcp.alloc(&map, &zone).unwrap();
+    assert_eq!(pcp.count(), super::pcp::PCP_BATCH - 1);
+    assert_eq!(pcp.free(&map, &zone, a), Ok(()));
+    // LIFO: the page just freed comes back first.
+    assert_eq!(pcp.alloc(&map, &zone), Ok(a));
+    let page = map.pfn_to_page(a).unwrap();
+    assert_eq!(page.refcount(), 1);
+    assert_eq!(page.words()[0].load(Ordering::Relaxed), 0);
+    // Misuse on the fast path gets the same answers as the zone gives.
+    page.page_ref_inc();
+    assert_eq!(pcp.free(&map, &zone, a), Err(FreeError::BadRefcount(2)));
+    page.page_ref_dec();
+    page.generic().mapping.store(0x1000, Ordering::Relaxed);
+    assert_eq!(
+        pcp.free(&map, &zone, a),
+        Err(FreeError::NonNullMapping(0x1000))
+    );
+    page.generic().mapping.store(0, Ordering::Relaxed);
+    assert_eq!(pcp.free(&map, &zone, a), Ok(()));
+    assert_eq!(pcp.free(&map, &zone, a), Err(FreeError::AlreadyFree));
+    let big = zone.lock().alloc(2, AllocFlags::empty()).unwrap();
+    assert_eq!(
+        pcp.free(&map, &zone, big),
+        Err(FreeError::WrongOrder { allocated: 2 })
+    );
+    assert_eq!(
+        pcp.free(&map, &zone, Pfn(FRAMES + 5)),
+        Err(FreeError::OutOfRange)
+    );
+    zone.lock().free(big, 2).unwrap();
+    // Above the high mark the list drains a batch.
+    let many: Vec<Pfn> = (0..PCP_HIGH + 10)
+        .map(|_| pcp.alloc(&map, &zone).unwrap())
+        .collect();
+    for p in many {
+        pcp.free(&map, &zone, p).unwrap();
+        assert!(pcp.count() <= PCP_HIGH);
+    }
+    let stats = zone.lock().check().unwrap();
+    assert_eq!(pcp.check(&map), Ok(stats.pcp));
+    pcp.drain(&map, &zone, u64::MAX);
+    assert_eq!(pcp.count(), 0);
+    assert_eq!(zone.lock().nr_free_pages(), start);
+    assert!(zone.lock().check().is_ok());
 }

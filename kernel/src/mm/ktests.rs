@@ -333,7 +333,7 @@ fn reserved_regions_are_marked() -> KResult {
     let stats = stats.unwrap_or_default();
     kassert_eq!(stats.reserved, super::nr_reserved_pages());
     kassert_eq!(
-        stats.free + stats.allocated + stats.reserved + stats.other,
+        stats.free + stats.pcp + stats.allocated + stats.reserved + stats.other,
         memmap().nr_pages()
     );
     Ok(())

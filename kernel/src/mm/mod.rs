@@ -10,11 +10,15 @@ pub mod buddy;
 pub mod heap;
 pub mod memmap;
 pub mod page;
+pub mod pcp;
 
 #[cfg(test)]
 mod buddy_tests;
 #[cfg(target_os = "none")]
 mod ktests;
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::{Mutex, Once};
 
@@ -23,11 +27,47 @@ pub use buddy::{AllocError, AllocFlags, FreeError, MAX_ORDER};
 use buddy::{BuddyAllocator, CheckError, CheckStats};
 use memmap::MemMap;
 use page::Page;
+use pcp::PcpList;
 
 static MEMMAP: Once<MemMap<'static>> = Once::new();
 /// The zone lock. SMP: taken by every CPU for refills and merges; order-0
 /// traffic would move to per-CPU lists that need no lock.
 static ZONE: Once<Mutex<BuddyAllocator<'static>>> = Once::new();
+
+/// This CPU's order-0 list. SMP: one CPU for now, so one list; with more
+/// CPUs this becomes an array indexed by the CPU number in the lowcore.
+struct PcpCell {
+    /// A word, not a bool: s390x compare-and-swap works on words, a byte
+    /// flag costs a rotate-and-retry loop.
+    busy: AtomicU32,
+    list: UnsafeCell<PcpList>,
+}
+
+// SAFETY: the list is only reached through `with_pcp`, whose busy flag
+// admits one user at a time (on one CPU: nested use from an interruption
+// handler falls back to the zone).
+unsafe impl Sync for PcpCell {}
+
+static PCP: PcpCell = PcpCell {
+    busy: AtomicU32::new(0),
+    list: UnsafeCell::new(PcpList::new()),
+};
+
+/// Run `f` on this CPU's list; `None` if it is in use (re-entered).
+fn with_pcp<R>(f: impl FnOnce(&mut PcpList) -> R) -> Option<R> {
+    if PCP
+        .busy
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return None;
+    }
+    // SAFETY: the busy flag was clear and is now ours: no other reference to
+    // the list exists until it is cleared below.
+    let r = f(unsafe { &mut *PCP.list.get() });
+    PCP.busy.store(0, Ordering::Release);
+    Some(r)
+}
 
 /// Where memory management put things at boot.
 #[derive(Clone, Copy, Debug)]
@@ -225,7 +265,19 @@ impl Pages {
 pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
     // SMP: the zone lock; interruption handlers never allocate, so it cannot
     // be taken recursively on one CPU.
-    let pfn = zone().lock().alloc(order, flags)?;
+    let pfn = if order == 0 {
+        let map = memmap();
+        match with_pcp(|pcp| pcp.alloc(map, zone())) {
+            Some(r) => r?,
+            None => zone().lock().alloc(0, AllocFlags::empty())?,
+        }
+    } else {
+        zone().lock().alloc(order, AllocFlags::empty())?
+    };
+    if flags.contains(AllocFlags::ZERO) {
+        // SAFETY: the block was just allocated: nobody else uses its memory.
+        unsafe { clear_frames(memmap().frame_ptr(pfn), PAGE_SIZE << order) };
+    }
     Ok(Pages { pfn, order })
 }
 
@@ -233,7 +285,7 @@ pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
 /// (extra reference, mapping still set, a page-table type) is refused,
 /// reported, and handed back unchanged so the caller can fix it.
 pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
-    match zone().lock().free(p.pfn, p.order) {
+    match free_block(p.pfn, p.order) {
         Ok(()) => Ok(()),
         Err(e) => {
             report_bad_page(p.pfn, e);
@@ -249,11 +301,21 @@ pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
 /// If the free succeeds, the frames are gone: the caller must not use them
 /// afterwards, and no `Pages` handle for them may survive.
 pub unsafe fn free_pages_raw(pfn: Pfn, order: u32) -> Result<(), FreeError> {
-    let r = zone().lock().free(pfn, order);
+    let r = free_block(pfn, order);
     if let Err(e) = r {
         report_bad_page(pfn, e);
     }
     r
+}
+
+fn free_block(pfn: Pfn, order: u32) -> Result<(), FreeError> {
+    if order == 0 {
+        let map = memmap();
+        if let Some(r) = with_pcp(|pcp| pcp.free(map, zone(), pfn)) {
+            return r;
+        }
+    }
+    zone().lock().free(pfn, order)
 }
 
 fn report_bad_page(pfn: Pfn, e: FreeError) {
@@ -274,12 +336,19 @@ fn report_bad_page(pfn: Pfn, e: FreeError) {
 
 /// Allocate `n` contiguous MAX_ORDER blocks; free each with MAX_ORDER.
 pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
+    drain_pcp();
     zone().lock().alloc_contig(n)
+}
+
+/// Pages in this CPU's order-0 list.
+pub fn nr_pcp_pages() -> u64 {
+    // SMP: only this CPU's list.
+    with_pcp(|pcp| pcp.count()).unwrap_or(0)
 }
 
 /// Free pages in the allocator (buddy lists and the per-CPU list).
 pub fn nr_free_pages() -> u64 {
-    zone().lock().nr_free_pages()
+    zone().lock().nr_free_pages() + nr_pcp_pages()
 }
 
 /// Free blocks of each order in the buddy lists.
@@ -298,12 +367,26 @@ pub fn nr_managed_pages() -> u64 {
 
 /// Return per-CPU pages to the buddy lists so they can merge.
 pub fn drain_pcp() {
-    zone().lock().drain_pcp();
+    let map = memmap();
+    with_pcp(|pcp| pcp.drain(map, zone(), u64::MAX));
 }
 
-/// Run the allocator's consistency check.
+/// Run the allocator's consistency check, per-CPU list included.
 pub fn check() -> Result<CheckStats, CheckError> {
-    zone().lock().check()
+    let map = memmap();
+    with_pcp(|pcp| {
+        let stats = zone().lock().check()?;
+        match pcp.check(map) {
+            Ok(n) if n == stats.pcp => Ok(stats),
+            Ok(n) => Err(CheckError::Count {
+                order: 0,
+                counted: n,
+                recorded: stats.pcp,
+            }),
+            Err(pfn) => Err(CheckError::ListEntry { order: 0, pfn }),
+        }
+    })
+    .unwrap_or(Err(CheckError::Loop { order: 0 }))
 }
 
 /// The one-line summary every boot log has.
@@ -339,7 +422,7 @@ pub fn dump() {
         (nr_free_pages() * PAGE_SIZE) >> 20,
         nr_reserved_pages(),
         nr_managed_pages(),
-        zone().lock().pcp_count()
+        nr_pcp_pages()
     );
     let pct_x1000 = l.memmap_bytes * 100_000 / l.memory;
     crate::pr_info!(
