@@ -457,6 +457,28 @@ def host_tests(release):
     return passed, failed, ignored
 
 
+def miri_tests():
+    """The struct page layout and buddy-allocator tests under Miri (smaller
+    simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
+    ensure_toolchain(extra=["miri"])
+    run_checked(["cargo", "miri", "setup"], capture_output=True)
+    cmd = ["cargo", "miri", "test", "-p", "kernel", "--", "mm::"]
+    log(shlex.join(cmd))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stdout.write(r.stdout)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+    passed = failed = ignored = 0
+    for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored",
+                         r.stdout):
+        passed += int(m.group(1))
+        failed += int(m.group(2))
+        ignored += int(m.group(3))
+    if r.returncode != 0 and failed == 0:
+        failed = 1
+    return passed, failed, ignored
+
+
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False):
     """Boot once with the KTAP suites; return (Ktap, Run, problems)."""
     append = f"ktest.expect_mem={memory} ktest.expect_cpus={smp}"
@@ -528,6 +550,11 @@ def cmd_test(args):
         passed, failed, skipped = passed + p, failed + f, skipped + s
         if f:
             problems.append(f"host: {f} failed")
+    if args.miri:
+        p, f, s = miri_tests()
+        passed, failed, skipped = passed + p, failed + f, skipped + s
+        if f:
+            problems.append(f"miri: {f} failed")
     if not args.host_only:
         ensure_apt(QEMU, "qemu-system-misc")
         elf = build(args.release, quiet=True)
@@ -703,6 +730,9 @@ def main():
     sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
+    sp.add_argument("--miri", action="store_true",
+                    help="also run the struct page and buddy tests under Miri (installs "
+                    "the miri component)")
     sp.add_argument("--selftest", action="store_true",
                     help="prove the failure paths: a failing assertion, a crash, a panic "
                     "and a hang must each be reported as failures")

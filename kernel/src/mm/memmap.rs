@@ -8,17 +8,24 @@ use super::page::Page;
 /// The memmap of one contiguous range of frames starting at pfn 0.
 pub struct MemMap<'a> {
     pages: &'a [Page],
-    /// Kernel virtual address of frame 0: 0 for the identity-mapped kernel,
-    /// the simulated RAM buffer in host tests.
-    virt_base: usize,
+    /// Kernel virtual address of frame 0: address 0 for the identity-mapped
+    /// kernel, the simulated RAM buffer in host tests. A pointer, so frame
+    /// pointers derived from it keep its provenance (Miri checks that).
+    virt_base: *mut u8,
 }
+
+// SAFETY: `virt_base` is only a base for address arithmetic; who may touch
+// a frame is decided by the allocator that owns it, not by the memmap.
+unsafe impl Sync for MemMap<'_> {}
+// SAFETY: as above.
+unsafe impl Send for MemMap<'_> {}
 
 impl<'a> MemMap<'a> {
     /// # Safety
     /// `virt_base .. virt_base + pages.len() * 4096` must be memory this
     /// memmap describes, usable as frames for as long as `'a`: the
     /// allocator hands out pointers into it.
-    pub unsafe fn new(pages: &'a [Page], virt_base: usize) -> Self {
+    pub unsafe fn new(pages: &'a [Page], virt_base: *mut u8) -> Self {
         Self { pages, virt_base }
     }
 
@@ -73,6 +80,6 @@ impl<'a> MemMap<'a> {
     }
 
     pub fn frame_ptr(&self, pfn: Pfn) -> *mut u8 {
-        self.pfn_to_virt(pfn).0 as usize as *mut u8
+        self.virt_base.wrapping_add((pfn.0 << PAGE_SHIFT) as usize)
     }
 }

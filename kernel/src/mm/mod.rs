@@ -152,7 +152,8 @@ pub fn init(
         unsafe { core::slice::from_raw_parts(memmap_start.0 as *const Page, nr_pages as usize) };
     // SAFETY: identity mapping: frame n is at address n * 4096, for all of
     // memory, and the memmap covers exactly that memory.
-    let map = MEMMAP.call_once(|| unsafe { MemMap::new(pages, 0) });
+    let map = MEMMAP
+        .call_once(|| unsafe { MemMap::new(pages, core::ptr::with_exposed_provenance_mut(0)) });
     let mut b = BuddyAllocator::new(map);
     // Lowcore (prefix area, 8 KiB).
     b.reserve_range(Pfn(0), Pfn(2));
