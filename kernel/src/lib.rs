@@ -13,6 +13,7 @@ pub mod arch;
 pub mod bench;
 pub mod cmdline;
 pub mod console;
+pub mod dat;
 pub mod fmtbuf;
 pub mod ktest;
 pub mod log;

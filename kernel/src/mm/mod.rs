@@ -11,6 +11,7 @@ pub mod heap;
 pub mod memmap;
 pub mod page;
 pub mod pcp;
+pub mod ptdesc;
 
 #[cfg(test)]
 mod buddy_tests;
@@ -173,6 +174,32 @@ pub fn init(
     });
     crate::ktest::set_leak_counter(nr_free_pages);
     Ok(layout)
+}
+
+/// Set up the global memmap and allocator over simulated memory, once per
+/// test process, so host tests can use everything built on `alloc_pages`
+/// (page tables, address spaces).
+#[cfg(all(test, not(target_arch = "s390x")))]
+pub fn init_for_host_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        const FRAMES: u64 = 16 * 1024;
+        // Aligned like the kernel's identity map (to the largest block), so
+        // virtual-address alignment (pmd_pgtable_page) matches physical.
+        let layout = std::alloc::Layout::from_size_align((FRAMES * PAGE_SIZE) as usize, 4 << 20)
+            .expect("layout");
+        // SAFETY: a non-zero size; the memory is leaked on purpose: it is
+        // the simulated RAM for the rest of the process.
+        let ram = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ram.is_null());
+        let pages: &'static [Page] = Vec::leak((0..FRAMES).map(|_| Page::new()).collect());
+        // SAFETY: `ram` is FRAMES frames owned by nothing else, forever.
+        let map = MEMMAP.call_once(|| unsafe { MemMap::new(pages, ram) });
+        let mut b = BuddyAllocator::new(map);
+        b.reserve_range(Pfn(0), Pfn(2));
+        b.add_free_range(Pfn(2), Pfn(FRAMES));
+        ZONE.call_once(|| Mutex::new(b));
+    });
 }
 
 pub fn layout() -> Option<&'static Layout> {

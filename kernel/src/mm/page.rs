@@ -216,8 +216,19 @@ const _: () = assert!(offset_of!(Page, u) == 8);
 const _: () = assert!(offset_of!(Page, page_type) == 48);
 const _: () = assert!(offset_of!(Page, refcount) == 52);
 const _: () = assert!(offset_of!(Page, _spare) == 56);
-/// Offset of `mapping` in `struct page`.
+/// Offsets in `struct page` that overlay types match (Linux TABLE_MATCH).
+pub const FLAGS_OFFSET: usize = 0;
+pub const LRU_OFFSET: usize = 8;
 pub const MAPPING_OFFSET: usize = 24;
+pub const INDEX_OFFSET: usize = 32;
+pub const PRIVATE_OFFSET: usize = 40;
+pub const PAGE_TYPE_OFFSET: usize = 48;
+pub const REFCOUNT_OFFSET: usize = 52;
+pub const SPARE_OFFSET: usize = 56;
+const _: () = assert!(offset_of!(Page, page_type) == PAGE_TYPE_OFFSET);
+const _: () = assert!(offset_of!(Page, refcount) == REFCOUNT_OFFSET);
+const _: () = assert!(offset_of!(Page, _spare) == SPARE_OFFSET);
+const _: () = assert!(8 + offset_of!(GenericArm, lru) == LRU_OFFSET);
 const _: () = assert!(8 + offset_of!(GenericArm, mapping) == MAPPING_OFFSET);
 const _: () = assert!(8 + offset_of!(GenericArm, index) == 32);
 const _: () = assert!(8 + offset_of!(GenericArm, private) == 40);

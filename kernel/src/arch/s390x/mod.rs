@@ -1,6 +1,7 @@
 //! s390x primitives: every `asm!` of the kernel lives below this module.
 
 pub mod cr;
+pub mod dat;
 pub mod extable;
 pub mod facility;
 pub mod insn;

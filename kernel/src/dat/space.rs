@@ -1,0 +1,760 @@
+//! An address space (Linux's mm as far as page tables go): an ASCE whose
+//! type follows the limit, grown when a mapping needs it
+//! (`crst_table_upgrade`); map, unmap, protect and look up pages and
+//! ranges; lower tables allocated on demand and freed when they become
+//! empty. A valid entry is never changed in place: IPTE (PTE) or IDTE
+//! (region/segment) first. PTE tables are 2 KiB fragments, two per page,
+//! or whole pages with PGSTEs for spaces a gmap shares.
+
+use core::sync::atomic::Ordering;
+
+use super::entry::{
+    pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE,
+};
+use super::gather::{tlb_gather_mmu, GatheredTable, MmuGather};
+use super::table::{self, entry, PhysReader, PTE_TABLE_SIZE};
+use super::tlb;
+use super::walk::{self, Facilities, Fault, Translation};
+use crate::mm::addr::{PhysAddr, PAGE_SIZE};
+use crate::mm::ptdesc;
+use crate::mm::AllocError;
+
+/// Errors of address-space operations. Whatever the error, the space is as
+/// it was before the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceError {
+    NoMemory,
+    /// An address or length not page aligned (or zero length).
+    Misaligned,
+    /// Beyond the space's maximum limit.
+    OutOfRange,
+    AlreadyMapped,
+    NotMapped,
+}
+
+impl From<AllocError> for SpaceError {
+    fn from(_: AllocError) -> Self {
+        SpaceError::NoMemory
+    }
+}
+
+impl From<EntryError> for SpaceError {
+    fn from(_: EntryError) -> Self {
+        SpaceError::Misaligned
+    }
+}
+
+/// What an unmap did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapStats {
+    pub pages: u64,
+    /// Invalidations issued (IPTE + IDTE).
+    pub flushes: u64,
+    /// Tables freed after the flush.
+    pub tables_freed: u64,
+}
+
+/// A table allocated by the current operation, to undo on failure.
+#[derive(Clone, Copy)]
+struct NewTable {
+    parent: PhysAddr,
+    parent_level: Level,
+    va: u64,
+    child: PhysAddr,
+}
+
+pub struct AddressSpace {
+    asce: Asce,
+    /// Addresses at or above this are refused (the space never grows past).
+    max_limit: u128,
+    /// PTE tables are whole pages with PGSTEs in the upper half.
+    pgste: bool,
+    /// Pages with one free 2 KiB half (Linux mm->context.pgtable_list),
+    /// linked through the ptdesc's pt_list by real address; 0 = end.
+    frag_list: u64,
+}
+
+impl AddressSpace {
+    /// A space whose ASCE type covers `limit` (segment below 2 GiB,
+    /// region-third below 4 TiB, region-second below 8 PiB, else
+    /// region-first) and that grows up to `max_limit` on demand.
+    pub fn new(limit: u128, max_limit: u128, pgste: bool) -> Result<Self, SpaceError> {
+        if limit == 0 || max_limit < limit || max_limit > Level::Region1.limit() {
+            return Err(SpaceError::OutOfRange);
+        }
+        let level = Level::for_limit(limit);
+        let top = table::crst_alloc(level)?;
+        Ok(AddressSpace {
+            asce: Asce::new(top, level)?,
+            max_limit,
+            pgste,
+            frag_list: 0,
+        })
+    }
+
+    pub fn asce(&self) -> Asce {
+        self.asce
+    }
+
+    /// What the current top table covers.
+    pub fn limit(&self) -> u128 {
+        self.asce.level().limit()
+    }
+
+    pub fn max_limit(&self) -> u128 {
+        self.max_limit
+    }
+
+    pub fn has_pgste(&self) -> bool {
+        self.pgste
+    }
+
+    // -- growing the top ------------------------------------------------------
+
+    /// `crst_table_upgrade`: add levels on top until `va` is covered. The old
+    /// top becomes entry 0 of the new one, so existing mappings stay.
+    fn upgrade_for(&mut self, va: u64) -> Result<(), SpaceError> {
+        if va as u128 >= self.max_limit {
+            return Err(SpaceError::OutOfRange);
+        }
+        while va as u128 >= self.limit() {
+            let old = self.asce;
+            let Some(up) = old.level().upper() else {
+                return Err(SpaceError::OutOfRange);
+            };
+            let top = table::crst_alloc(up)?;
+            let old_empty = table::crst_is_empty(old.origin(), old.level());
+            if !old_empty {
+                // SAFETY: the new table is ours; entry 0 covers the old range.
+                unsafe { entry(top) }.store(
+                    RegionEntry::table(up, old.origin())?.raw(),
+                    Ordering::Release,
+                );
+            }
+            self.asce = Asce::new(top, up)?;
+            // The ASCE changed: TLB entries of the old one must go.
+            tlb::ptlb();
+            if old_empty {
+                // An empty old top is not worth a level: the new top starts
+                // empty instead (and a failed operation's undo finds entry 0
+                // empty).
+                table::crst_free(old.origin());
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo upgrades of a failed operation: drop added top tables until the
+    /// ASCE is `old` again (each added top only has entry 0, pointing down).
+    fn downgrade_to(&mut self, old: Asce) {
+        while self.asce != old && self.asce.level() > old.level() {
+            let top = self.asce.origin();
+            let Some(lower) = self.asce.level().lower() else {
+                return;
+            };
+            // SAFETY: entry 0 of the live top table.
+            let e0 = RegionEntry::from_raw(unsafe { entry(top) }.load(Ordering::Acquire));
+            let below = if e0.is_invalid() {
+                // The old top was empty and freed by the upgrade: a new empty
+                // table of the lower level takes its place.
+                match table::crst_alloc(lower) {
+                    Ok(t) => t,
+                    Err(_) => return,
+                }
+            } else {
+                e0.next_origin()
+            };
+            let Ok(a) = Asce::new(below, lower) else {
+                return;
+            };
+            self.asce = a;
+            tlb::ptlb();
+            table::crst_free(top);
+        }
+    }
+
+    // -- PTE tables and fragments ----------------------------------------------
+
+    fn frag_link(pa: u64) -> Option<&'static ptdesc::PtDesc> {
+        table::table_ptdesc(PhysAddr(pa))
+    }
+
+    fn frag_list_add(&mut self, page: PhysAddr) {
+        let Some(pt) = Self::frag_link(page.0) else {
+            return;
+        };
+        // SAFETY: atomics-only union; pt_list is this page's list link.
+        let l = unsafe { &pt.pt_list_or_pad.pt_list };
+        l.next.store(self.frag_list, Ordering::Relaxed);
+        l.prev.store(0, Ordering::Relaxed);
+        if let Some(n) = Self::frag_link(self.frag_list).filter(|_| self.frag_list != 0) {
+            // SAFETY: as above.
+            unsafe {
+                n.pt_list_or_pad
+                    .pt_list
+                    .prev
+                    .store(page.0, Ordering::Relaxed)
+            };
+        }
+        self.frag_list = page.0;
+    }
+
+    fn frag_list_del(&mut self, page: PhysAddr) {
+        let Some(pt) = Self::frag_link(page.0) else {
+            return;
+        };
+        // SAFETY: atomics-only union.
+        let l = unsafe { &pt.pt_list_or_pad.pt_list };
+        let (next, prev) = (
+            l.next.load(Ordering::Relaxed),
+            l.prev.load(Ordering::Relaxed),
+        );
+        if prev == 0 {
+            self.frag_list = next;
+        } else if let Some(p) = Self::frag_link(prev) {
+            // SAFETY: as above.
+            unsafe { p.pt_list_or_pad.pt_list.next.store(next, Ordering::Relaxed) };
+        }
+        if next != 0 {
+            if let Some(n) = Self::frag_link(next) {
+                // SAFETY: as above.
+                unsafe { n.pt_list_or_pad.pt_list.prev.store(prev, Ordering::Relaxed) };
+            }
+        }
+        l.next.store(0, Ordering::Relaxed);
+        l.prev.store(0, Ordering::Relaxed);
+    }
+
+    /// Pages on the list of pages with a free half.
+    pub fn frag_list_len(&self) -> usize {
+        let mut n = 0;
+        let mut pa = self.frag_list;
+        while pa != 0 {
+            n += 1;
+            // SAFETY: atomics-only union.
+            pa = Self::frag_link(pa).map_or(0, |p| unsafe {
+                p.pt_list_or_pad.pt_list.next.load(Ordering::Relaxed)
+            });
+        }
+        n
+    }
+
+    /// A fresh, empty PTE table: the free half of a page on the list, or a
+    /// new page (whole, with PGSTEs, for a pgste space).
+    fn pte_alloc(&mut self) -> Result<PhysAddr, SpaceError> {
+        if !self.pgste && self.frag_list != 0 {
+            let page = PhysAddr(self.frag_list);
+            let pt = Self::frag_link(page.0).ok_or(SpaceError::NoMemory)?;
+            let half = if pt.frag_halves() & 1 == 0 { 0 } else { 1 };
+            if !pt.frag_get(half) {
+                return Err(SpaceError::NoMemory);
+            }
+            self.frag_list_del(page);
+            let pa = PhysAddr(page.0 + half as u64 * PTE_TABLE_SIZE);
+            table::pte_table_init(pa, false);
+            return Ok(pa);
+        }
+        let pt = ptdesc::pagetable_alloc(0)?;
+        ptdesc::pagetable_pte_ctor(pt);
+        let page = ptdesc::ptdesc_phys(pt);
+        if self.pgste {
+            // A whole page: both halves are this table (PTEs, then PGSTEs).
+            pt.frag_get(0);
+            pt.frag_get(1);
+            table::pte_table_init(page, true);
+        } else {
+            pt.frag_get(0);
+            table::pte_table_init(page, false);
+            self.frag_list_add(page);
+        }
+        Ok(page)
+    }
+
+    /// Free a PTE table now (only once no TLB can reach it: through
+    /// mmu_gather or after the segment entry was invalidated).
+    pub(super) fn pte_free_now(&mut self, pa: PhysAddr) {
+        let page = pa.align_down(PAGE_SIZE);
+        let Some(pt) = Self::frag_link(page.0) else {
+            return;
+        };
+        if self.pgste {
+            pt.frag_put(0);
+            pt.frag_put(1);
+        } else {
+            let half = ((pa.0 >> 11) & 1) as u32;
+            match pt.frag_put(half) {
+                Some(1) => {
+                    // The other half is still used: the page has room again.
+                    self.frag_list_add(page);
+                    return;
+                }
+                Some(0) => self.frag_list_del(page),
+                _ => return,
+            }
+        }
+        ptdesc::pagetable_pte_dtor(pt);
+        let _ = ptdesc::pagetable_free(pt);
+    }
+
+    // -- walking ---------------------------------------------------------------
+
+    /// The real address of the entry for `va` in the table of `level`,
+    /// following valid entries from the top; `None` if the walk stops at an
+    /// invalid entry above.
+    fn entry_addr(&self, va: u64, level: Level) -> Option<PhysAddr> {
+        if va as u128 >= self.limit() {
+            return None;
+        }
+        let mut l = self.asce.level();
+        let mut table = self.asce.origin();
+        while l != level {
+            // SAFETY: `table` is a live table of this space.
+            let e = RegionEntry::from_raw(
+                unsafe { entry(PhysAddr(table.0 + l.index(va) as u64 * 8)) }
+                    .load(Ordering::Acquire),
+            );
+            if e.is_invalid() {
+                return None;
+            }
+            table = e.next_origin();
+            l = l.lower()?;
+        }
+        Some(PhysAddr(table.0 + level.index(va) as u64 * 8))
+    }
+
+    /// The real address of the segment entry covering `va`.
+    pub fn segment_entry_addr(&self, va: u64) -> Option<PhysAddr> {
+        self.entry_addr(va, Level::Segment)
+    }
+
+    /// The segment entry covering `va` (empty if the walk stops above).
+    pub fn segment_entry(&self, va: u64) -> SegmentEntry {
+        self.segment_entry_addr(va)
+            .map_or(SegmentEntry::empty(), |pa| {
+                // SAFETY: an entry of a live segment table of this space.
+                SegmentEntry::from_raw(unsafe { entry(pa) }.load(Ordering::Acquire))
+            })
+    }
+
+    /// The page table for `va`, if its segment entry is valid.
+    pub fn pte_table(&self, va: u64) -> Option<PhysAddr> {
+        let s = self.segment_entry(va);
+        (!s.is_invalid()).then(|| s.page_table())
+    }
+
+    /// Real address of the PTE for `va`, if a page table exists for it.
+    pub fn pte_addr(&self, va: u64) -> Option<PhysAddr> {
+        self.pte_table(va)
+            .map(|t| PhysAddr(t.0 + pte_index(va) as u64 * 8))
+    }
+
+    fn pte(&self, va: u64) -> Pte {
+        self.pte_addr(va).map_or(Pte::empty(), |pa| {
+            // SAFETY: a PTE of a live page table of this space.
+            Pte::from_raw(unsafe { entry(pa) }.load(Ordering::Acquire))
+        })
+    }
+
+    /// Walk to the page table for `va`, allocating what is missing; each
+    /// table allocated is recorded in `new` so a failure can undo it.
+    fn walk_alloc(
+        &mut self,
+        va: u64,
+        new: &mut heapless_new::NewTables,
+    ) -> Result<PhysAddr, SpaceError> {
+        self.upgrade_for(va)?;
+        let mut l = self.asce.level();
+        let mut table = self.asce.origin();
+        while let Some(lower) = l.lower() {
+            let ea = PhysAddr(table.0 + l.index(va) as u64 * 8);
+            // SAFETY: an entry of a live table of this space.
+            let slot = unsafe { entry(ea) };
+            let e = RegionEntry::from_raw(slot.load(Ordering::Acquire));
+            let next = if e.is_invalid() {
+                let child = table::crst_alloc(lower)?;
+                new.push(NewTable {
+                    parent: table,
+                    parent_level: l,
+                    va,
+                    child,
+                });
+                // Invalid → valid needs no invalidation.
+                slot.store(RegionEntry::table(l, child)?.raw(), Ordering::Release);
+                child
+            } else {
+                e.next_origin()
+            };
+            table = next;
+            l = lower;
+        }
+        let ea = PhysAddr(table.0 + Level::Segment.index(va) as u64 * 8);
+        // SAFETY: an entry of a live segment table of this space.
+        let slot = unsafe { entry(ea) };
+        let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        if !s.is_invalid() {
+            return Ok(s.page_table());
+        }
+        let pto = self.pte_alloc()?;
+        new.push(NewTable {
+            parent: table,
+            parent_level: Level::Segment,
+            va,
+            child: pto,
+        });
+        slot.store(SegmentEntry::table(pto, false)?.raw(), Ordering::Release);
+        Ok(pto)
+    }
+
+    /// Undo the tables a failed operation allocated, newest first.
+    fn undo(&mut self, new: &mut heapless_new::NewTables) {
+        while let Some(t) = new.pop() {
+            let ea = PhysAddr(t.parent.0 + t.parent_level.index(t.va) as u64 * 8);
+            // SAFETY: the parent is live; its entry points at `t.child`.
+            unsafe { tlb::idte(t.parent, t.parent_level, t.va) };
+            let empty = match t.parent_level {
+                Level::Segment => SegmentEntry::empty().raw(),
+                l => RegionEntry::empty(l).raw(),
+            };
+            // SAFETY: as above; the entry is invalid now.
+            unsafe { entry(ea) }.store(empty, Ordering::Release);
+            match t.parent_level {
+                Level::Segment => self.pte_free_now(t.child),
+                _ => table::crst_free(t.child),
+            }
+        }
+    }
+
+    fn check_page(&self, va: u64) -> Result<(), SpaceError> {
+        if va & (PAGE_SIZE - 1) != 0 {
+            return Err(SpaceError::Misaligned);
+        }
+        if va as u128 >= self.max_limit {
+            return Err(SpaceError::OutOfRange);
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, va: u64, len: u64) -> Result<u64, SpaceError> {
+        if len == 0 || len & (PAGE_SIZE - 1) != 0 {
+            return Err(SpaceError::Misaligned);
+        }
+        self.check_page(va)?;
+        let end = va.checked_add(len).ok_or(SpaceError::OutOfRange)?;
+        if end as u128 > self.max_limit {
+            return Err(SpaceError::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    // -- the operations -------------------------------------------------------
+
+    /// Map the page at `va` to the frame at `pa`.
+    pub fn map(&mut self, va: u64, pa: PhysAddr, prot: Prot) -> Result<(), SpaceError> {
+        self.check_page(va)?;
+        let pte = Pte::new(pa, prot)?;
+        if self.pte(va).is_present() {
+            return Err(SpaceError::AlreadyMapped);
+        }
+        let mut new = heapless_new::NewTables::new();
+        let old_asce = self.asce;
+        let pto = match self.walk_alloc(va, &mut new) {
+            Ok(p) => p,
+            Err(e) => {
+                self.undo(&mut new);
+                self.downgrade_to(old_asce);
+                return Err(e);
+            }
+        };
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: the PTE of a live table of this space, under its lock;
+        // it is invalid, so no invalidation is needed before writing it.
+        unsafe { entry(PhysAddr(pto.0 + pte_index(va) as u64 * 8)) }
+            .store(pte.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Map `len` bytes at `va` to the frames from `pa` on. Nothing is
+    /// changed if any page is already mapped or memory runs out.
+    pub fn map_range(
+        &mut self,
+        va: u64,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), SpaceError> {
+        let end = self.check_range(va, len)?;
+        if pa.0 & (PAGE_SIZE - 1) != 0 || pa.0.checked_add(len).is_none() {
+            return Err(SpaceError::Misaligned);
+        }
+        let mut a = va;
+        while a < end {
+            if self.pte(a).is_present() {
+                return Err(SpaceError::AlreadyMapped);
+            }
+            // Skip a whole missing page table at once.
+            a = if self.pte_table(a).is_none() {
+                (a | (super::entry::SEGMENT_SIZE - 1)).saturating_add(1)
+            } else {
+                a + PAGE_SIZE
+            };
+        }
+        let mut a = va;
+        while a < end {
+            if let Err(e) = self.map(a, PhysAddr(pa.0 + (a - va)), prot) {
+                if a > va {
+                    let _ = self.unmap_range(va, a - va);
+                }
+                return Err(e);
+            }
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// What `va` maps to, per the tables (software lookup).
+    pub fn lookup(&self, va: u64) -> Option<(PhysAddr, Prot)> {
+        let p = self.pte(va & !(PAGE_SIZE - 1));
+        (p.is_present() && !p.is_invalid())
+            .then(|| (PhysAddr(p.frame().0 | (va & (PAGE_SIZE - 1))), p.prot()))
+    }
+
+    /// Translate with the software walker (as the hardware would).
+    pub fn translate(&self, va: u64, fac: Facilities, store: bool) -> Result<Translation, Fault> {
+        walk::translate(&PhysReader, self.asce, va, fac, store)
+    }
+
+    /// Change the protection of the page at `va`: IPTE, then the new entry.
+    pub fn protect(&mut self, va: u64, prot: Prot) -> Result<(), SpaceError> {
+        self.check_page(va)?;
+        let Some(pea) = self.pte_addr(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let Some(pto) = self.pte_table(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: a PTE of a live table, under its lock.
+        let slot = unsafe { entry(pea) };
+        let old = Pte::from_raw(slot.load(Ordering::Acquire));
+        if !old.is_present() {
+            return Err(SpaceError::NotMapped);
+        }
+        // IPTE before the entry changes: the TLB may hold it.
+        // SAFETY: `pto` is this live page table.
+        unsafe { tlb::ipte(pto, va) };
+        let new = Pte::from_raw(old.raw() & !0x400).with_prot(prot);
+        slot.store(new.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Change the protection of every mapped page in the range.
+    pub fn protect_range(&mut self, va: u64, len: u64, prot: Prot) -> Result<u64, SpaceError> {
+        let end = self.check_range(va, len)?;
+        let mut n = 0;
+        let mut a = va;
+        while a < end {
+            if self.pte(a).is_present() {
+                self.protect(a, prot)?;
+                n += 1;
+            }
+            a += PAGE_SIZE;
+        }
+        Ok(n)
+    }
+
+    /// Unmap the page at `va`; returns the frame it mapped. Empty tables
+    /// below the top are freed.
+    pub fn unmap(&mut self, va: u64) -> Result<PhysAddr, SpaceError> {
+        self.check_page(va)?;
+        let p = self.pte(va);
+        if !p.is_present() {
+            return Err(SpaceError::NotMapped);
+        }
+        self.unmap_range(va, PAGE_SIZE)?;
+        Ok(p.frame())
+    }
+
+    /// Unmap every mapped page in the range; free tables that become empty
+    /// after the flush (mmu_gather). A segment covered whole costs one IDTE
+    /// instead of an IPTE per page.
+    pub fn unmap_range(&mut self, va: u64, len: u64) -> Result<UnmapStats, SpaceError> {
+        let end = self.check_range(va, len)?;
+        let mut g = tlb_gather_mmu();
+        let mut stats = UnmapStats::default();
+        let end = (end as u128).min(self.limit()) as u64;
+        if va < end {
+            let top = self.asce.origin();
+            self.unmap_level(top, self.asce.level(), va, end, &mut g, &mut stats);
+        }
+        stats.flushes = g.flushes;
+        stats.tables_freed = g.pending().len() as u64;
+        g.tlb_finish_mmu(self);
+        Ok(stats)
+    }
+
+    fn unmap_level(
+        &mut self,
+        tbl: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        g: &mut MmuGather,
+        st: &mut UnmapStats,
+    ) {
+        let size = 1u128 << level.shift();
+        let mut a = start as u128;
+        let end_u = end as u128;
+        while a < end_u {
+            let base = a & !(size - 1);
+            let next = (base + size).min(end_u);
+            let va = a as u64;
+            let ea = PhysAddr(tbl.0 + level.index(va) as u64 * 8);
+            // SAFETY: an entry of a live table of this space.
+            let slot = unsafe { entry(ea) };
+            match level.lower() {
+                Some(lower) => {
+                    let e = RegionEntry::from_raw(slot.load(Ordering::Acquire));
+                    if !e.is_invalid() {
+                        let child = e.next_origin();
+                        self.unmap_level(child, lower, va, next as u64, g, st);
+                        if table::crst_is_empty(child, lower) {
+                            // SAFETY: `tbl` is live; its entry points at `child`.
+                            unsafe { tlb::idte(tbl, level, va) };
+                            g.note_flush();
+                            slot.store(RegionEntry::empty(level).raw(), Ordering::Release);
+                            if let Some(pt) = table::table_ptdesc(child) {
+                                let _ = g.tlb_remove_table(pt, GatheredTable::Crst(child, lower));
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+                    if s.is_invalid() {
+                        a = next;
+                        continue;
+                    }
+                    let pto = s.page_table();
+                    let whole = a == base && next == base + size;
+                    if whole {
+                        // One IDTE makes the whole page table unreachable; its
+                        // PTEs can then be cleared without an IPTE each.
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_flush();
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in 0..PTRS_PER_PTE as u64 {
+                            // SAFETY: PTEs of the now unreachable page table.
+                            let pe = unsafe { entry(PhysAddr(pto.0 + i * 8)) };
+                            if Pte::from_raw(pe.load(Ordering::Relaxed)).is_present() {
+                                st.pages += 1;
+                            }
+                            pe.store(Pte::empty().raw(), Ordering::Relaxed);
+                        }
+                    } else {
+                        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+                        let mut p = a as u64;
+                        while (p as u128) < next {
+                            // SAFETY: a PTE of the live page table, under its lock.
+                            let pe = unsafe { entry(PhysAddr(pto.0 + pte_index(p) as u64 * 8)) };
+                            if Pte::from_raw(pe.load(Ordering::Acquire)).is_present() {
+                                // SAFETY: `pto` is this live page table.
+                                unsafe { tlb::ipte(pto, p) };
+                                g.note_flush();
+                                pe.store(Pte::empty().raw(), Ordering::Release);
+                                st.pages += 1;
+                            }
+                            p += PAGE_SIZE;
+                        }
+                        if !table::pte_table_is_empty(pto) {
+                            a = next;
+                            continue;
+                        }
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_flush();
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                    }
+                    if let Some(pt) = table::table_ptdesc(pto) {
+                        let kind = if self.pgste {
+                            GatheredTable::PtePgste(pto)
+                        } else {
+                            GatheredTable::Pte(pto)
+                        };
+                        let _ = g.tlb_remove_table(pt, kind);
+                    }
+                }
+            }
+            a = next;
+        }
+    }
+
+    /// Every table of the space, for teardown: free them all (the ASCE
+    /// must not be loaded anywhere any more).
+    fn free_level(&mut self, tbl: PhysAddr, level: Level) {
+        for i in 0..super::entry::CRST_ENTRIES as u64 {
+            // SAFETY: an entry of a live table of this space.
+            let raw = unsafe { entry(PhysAddr(tbl.0 + i * 8)) }.load(Ordering::Acquire);
+            match level.lower() {
+                Some(lower) => {
+                    let e = RegionEntry::from_raw(raw);
+                    if !e.is_invalid() {
+                        self.free_level(e.next_origin(), lower);
+                    }
+                }
+                None => {
+                    let s = SegmentEntry::from_raw(raw);
+                    if !s.is_invalid() {
+                        self.pte_free_now(s.page_table());
+                    }
+                }
+            }
+        }
+        table::crst_free(tbl);
+    }
+}
+
+impl Drop for AddressSpace {
+    fn drop(&mut self) {
+        // Whoever loaded the ASCE has unloaded it; purge what the TLB may
+        // still hold of it before its tables go back.
+        tlb::ptlb();
+        let (top, level) = (self.asce.origin(), self.asce.level());
+        self.free_level(top, level);
+    }
+}
+
+/// A fixed-capacity list of tables allocated by one operation (at most one
+/// per level), without the heap.
+mod heapless_new {
+    use super::NewTable;
+
+    pub struct NewTables {
+        items: [Option<NewTable>; 4],
+        len: usize,
+    }
+
+    impl NewTables {
+        pub fn new() -> Self {
+            NewTables {
+                items: [None; 4],
+                len: 0,
+            }
+        }
+
+        pub fn push(&mut self, t: NewTable) {
+            if self.len < self.items.len() {
+                self.items[self.len] = Some(t);
+                self.len += 1;
+            }
+        }
+
+        pub fn pop(&mut self) -> Option<NewTable> {
+            if self.len == 0 {
+                return None;
+            }
+            self.len -= 1;
+            self.items[self.len].take()
+        }
+    }
+}

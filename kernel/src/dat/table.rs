@@ -1,0 +1,122 @@
+//! Table memory: CRST tables (region and segment tables, 2048 entries,
+//! 16 KiB, order 2) and PTE tables (256 entries, 2 KiB, two per page, or a
+//! whole page with the upper half as PGSTEs), allocated through the ptdesc
+//! ctors so the page-table count stays right.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::entry::{Level, Pte, RegionEntry, SegmentEntry, CRST_ENTRIES, PTRS_PER_PTE};
+use super::walk::TableReader;
+use crate::mm::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::mm::ptdesc::{self, PtDesc};
+use crate::mm::{self, AllocError};
+
+/// Order of a CRST table allocation.
+pub const CRST_ORDER: u32 = 2;
+/// Bytes of one PTE table.
+pub const PTE_TABLE_SIZE: u64 = (PTRS_PER_PTE * 8) as u64;
+
+/// The kernel address of real address `pa` (identity in the kernel, the
+/// simulated RAM on the host).
+pub fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
+    let base = mm::memmap().frame_ptr(pa.pfn()) as u64;
+    VirtAddr(base + pa.page_offset())
+}
+
+fn entry_ptr(pa: PhysAddr) -> *mut u64 {
+    mm::memmap()
+        .frame_ptr(pa.pfn())
+        .wrapping_add(pa.page_offset() as usize) as *mut u64
+}
+
+/// The table entry at real address `pa`.
+///
+/// # Safety
+/// `pa` is an 8-aligned entry of a table that stays allocated while the
+/// reference is used.
+pub unsafe fn entry<'a>(pa: PhysAddr) -> &'a AtomicU64 {
+    // SAFETY: forwarded to the caller; the memmap covers the table's frame.
+    unsafe { AtomicU64::from_ptr(entry_ptr(pa)) }
+}
+
+/// Reads tables in the memmap's memory, for the software walker.
+pub struct PhysReader;
+
+impl TableReader for PhysReader {
+    fn read_entry(&self, pa: PhysAddr) -> Option<u64> {
+        if pa.pfn().0 >= mm::memmap().nr_pages() || !pa.is_aligned(8) {
+            return None;
+        }
+        // SAFETY: inside the memmap's memory and aligned; a walker may read
+        // any table word (racing writers only make the result stale).
+        Some(unsafe { entry(pa) }.load(Ordering::Acquire))
+    }
+}
+
+/// The descriptor of the table page holding real address `pa`.
+pub fn table_ptdesc(pa: PhysAddr) -> Option<&'static PtDesc> {
+    ptdesc::virt_to_ptdesc(phys_to_virt(pa.align_down(PAGE_SIZE))).ok()
+}
+
+/// Allocate a CRST table of `level`, every entry empty.
+pub fn crst_alloc(level: Level) -> Result<PhysAddr, AllocError> {
+    let pt = ptdesc::pagetable_alloc(CRST_ORDER)?;
+    match level {
+        Level::Segment => ptdesc::pagetable_pmd_ctor(pt),
+        Level::Region3 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION3),
+        Level::Region2 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION2),
+        Level::Region1 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION1),
+    }
+    let pa = ptdesc::ptdesc_phys(pt);
+    let empty = match level {
+        Level::Segment => SegmentEntry::empty().raw(),
+        l => RegionEntry::empty(l).raw(),
+    };
+    for i in 0..CRST_ENTRIES as u64 {
+        // SAFETY: the table was just allocated and is ours.
+        unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(empty, Ordering::Relaxed);
+    }
+    Ok(pa)
+}
+
+/// Free a CRST table (no entry of it may be reachable by the hardware).
+pub fn crst_free(pa: PhysAddr) {
+    if let Some(pt) = table_ptdesc(pa) {
+        ptdesc::pagetable_crst_dtor(pt);
+        // A table freed after its dtor passes the allocator's checks; an
+        // error would mean memmap corruption, which the allocator reports.
+        let _ = ptdesc::pagetable_free(pt);
+    }
+}
+
+/// Fill the PTE table at `pa` with empty entries (and zero PGSTEs).
+pub fn pte_table_init(pa: PhysAddr, pgste: bool) {
+    for i in 0..PTRS_PER_PTE as u64 {
+        // SAFETY: the table half was just allocated for the caller.
+        unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(Pte::empty().raw(), Ordering::Relaxed);
+        if pgste {
+            // SAFETY: the upper half of the same page.
+            unsafe { entry(PhysAddr(pa.0 + PTE_TABLE_SIZE + i * 8)) }.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether every entry of the table is empty (invalid and not present).
+pub fn crst_is_empty(pa: PhysAddr, level: Level) -> bool {
+    let empty = match level {
+        Level::Segment => SegmentEntry::empty().raw(),
+        l => RegionEntry::empty(l).raw(),
+    };
+    (0..CRST_ENTRIES as u64).all(|i| {
+        // SAFETY: the caller's live table.
+        unsafe { entry(PhysAddr(pa.0 + i * 8)) }.load(Ordering::Relaxed) == empty
+    })
+}
+
+pub fn pte_table_is_empty(pa: PhysAddr) -> bool {
+    (0..PTRS_PER_PTE as u64).all(|i| {
+        // SAFETY: the caller's live table.
+        let e = Pte::from_raw(unsafe { entry(PhysAddr(pa.0 + i * 8)) }.load(Ordering::Relaxed));
+        !e.is_present()
+    })
+}

@@ -1,0 +1,109 @@
+//! TLB invalidation as the architecture requires it: a valid entry is never
+//! rewritten in place. IPTE invalidates a PTE, IDTE a region or segment
+//! entry (CSPG where IDTE for regions is missing); both purge the TLB
+//! entries formed through them on every CPU. Counters say how many flushes
+//! happened, for tests and benchmarks. On the host, stand-ins set the
+//! invalid bit in software.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(not(target_arch = "s390x"))]
+use super::entry::pte_index;
+use super::entry::{Asce, Level};
+use crate::mm::addr::PhysAddr;
+
+static IPTES: AtomicU64 = AtomicU64::new(0);
+static IDTES: AtomicU64 = AtomicU64::new(0);
+static PURGES: AtomicU64 = AtomicU64::new(0);
+
+/// Flushes since boot: (IPTE, IDTE/CSPG, PTLB).
+pub fn flush_counts() -> (u64, u64, u64) {
+    (
+        IPTES.load(Ordering::Relaxed),
+        IDTES.load(Ordering::Relaxed),
+        PURGES.load(Ordering::Relaxed),
+    )
+}
+
+/// All flushes since boot.
+pub fn total_flushes() -> u64 {
+    let (a, b, c) = flush_counts();
+    a + b + c
+}
+
+/// Invalidate the PTE for `va` in the page table at `pto` (sets its I bit).
+///
+/// # Safety
+/// `pto` is a live page table whose entry for `va` the caller may change.
+pub unsafe fn ipte(pto: PhysAddr, va: u64) {
+    IPTES.fetch_add(1, Ordering::Relaxed);
+    #[cfg(target_arch = "s390x")]
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        crate::arch::s390x::dat::ipte(pto.0, va)
+    };
+    #[cfg(not(target_arch = "s390x"))]
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        host::set_invalid(PhysAddr(pto.0 + pte_index(va) as u64 * 8), 0x400)
+    };
+}
+
+/// Invalidate the region or segment entry for `va` in the table of
+/// `level` at `table` (sets its I bit).
+///
+/// # Safety
+/// `table` is a live table of `level` whose entry for `va` the caller may
+/// change.
+pub unsafe fn idte(table: PhysAddr, level: Level, va: u64) {
+    IDTES.fetch_add(1, Ordering::Relaxed);
+    let designation = match Asce::new(table, level) {
+        Ok(a) => a.idte_designation(),
+        Err(_) => return,
+    };
+    #[cfg(target_arch = "s390x")]
+    // SAFETY: forwarded to the caller. QEMU's IDTE handles every table type;
+    // the architecture has IDTE for regions only with facility 5, so other
+    // machines take the CSPG path.
+    unsafe {
+        use crate::arch::s390x::facility;
+        if level == Level::Segment || facility::has_facility(facility::IDTE_REGION) {
+            crate::arch::s390x::dat::idte(designation, va);
+        } else {
+            let entry = (table.0 + level.index(va) as u64 * 8) as *mut u64;
+            let old = core::ptr::read_volatile(entry);
+            crate::arch::s390x::dat::cspg(entry, old, old | 0x20);
+        }
+    };
+    #[cfg(not(target_arch = "s390x"))]
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let _ = designation;
+        host::set_invalid(PhysAddr(table.0 + level.index(va) as u64 * 8), 0x20)
+    };
+}
+
+/// Purge this CPU's TLB (after an ASCE's top table changed).
+pub fn ptlb() {
+    PURGES.fetch_add(1, Ordering::Relaxed);
+    #[cfg(target_arch = "s390x")]
+    crate::arch::s390x::dat::ptlb();
+}
+
+#[cfg(not(target_arch = "s390x"))]
+mod host {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::mm::addr::PhysAddr;
+
+    /// # Safety
+    /// `entry` is an entry of a live table in simulated memory.
+    pub unsafe fn set_invalid(entry: PhysAddr, bit: u64) {
+        let ptr = crate::mm::memmap()
+            .frame_ptr(entry.pfn())
+            .wrapping_add(entry.page_offset() as usize);
+        // SAFETY: forwarded to the caller: an 8-aligned entry of a live table.
+        let a = unsafe { AtomicU64::from_ptr(ptr as *mut u64) };
+        a.fetch_or(bit, Ordering::AcqRel);
+    }
+}
