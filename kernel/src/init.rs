@@ -45,6 +45,17 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         pr_info!("mm: cannot create the heap: {:?}", e);
         exit(ExitStatus::BadConfig);
     }
+    match crate::dat::kernel::init(info.memory) {
+        Ok(asce) => pr_info!(
+            "dat: kernel runs with DAT on in home-space mode, identity map {:?}, {} page-table pages",
+            asce,
+            mm::ptdesc::nr_pagetable()
+        ),
+        Err(e) => {
+            pr_info!("dat: cannot build the kernel address space: {:?}", e);
+            exit(ExitStatus::BadConfig);
+        }
+    }
     mm::log_summary();
     let suites = ktest::suites();
     pr_info!(

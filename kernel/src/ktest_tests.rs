@@ -173,7 +173,9 @@ ktest_suite!(KEEPER, "keeper", [leaks_a_page], keeps_memory: true);
 fn leak_check_fails_the_suite_unless_it_keeps_memory() {
     let _serial = SERIAL.lock().unwrap();
     let _ = capture::take();
-    ktest::set_leak_counter(|| FREE.load(std::sync::atomic::Ordering::SeqCst));
+    ktest::set_leak_counter("free pages", || {
+        FREE.load(std::sync::atomic::Ordering::SeqCst)
+    });
     let sum = ktest::run(&[LEAKY, KEEPER], &Filter::new(None));
     let out = capture::take();
     // Both cases pass; the leaky suite fails as a whole.
@@ -188,5 +190,5 @@ fn leak_check_fails_the_suite_unless_it_keeps_memory() {
     assert!(out.contains(
         "    # leaky: LEAK: free pages 100 before the suite, 99 after\nnot ok 1 leaky\n"
     ));
-    assert!(out.contains("    # keeper: keeps 1 pages on purpose\nok 2 keeper\n"));
+    assert!(out.contains("    # keeper: keeps 1 free pages on purpose\nok 2 keeper\n"));
 }

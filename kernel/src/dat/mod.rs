@@ -3,10 +3,14 @@
 
 pub mod entry;
 pub mod gather;
+#[cfg(target_arch = "s390x")]
+pub mod kernel;
 pub mod space;
 pub mod table;
 pub mod tlb;
 pub mod walk;
 
+#[cfg(target_os = "none")]
+mod ktests;
 #[cfg(test)]
 mod space_tests;

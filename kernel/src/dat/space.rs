@@ -322,6 +322,11 @@ impl AddressSpace {
         Some(PhysAddr(table.0 + level.index(va) as u64 * 8))
     }
 
+    /// The real address of the entry of `level` covering `va` (tests).
+    pub fn entry_addr_for_test(&self, va: u64, level: Level) -> Option<PhysAddr> {
+        self.entry_addr(va, level)
+    }
+
     /// The real address of the segment entry covering `va`.
     pub fn segment_entry_addr(&self, va: u64) -> Option<PhysAddr> {
         self.entry_addr(va, Level::Segment)
@@ -544,6 +549,109 @@ impl AddressSpace {
         unsafe { tlb::ipte(pto, va) };
         let new = Pte::from_raw(old.raw() & !0x400).with_prot(prot);
         slot.store(new.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Set or clear the DAT-protection bit of the segment entry covering
+    /// `va` (the whole MiB): IDTE first, then the new entry.
+    pub fn protect_segment(&mut self, va: u64, protect: bool) -> Result<(), SpaceError> {
+        let Some(ea) = self.segment_entry_addr(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        // SAFETY: an entry of a live segment table of this space.
+        let slot = unsafe { entry(ea) };
+        let old = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        if old.is_invalid() {
+            return Err(SpaceError::NotMapped);
+        }
+        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        // SAFETY: `table` is the live segment table holding the entry.
+        unsafe { tlb::idte(table, Level::Segment, va) };
+        slot.store(
+            SegmentEntry::table(old.page_table(), protect)?.raw(),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Replace the PTE for `va` with any value, invalidating the old one
+    /// first (IPTE). For tests that need entries the API never builds
+    /// (bit 52 set, say).
+    ///
+    /// # Safety
+    /// The new entry may map any frame: the caller must not store through it
+    /// into memory it does not own.
+    pub unsafe fn replace_pte(&mut self, va: u64, pte: Pte) -> Result<(), SpaceError> {
+        let (Some(pto), Some(pea)) = (self.pte_table(va), self.pte_addr(va)) else {
+            return Err(SpaceError::NotMapped);
+        };
+        // SAFETY: `pto` is the live page table for `va`.
+        unsafe { tlb::ipte(pto, va) };
+        // SAFETY: the PTE of a live table; invalid now.
+        unsafe { entry(pea) }.store(pte.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Overwrite the PTE for `va` *without* invalidating it: the TLB may go
+    /// on serving the old translation. This is the bug the space API
+    /// exists to prevent; tests use it to show the hardware (QEMU) really
+    /// caches translations.
+    ///
+    /// # Safety
+    /// As `replace_pte`; the old translation may stay in use afterwards.
+    pub unsafe fn set_pte_without_invalidation(
+        &mut self,
+        va: u64,
+        pte: Pte,
+    ) -> Result<(), SpaceError> {
+        let Some(pea) = self.pte_addr(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        // SAFETY: the PTE of a live table of this space.
+        unsafe { entry(pea) }.store(pte.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Overwrite the segment entry covering `va` (after IDTE), e.g. with an
+    /// EDAT-1 large entry.
+    ///
+    /// # Safety
+    /// As `replace_pte`; a page table the old entry pointed at is not freed.
+    pub unsafe fn replace_segment_entry(
+        &mut self,
+        va: u64,
+        e: SegmentEntry,
+    ) -> Result<(), SpaceError> {
+        let Some(ea) = self.segment_entry_addr(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        // SAFETY: `table` is the live segment table holding the entry.
+        unsafe { tlb::idte(table, Level::Segment, va) };
+        // SAFETY: an entry of a live table of this space.
+        unsafe { entry(ea) }.store(e.raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Overwrite the region entry of `level` covering `va` (after IDTE),
+    /// e.g. with an EDAT-2 large region-third entry.
+    ///
+    /// # Safety
+    /// As `replace_segment_entry`.
+    pub unsafe fn replace_region_entry(
+        &mut self,
+        va: u64,
+        level: Level,
+        e: RegionEntry,
+    ) -> Result<(), SpaceError> {
+        let Some(ea) = self.entry_addr(va, level) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        // SAFETY: `table` is the live table of `level` holding the entry.
+        unsafe { tlb::idte(table, level, va) };
+        // SAFETY: an entry of a live table of this space.
+        unsafe { entry(ea) }.store(e.raw(), Ordering::Release);
         Ok(())
     }
 

@@ -102,10 +102,11 @@ pub fn diag(what: core::fmt::Arguments<'_>) {
     runner::diag(what);
 }
 
-/// A counter of free memory the runner samples before and after each suite;
-/// the physical-memory allocator installs it.
-pub fn set_leak_counter(f: fn() -> u64) {
-    runner::set_leak_counter(f);
+/// A counter the runner samples before and after each suite (free pages,
+/// page-table pages); a suite that changes it fails unless it keeps memory
+/// on purpose. The subsystem that owns the counter installs it.
+pub fn set_leak_counter(name: &'static str, f: fn() -> u64) {
+    runner::set_leak_counter(name, f);
 }
 
 #[macro_export]

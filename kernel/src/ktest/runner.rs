@@ -65,10 +65,15 @@ struct Current {
 }
 
 static CURRENT: Mutex<Current> = Mutex::new(Current { case: "", level: 1 });
-static LEAK_COUNTER: Mutex<Option<fn() -> u64>> = Mutex::new(None);
+/// Counters sampled around each suite (free pages, page-table pages...).
+type Counter = (&'static str, fn() -> u64);
+static LEAK_COUNTERS: Mutex<[Option<Counter>; 4]> = Mutex::new([None; 4]);
 
-pub(super) fn set_leak_counter(f: fn() -> u64) {
-    *LEAK_COUNTER.lock() = Some(f);
+pub(super) fn set_leak_counter(name: &'static str, f: fn() -> u64) {
+    let mut c = LEAK_COUNTERS.lock();
+    if let Some(slot) = c.iter_mut().find(|s| s.is_none_or(|(n, _)| n == name)) {
+        *slot = Some((name, f));
+    }
 }
 
 /// Format KTAP lines into one buffer and print them with one console write.
@@ -158,8 +163,8 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
         k.subtest(1, suite.name)?;
         k.plan(1, n)
     });
-    let leak_counter = *LEAK_COUNTER.lock();
-    let before = leak_counter.map(|f| f());
+    let counters = *LEAK_COUNTERS.lock();
+    let before = counters.map(|c| c.map(|(_, f)| f()));
     set_current(suite.name, 1);
     let init = suite.init.map_or(Ok(()), |f| f());
     let mut sum = Summary::default();
@@ -201,23 +206,28 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
             exit();
         }
     }
-    if let (Some(f), Some(before)) = (leak_counter, before) {
+    for (c, before) in counters.iter().zip(before) {
+        let (Some((name, f)), Some(before)) = (c, before) else {
+            continue;
+        };
         let after = f();
-        if after != before {
-            set_current(suite.name, 1);
-            if suite.keeps_memory {
-                diag(format_args!(
-                    "{}: keeps {} pages on purpose",
-                    suite.name,
-                    before.abs_diff(after)
-                ));
-            } else {
-                diag(format_args!(
-                    "{}: LEAK: free pages {} before the suite, {} after",
-                    suite.name, before, after
-                ));
-                sum.failed += 1;
-            }
+        if after == before {
+            continue;
+        }
+        set_current(suite.name, 1);
+        if suite.keeps_memory {
+            diag(format_args!(
+                "{}: keeps {} {} on purpose",
+                suite.name,
+                before.abs_diff(after),
+                name
+            ));
+        } else {
+            diag(format_args!(
+                "{}: LEAK: {} {} before the suite, {} after",
+                suite.name, name, before, after
+            ));
+            sum.failed += 1;
         }
     }
     sum

@@ -172,7 +172,7 @@ pub fn init(
         firmware: fw,
         init_tod: stck() - t0,
     });
-    crate::ktest::set_leak_counter(nr_free_pages);
+    crate::ktest::set_leak_counter("free pages", nr_free_pages);
     Ok(layout)
 }
 

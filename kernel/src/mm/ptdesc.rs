@@ -123,6 +123,17 @@ pub fn ptdesc_phys(pt: &PtDesc) -> PhysAddr {
     super::memmap().virt_to_phys(va).unwrap_or_default()
 }
 
+impl core::fmt::Debug for PtDesc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PtDesc({:#x}, type {:#x})",
+            ptdesc_phys(self).0,
+            self.__page_type.load(Ordering::Relaxed)
+        )
+    }
+}
+
 impl PtDesc {
     /// The ctor's order (1 page for PTE tables, 4 for CRST tables).
     pub fn order(&self) -> u32 {

@@ -1,0 +1,49 @@
+//! The kernel's own address space: an identity mapping of all memory, built
+//! with `AddressSpace` like any other, loaded as the home space (CR13) and
+//! as the primary space (CR1, where instructions come from while a test or
+//! gmap space is in CR7). The kernel runs with DAT on in home-space mode
+//! from then on.
+
+use spin::{Mutex, Once};
+
+use super::entry::{Asce, Level, Prot};
+use super::space::{AddressSpace, SpaceError};
+use crate::arch::s390x::dat as hw;
+use crate::mm::addr::PhysAddr;
+
+static KERNEL: Once<Mutex<AddressSpace>> = Once::new();
+static KERNEL_ASCE: Once<Asce> = Once::new();
+
+/// Map `[0, memory)` at its real address and turn DAT on.
+pub fn init(memory: u64) -> Result<Asce, SpaceError> {
+    let mut s = AddressSpace::new(memory as u128, Level::Region3.limit(), false)?;
+    s.map_range(0, PhysAddr(0), memory, Prot::ReadWrite)?;
+    let asce = s.asce();
+    KERNEL.call_once(|| Mutex::new(s));
+    KERNEL_ASCE.call_once(|| asce);
+    crate::ktest::set_leak_counter("page-table pages", crate::mm::ptdesc::nr_pagetable);
+    // SAFETY: the space maps all of memory (code, data, stacks, lowcore,
+    // the memmap and the tables themselves) at its real address.
+    unsafe { hw::enable_dat_home(asce.raw()) };
+    Ok(asce)
+}
+
+pub fn asce() -> Option<Asce> {
+    KERNEL_ASCE.get().copied()
+}
+
+/// Run `f` with `asce` as the secondary space (CR7), then put the kernel's
+/// back. Secondary-space probes (`arch::s390x::dat::secondary_*`) then
+/// reach `asce`'s addresses.
+///
+/// # Safety
+/// `asce` must designate live tables for the duration of `f`.
+pub unsafe fn with_secondary<R>(asce: Asce, f: impl FnOnce() -> R) -> R {
+    let saved = hw::secondary_asce();
+    // SAFETY: forwarded to the caller.
+    unsafe { hw::set_secondary_asce(asce.raw()) };
+    let r = f();
+    // SAFETY: the previous CR7 (the kernel's ASCE) is always valid.
+    unsafe { hw::set_secondary_asce(saved) };
+    r
+}
