@@ -124,6 +124,123 @@ mod peers {
     }
 }
 
+/// A figure that is not a time: printed as `BENCHV <name> <value> <unit>`.
+fn value(name: &str, v: u64, unit: &str) {
+    kprintln!("BENCHV {} {} {}", name, v, unit);
+}
+
+mod dat {
+    use super::{report, stck, value};
+    use crate::dat::entry::{Prot, SEGMENT_SIZE};
+    use crate::dat::space::AddressSpace;
+    use crate::dat::tlb;
+    use crate::dat::walk::Facilities;
+    use crate::mm::addr::{PhysAddr, PAGE_SIZE};
+    use crate::mm::ptdesc::nr_pagetable;
+
+    const BASE: u64 = 0x4000_0000;
+
+    fn space(pgste: bool) -> Option<AddressSpace> {
+        AddressSpace::new(1 << 31, 1 << 31, pgste).ok()
+    }
+
+    /// Map then unmap `len` bytes, timed per 4 KiB page.
+    fn map_unmap(name: &str, len: u64, rounds: u64) {
+        let Some(mut s) = space(false) else { return };
+        let t0 = stck();
+        for _ in 0..rounds {
+            let _ = s.map_range(BASE, PhysAddr(0), len, Prot::ReadOnly);
+            let _ = s.unmap_range(BASE, len);
+        }
+        report(name, rounds * (len / PAGE_SIZE), stck() - t0);
+    }
+
+    pub fn run(memory: u64) {
+        map_unmap("dat_map_unmap_per_page_1page", PAGE_SIZE, 2000);
+        map_unmap("dat_map_unmap_per_page_1mib", SEGMENT_SIZE, 20);
+        if memory >= 1 << 30 {
+            map_unmap("dat_map_unmap_per_page_1gib", 1 << 30, 1);
+        }
+        // Software translation of mapped addresses.
+        if let Some(mut s) = space(false) {
+            let len = 16 * SEGMENT_SIZE;
+            let _ = s.map_range(BASE, PhysAddr(0), len, Prot::ReadOnly);
+            let n = 20_000u64;
+            let t0 = stck();
+            for i in 0..n {
+                let va = BASE + (i * 7919 * PAGE_SIZE) % len;
+                let _ = core::hint::black_box(s.translate(va, Facilities::default(), false));
+            }
+            report("dat_software_translate", n, stck() - t0);
+        }
+        // TLB flushes per unmapped MiB: a range unmap through mmu_gather
+        // against unmapping the same pages one by one.
+        if let Some(mut s) = space(false) {
+            let mib = 8;
+            let len = mib * SEGMENT_SIZE;
+            let _ = s.map_range(BASE, PhysAddr(0), len, Prot::ReadOnly);
+            let f0 = tlb::total_flushes();
+            let _ = s.unmap_range(BASE, len);
+            value(
+                "dat_flushes_per_mib_gather",
+                (tlb::total_flushes() - f0) / mib,
+                "flushes",
+            );
+            let _ = s.map_range(BASE, PhysAddr(0), len, Prot::ReadOnly);
+            let f0 = tlb::total_flushes();
+            let mut va = BASE;
+            while va < BASE + len {
+                let _ = s.unmap(va);
+                va += PAGE_SIZE;
+            }
+            value(
+                "dat_flushes_per_mib_page_by_page",
+                (tlb::total_flushes() - f0) / mib,
+                "flushes",
+            );
+        }
+        // Page-table memory for 1 GiB: contiguous, and scattered 4 KiB pages
+        // 1 MiB apart, with 2 KiB fragments and with whole-page tables.
+        let gib = 1u64 << 30;
+        for (layout, step, len) in [
+            ("contiguous", PAGE_SIZE, gib),
+            ("scattered", SEGMENT_SIZE, PAGE_SIZE),
+        ] {
+            let mut pte_pages = [0u64; 2];
+            for (i, pgste) in [false, true].into_iter().enumerate() {
+                let Some(mut s) = space(pgste) else { continue };
+                let t0 = nr_pagetable();
+                let mut va = BASE;
+                while va < BASE + gib {
+                    let _ = s.map_range(va, PhysAddr(0), len, Prot::ReadOnly);
+                    va += if step == PAGE_SIZE { len } else { step };
+                }
+                // Only the PTE tables: the segment table (4 pages) is common.
+                pte_pages[i] = nr_pagetable() - t0;
+                let kind = if pgste { "whole_page" } else { "fragments" };
+                let mut name = crate::fmtbuf::FixedBuf::<64>::new();
+                let _ = core::fmt::Write::write_fmt(
+                    &mut name,
+                    format_args!("dat_pte_table_kib_1gib_{layout}_{kind}"),
+                );
+                value(name.as_str(), pte_pages[i] * 4, "KiB");
+            }
+            if pte_pages[1] > 0 {
+                let mut name = crate::fmtbuf::FixedBuf::<64>::new();
+                let _ = core::fmt::Write::write_fmt(
+                    &mut name,
+                    format_args!("dat_fragment_ratio_x1000_{layout}"),
+                );
+                value(
+                    name.as_str(),
+                    pte_pages[0] * 1000 / pte_pages[1],
+                    "permille",
+                );
+            }
+        }
+    }
+}
+
 /// Run every benchmark; the kernel exits afterwards.
 pub fn run() {
     kprintln!("BENCH-START");
@@ -132,6 +249,7 @@ pub fn run() {
     buddy_order(0, "buddy_order0_alloc_free");
     buddy_order(3, "buddy_order3_alloc_free");
     alloc_all_then_free();
+    dat::run(mm::layout().map_or(0, |l| l.memory));
     #[cfg(feature = "bench")]
     {
         peers::linked_list();
