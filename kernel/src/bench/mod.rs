@@ -225,17 +225,13 @@ mod dat {
                 );
                 value(name.as_str(), pte_pages[i] * 4, "KiB");
             }
-            if pte_pages[1] > 0 {
+            if let Some(ratio) = (pte_pages[0] * 1000).checked_div(pte_pages[1]) {
                 let mut name = crate::fmtbuf::FixedBuf::<64>::new();
                 let _ = core::fmt::Write::write_fmt(
                     &mut name,
                     format_args!("dat_fragment_ratio_x1000_{layout}"),
                 );
-                value(
-                    name.as_str(),
-                    pte_pages[0] * 1000 / pte_pages[1],
-                    "permille",
-                );
+                value(name.as_str(), ratio, "permille");
             }
         }
     }
