@@ -516,6 +516,12 @@ impl Pte {
         Pte(self.0 | PTE_INVALID)
     }
 
+    /// The entry with its invalid bit clear (IPTE sets it; the new entry
+    /// written after IPTE is valid again).
+    pub const fn validated(self) -> Self {
+        Pte(self.0 & !PTE_INVALID)
+    }
+
     /// For tests: the entry with bit 52 set.
     pub const fn with_bit52(self) -> Self {
         Pte(self.0 | PTE_BIT52)
@@ -527,6 +533,12 @@ impl fmt::Debug for Pte {
         write!(f, "Pte({:#x})", self.0)
     }
 }
+
+/// The invalid bit of a PTE and of a region/segment entry (what IPTE and
+/// IDTE set), for the host stand-ins of those instructions.
+pub const PTE_INVALID_BIT: u64 = PTE_INVALID;
+pub const CRST_INVALID_BIT: u64 = REGION_INVALID;
+const _: () = assert!(REGION_INVALID == SEGMENT_INVALID);
 
 /// Index of `va` into a page table.
 pub const fn pte_index(va: u64) -> usize {

@@ -547,7 +547,7 @@ impl AddressSpace {
         // IPTE before the entry changes: the TLB may hold it.
         // SAFETY: `pto` is this live page table.
         unsafe { tlb::ipte(pto, va) };
-        let new = Pte::from_raw(old.raw() & !0x400).with_prot(prot);
+        let new = old.validated().with_prot(prot);
         slot.store(new.raw(), Ordering::Release);
         Ok(())
     }

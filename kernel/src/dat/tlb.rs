@@ -45,7 +45,10 @@ pub unsafe fn ipte(pto: PhysAddr, va: u64) {
     #[cfg(not(target_arch = "s390x"))]
     // SAFETY: forwarded to the caller.
     unsafe {
-        host::set_invalid(PhysAddr(pto.0 + pte_index(va) as u64 * 8), 0x400)
+        host::set_invalid(
+            PhysAddr(pto.0 + pte_index(va) as u64 * 8),
+            super::entry::PTE_INVALID_BIT,
+        )
     };
 }
 
@@ -72,14 +75,17 @@ pub unsafe fn idte(table: PhysAddr, level: Level, va: u64) {
         } else {
             let entry = (table.0 + level.index(va) as u64 * 8) as *mut u64;
             let old = core::ptr::read_volatile(entry);
-            crate::arch::s390x::dat::cspg(entry, old, old | 0x20);
+            crate::arch::s390x::dat::cspg(entry, old, old | super::entry::CRST_INVALID_BIT);
         }
     };
     #[cfg(not(target_arch = "s390x"))]
     // SAFETY: forwarded to the caller.
     unsafe {
         let _ = designation;
-        host::set_invalid(PhysAddr(table.0 + level.index(va) as u64 * 8), 0x20)
+        host::set_invalid(
+            PhysAddr(table.0 + level.index(va) as u64 * 8),
+            super::entry::CRST_INVALID_BIT,
+        )
     };
 }
 
