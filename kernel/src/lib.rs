@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod console;
 pub mod dat;
 pub mod fmtbuf;
+pub mod gmap;
 pub mod ktest;
 pub mod log;
 pub mod machine;

@@ -6,7 +6,9 @@
 //! (region/segment) first. PTE tables are 2 KiB fragments, two per page,
 //! or whole pages with PGSTEs for spaces a gmap shares.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Once;
 
 use super::entry::{
     pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE,
@@ -63,7 +65,31 @@ struct NewTable {
     child: PhysAddr,
 }
 
+/// What a gmap needs to hear from its parent space (Linux calls
+/// gmap_unlink and ptep_notify from the mm's page-table code). Installed
+/// once by the gmap subsystem; only spaces with PGSTEs call them.
+#[derive(Clone, Copy)]
+pub struct SpaceHooks {
+    /// The PTE table for the segment at `vmaddr` is about to be unlinked
+    /// from space `space` and freed: entries pointing at it must go first.
+    pub table_unlink: fn(space: u64, vmaddr: u64, pte_table: PhysAddr),
+    /// The PTE for `vmaddr` of space `space`, which had its PGSTE notify
+    /// bit set, is about to change.
+    pub pte_notify: fn(space: u64, vmaddr: u64),
+}
+
+static HOOKS: Once<SpaceHooks> = Once::new();
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub fn set_hooks(h: SpaceHooks) {
+    HOOKS.call_once(|| h);
+}
+
+/// PGSTE bit Linux calls PGSTE_IN_BIT: notify before this PTE changes.
+pub const PGSTE_IN_BIT: u64 = 0x0000_4000_0000_0000;
+
 pub struct AddressSpace {
+    id: u64,
     asce: Asce,
     /// Addresses at or above this are refused (the space never grows past).
     max_limit: u128,
@@ -84,12 +110,19 @@ impl AddressSpace {
         }
         let level = Level::for_limit(limit);
         let top = table::crst_alloc(level)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(AddressSpace {
+            id,
             asce: Asce::new(top, level)?,
             max_limit,
             pgste,
             frag_list: 0,
         })
+    }
+
+    /// A number naming this space (for the gmaps attached to it).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn asce(&self) -> Asce {
@@ -451,6 +484,54 @@ impl AddressSpace {
         Ok(end)
     }
 
+    // -- PGSTEs -----------------------------------------------------------------
+
+    fn pgste_addr(&self, pte: PhysAddr) -> Option<PhysAddr> {
+        self.pgste.then(|| PhysAddr(pte.0 + PTE_TABLE_SIZE))
+    }
+
+    /// Set the notify bit of the PGSTE of the PTE for `va` (which must
+    /// exist): the next change of that PTE calls the pte_notify hook first.
+    pub fn pgste_set_notify(&mut self, va: u64) -> Result<(), SpaceError> {
+        let pte = self.pte_addr(va).ok_or(SpaceError::NotMapped)?;
+        let pg = self.pgste_addr(pte).ok_or(SpaceError::NotMapped)?;
+        // SAFETY: the PGSTE of a live whole-page table of this space.
+        unsafe { entry(pg) }.fetch_or(PGSTE_IN_BIT, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn pgste_notify(&self, va: u64) -> bool {
+        let Some(pg) = self.pte_addr(va).and_then(|p| self.pgste_addr(p)) else {
+            return false;
+        };
+        // SAFETY: as above.
+        unsafe { entry(pg) }.load(Ordering::Acquire) & PGSTE_IN_BIT != 0
+    }
+
+    /// Before the PTE at `pte` (for `va`) changes: if its PGSTE asks for it,
+    /// clear the request and tell the gmaps (Linux ptep_notify).
+    fn notify_before_change(&self, va: u64, pte: PhysAddr) {
+        let Some(pg) = self.pgste_addr(pte) else {
+            return;
+        };
+        // SAFETY: the PGSTE of a live whole-page table of this space.
+        let old = unsafe { entry(pg) }.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel);
+        if old & PGSTE_IN_BIT != 0 {
+            if let Some(h) = HOOKS.get() {
+                (h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));
+            }
+        }
+    }
+
+    /// Before the segment's PTE table is unlinked (and later freed).
+    fn unlink_before_free(&self, va: u64, pto: PhysAddr) {
+        if self.pgste {
+            if let Some(h) = HOOKS.get() {
+                (h.table_unlink)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), pto);
+            }
+        }
+    }
+
     // -- the operations -------------------------------------------------------
 
     /// Map the page at `va` to the frame at `pa`.
@@ -544,6 +625,7 @@ impl AddressSpace {
         if !old.is_present() {
             return Err(SpaceError::NotMapped);
         }
+        self.notify_before_change(va, pea);
         // IPTE before the entry changes: the TLB may hold it.
         // SAFETY: `pto` is this live page table.
         unsafe { tlb::ipte(pto, va) };
@@ -745,6 +827,15 @@ impl AddressSpace {
                     let pto = s.page_table();
                     let whole = a == base && next == base + size;
                     if whole {
+                        if self.pgste {
+                            for i in 0..PTRS_PER_PTE as u64 {
+                                self.notify_before_change(
+                                    base as u64 + i * PAGE_SIZE,
+                                    PhysAddr(pto.0 + i * 8),
+                                );
+                            }
+                        }
+                        self.unlink_before_free(va, pto);
                         // One IDTE makes the whole page table unreachable; its
                         // PTEs can then be cleared without an IPTE each.
                         // SAFETY: `tbl` is this live segment table.
@@ -766,6 +857,10 @@ impl AddressSpace {
                             // SAFETY: a PTE of the live page table, under its lock.
                             let pe = unsafe { entry(PhysAddr(pto.0 + pte_index(p) as u64 * 8)) };
                             if Pte::from_raw(pe.load(Ordering::Acquire)).is_present() {
+                                self.notify_before_change(
+                                    p,
+                                    PhysAddr(pto.0 + pte_index(p) as u64 * 8),
+                                );
                                 // SAFETY: `pto` is this live page table.
                                 unsafe { tlb::ipte(pto, p) };
                                 g.note_flush();
@@ -778,6 +873,7 @@ impl AddressSpace {
                             a = next;
                             continue;
                         }
+                        self.unlink_before_free(va, pto);
                         // SAFETY: `tbl` is this live segment table.
                         unsafe { tlb::idte(tbl, Level::Segment, va) };
                         g.note_flush();
@@ -799,7 +895,7 @@ impl AddressSpace {
 
     /// Every table of the space, for teardown: free them all (the ASCE
     /// must not be loaded anywhere any more).
-    fn free_level(&mut self, tbl: PhysAddr, level: Level) {
+    fn free_level(&mut self, tbl: PhysAddr, level: Level, base: u64) {
         for i in 0..super::entry::CRST_ENTRIES as u64 {
             // SAFETY: an entry of a live table of this space.
             let raw = unsafe { entry(PhysAddr(tbl.0 + i * 8)) }.load(Ordering::Acquire);
@@ -807,12 +903,18 @@ impl AddressSpace {
                 Some(lower) => {
                     let e = RegionEntry::from_raw(raw);
                     if !e.is_invalid() {
-                        self.free_level(e.next_origin(), lower);
+                        self.free_level(
+                            e.next_origin(),
+                            lower,
+                            base.wrapping_add(i << level.shift()),
+                        );
                     }
                 }
                 None => {
                     let s = SegmentEntry::from_raw(raw);
                     if !s.is_invalid() {
+                        let va = base.wrapping_add(i << Level::Segment.shift());
+                        self.unlink_before_free(va, s.page_table());
                         self.pte_free_now(s.page_table());
                     }
                 }
@@ -828,7 +930,7 @@ impl Drop for AddressSpace {
         // still hold of it before its tables go back.
         tlb::ptlb();
         let (top, level) = (self.asce.origin(), self.asce.level());
-        self.free_level(top, level);
+        self.free_level(top, level, 0);
     }
 }
 

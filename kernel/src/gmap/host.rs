@@ -1,0 +1,130 @@
+//! The host side of a gmap: a process-like address space (PTE tables with
+//! PGSTEs, as Linux's has_pgste mm) and the frames it populated on demand,
+//! like a VMM's memory. Its unmap, protect and remap go through the
+//! address-space API, so attached gmaps hear of every change.
+
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+
+use spin::Mutex;
+
+use crate::dat::entry::{Prot, SEGMENT_SIZE};
+use crate::dat::space::{AddressSpace, SpaceError};
+use crate::mm::addr::{PhysAddr, PAGE_SIZE};
+use crate::mm::{self, AllocFlags, Pages};
+
+pub struct HostMm {
+    space: AddressSpace,
+    /// Frames populated by faults, by host address.
+    frames: BTreeMap<u64, Pages>,
+}
+
+impl HostMm {
+    /// A host space covering `[0, limit)`.
+    pub fn new(limit: u64) -> Result<Arc<Mutex<HostMm>>, SpaceError> {
+        let space = AddressSpace::new(limit as u128, limit as u128, true)?;
+        Ok(Arc::new(Mutex::new(HostMm {
+            space,
+            frames: BTreeMap::new(),
+        })))
+    }
+
+    pub fn space(&self) -> &AddressSpace {
+        &self.space
+    }
+
+    pub fn space_mut(&mut self) -> &mut AddressSpace {
+        &mut self.space
+    }
+
+    /// Make sure the page at `vmaddr` is mapped: a new zeroed frame if not.
+    /// Returns the frame.
+    pub fn populate(&mut self, vmaddr: u64, _write: bool) -> Result<PhysAddr, SpaceError> {
+        let va = vmaddr & !(PAGE_SIZE - 1);
+        if let Some((pa, _)) = self.space.lookup(va) {
+            return Ok(pa);
+        }
+        let p = mm::alloc_pages(0, AllocFlags::ZERO)?;
+        let pa = p.phys();
+        if let Err(e) = self.space.map(va, pa, Prot::ReadWrite) {
+            let _ = mm::free_pages(p);
+            return Err(e);
+        }
+        self.frames.insert(va, p);
+        Ok(pa)
+    }
+
+    /// Populate `[vmaddr, vmaddr + len)`.
+    pub fn populate_range(&mut self, vmaddr: u64, len: u64) -> Result<(), SpaceError> {
+        let mut a = vmaddr;
+        while a < vmaddr + len {
+            self.populate(a, true)?;
+            a += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
+    /// The frame populated at `vmaddr`, to fill or check it.
+    pub fn frame(&mut self, vmaddr: u64) -> Option<&mut Pages> {
+        self.frames.get_mut(&(vmaddr & !(PAGE_SIZE - 1)))
+    }
+
+    /// Unmap `[vmaddr, vmaddr + len)` and free the frames populated there.
+    pub fn unmap_range(&mut self, vmaddr: u64, len: u64) -> Result<u64, SpaceError> {
+        let st = self.space.unmap_range(vmaddr, len)?;
+        let keys: alloc::vec::Vec<u64> = self
+            .frames
+            .range(vmaddr..vmaddr + len)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(p) = self.frames.remove(&k) {
+                let _ = mm::free_pages(p);
+            }
+        }
+        Ok(st.pages)
+    }
+
+    pub fn protect(&mut self, vmaddr: u64, prot: Prot) -> Result<(), SpaceError> {
+        self.space.protect(vmaddr, prot)
+    }
+
+    /// Replace the frame at `vmaddr` with a new one (unmap, then populate).
+    pub fn remap(&mut self, vmaddr: u64) -> Result<PhysAddr, SpaceError> {
+        let va = vmaddr & !(PAGE_SIZE - 1);
+        let old = self.frames.remove(&va);
+        // Keep the segment's page table: unmapping the only page would free
+        // it; map the new frame first at a scratch slot is not needed
+        // because unmap of one page of a table with others keeps it.
+        let r = self.space.unmap(va);
+        if let Some(p) = old {
+            let _ = mm::free_pages(p);
+        }
+        r?;
+        self.populate(va, true)
+    }
+
+    /// Pages populated.
+    pub fn nr_frames(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn segment_size() -> u64 {
+        SEGMENT_SIZE
+    }
+}
+
+impl Drop for HostMm {
+    fn drop(&mut self) {
+        // The space is dropped after this (it unlinks every gmap first);
+        // the frames go back once nothing maps them.
+        let all = core::mem::take(&mut self.frames);
+        let _ = self.space.unmap_range(
+            0,
+            self.space.max_limit().min(u64::MAX as u128) as u64 & !(PAGE_SIZE - 1),
+        );
+        for (_, p) in all {
+            let _ = mm::free_pages(p);
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! gmap on QEMU's DAT: gmap ASCEs loaded as the secondary space, accesses
+//! through guest addresses compared with the host's frames.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use super::table::{self, GmapTableError};
+use super::{gmap_create, gmap_remove, Access, Gmap, GmapError, HostMm};
+use crate::arch::pgm::{code, ProgramCheck};
+use crate::arch::s390x::dat as hw;
+use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
+use crate::dat::kernel::with_secondary;
+use crate::ktest::{KResult, Outcome};
+use crate::mm::{self, ptdesc};
+use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
+
+const HOST_LIMIT: u64 = 1 << 31;
+const VM_BASE: u64 = 0x1000_0000;
+
+fn fail<T>(what: core::fmt::Arguments<'_>) -> Result<T, Outcome> {
+    crate::ktest::report_failure(file!(), line!(), what);
+    Err(Outcome::Fail)
+}
+
+fn host() -> Result<Arc<Mutex<HostMm>>, Outcome> {
+    HostMm::new(HOST_LIMIT).or_else(|e| fail(format_args!("HostMm::new: {e:?}")))
+}
+
+fn gmap(h: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Outcome> {
+    gmap_create(h, limit).or_else(|e| fail(format_args!("gmap_create: {e:?}")))
+}
+
+fn g_load(g: &Gmap, gaddr: u64) -> Result<u64, ProgramCheck> {
+    // SAFETY: the gmap (and its host) outlive the call.
+    unsafe { with_secondary(g.asce(), || hw::secondary_load_u64(gaddr)) }
+}
+
+fn g_store(g: &Gmap, gaddr: u64, v: u64) -> Result<(), ProgramCheck> {
+    // SAFETY: guest memory is host frames the test populated.
+    unsafe { with_secondary(g.asce(), || hw::secondary_store_u64(gaddr, v)) }
+}
+
+/// The host's view of `vmaddr` (through the host space in CR7).
+fn h_load(h: &Arc<Mutex<HostMm>>, vmaddr: u64) -> Result<u64, ProgramCheck> {
+    let asce = h.lock().space().asce();
+    // SAFETY: the host outlives the call.
+    unsafe { with_secondary(asce, || hw::secondary_load_u64(vmaddr)) }
+}
+
+fn h_store(h: &Arc<Mutex<HostMm>>, vmaddr: u64, v: u64) -> Result<(), ProgramCheck> {
+    let asce = h.lock().space().asce();
+    // SAFETY: the host's frames are the test's.
+    unsafe { with_secondary(asce, || hw::secondary_store_u64(vmaddr, v)) }
+}
+
+fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
+    let t = table::gmap_alloc_table(77, Level::Segment, 0x8000_0000).map_err(|_| Outcome::Fail)?;
+    let page = table::gmap_table_page(t);
+    kassert!(table::page_gmap_table(page).is_ok());
+    // A gmap table is not a process page table, and the other way round.
+    kassert_matches!(
+        ptdesc::page_ptdesc(page),
+        Err(ptdesc::PtDescError::NotPageTable(Some(
+            mm::page::PageType::GmapTable
+        )))
+    );
+    let pt = ptdesc::pagetable_alloc(0).map_err(|_| Outcome::Fail)?;
+    ptdesc::pagetable_pte_ctor(pt);
+    kassert_matches!(
+        table::page_gmap_table(ptdesc::ptdesc_page(pt)),
+        Err(GmapTableError::NotGmapTable(Some(
+            mm::page::PageType::PageTable
+        )))
+    );
+    ptdesc::pagetable_pte_dtor(pt);
+    kassert_eq!(ptdesc::pagetable_free(pt), Ok(()));
+    // The gaddr aliases `mapping`: freed without clearing it, the buddy
+    // allocator's non-NULL-mapping check refuses the table...
+    kassert_eq!(
+        table::free_table_as_is(t),
+        Err(GmapTableError::Free(mm::FreeError::NonNullMapping(
+            0x8000_0000
+        )))
+    );
+    kassert_eq!(t.gaddr(), 0x8000_0000);
+    // ...and gmap_free_table, which clears it first, succeeds.
+    kassert_eq!(table::gmap_free_table(t), Ok(()));
+    Ok(())
+}
+
+/// Guest addresses read and write the host's frames, for a gmap of each
+/// ASCE type.
+fn hardware_translation_for_each_asce_type() -> KResult {
+    let h = host()?;
+    for (limit, gbase, level) in [
+        ((1u64 << 31) - 1, 0x4000_0000u64, Level::Segment),
+        ((1 << 42) - 1, 0x123_0000_0000, Level::Region3),
+        ((1 << 53) - 1, 0x10_0000_0000_0000, Level::Region2),
+        (u64::MAX, 0xfff0_0000_0000_0000, Level::Region1),
+    ] {
+        let g = gmap(&h, limit)?;
+        kassert_eq!(g.asce().level(), level);
+        kassert_eq!(g.gmap_map_segment(VM_BASE, gbase, 2 * SEGMENT_SIZE), Ok(()));
+        for off in [0u64, 0x1000, SEGMENT_SIZE + 0x5000] {
+            kassert_eq!(g.gmap_fault(gbase + off, Access::Write), Ok(VM_BASE + off));
+            let v = 0x6000_0000 + off + level as u64;
+            kassert_eq!(h_store(&h, VM_BASE + off + 8, v), Ok(()));
+            kassert_eq!(g_load(&g, gbase + off + 8), Ok(v));
+            kassert_eq!(g_store(&g, gbase + off + 16, !v), Ok(()));
+            kassert_eq!(h_load(&h, VM_BASE + off + 16), Ok(!v));
+        }
+        kassert_eq!(gmap_remove(g), Ok(()));
+    }
+    drop(h);
+    Ok(())
+}
+
+fn host_changes_are_seen_by_every_linked_gmap() -> KResult {
+    let h = host()?;
+    let (g1, g2) = (gmap(&h, (1 << 31) - 1)?, gmap(&h, (1 << 42) - 1)?);
+    let (a1, a2) = (0x20_0000u64, 0x200_0000_0000u64);
+    kassert_eq!(g1.gmap_map_segment(VM_BASE, a1, SEGMENT_SIZE), Ok(()));
+    kassert_eq!(g2.gmap_map_segment(VM_BASE, a2, SEGMENT_SIZE), Ok(()));
+    for p in 0..4u64 {
+        kassert!(g1.gmap_fault(a1 + p * 0x1000, Access::Write).is_ok());
+        kassert!(g2.gmap_fault(a2 + p * 0x1000, Access::Write).is_ok());
+    }
+    // Both gmap segments point at the host's one PTE table.
+    let host_pt = h.lock().space().pte_table(VM_BASE);
+    kassert_eq!(Some(g1.segment_entry_value(a1).page_table()), host_pt);
+    kassert_eq!(Some(g2.segment_entry_value(a2).page_table()), host_pt);
+    kassert_eq!(h_store(&h, VM_BASE + 0x1000, 41), Ok(()));
+    kassert_eq!(
+        (g_load(&g1, a1 + 0x1000), g_load(&g2, a2 + 0x1000)),
+        (Ok(41), Ok(41))
+    );
+    // Protect in the host: both guests' stores are refused.
+    kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadOnly), Ok(()));
+    kassert_matches!(g_store(&g1, a1 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
+    kassert_matches!(g_store(&g2, a2 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
+    kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadWrite), Ok(()));
+    kassert_eq!(g_store(&g1, a1 + 0x1000, 42), Ok(()));
+    kassert_eq!(g_load(&g2, a2 + 0x1000), Ok(42));
+    // Remap in the host (a new, zeroed frame): both guests see it at once.
+    let r = h.lock().remap(VM_BASE + 0x2000);
+    kassert!(r.is_ok());
+    kassert_eq!(
+        (g_load(&g1, a1 + 0x2000), g_load(&g2, a2 + 0x2000)),
+        (Ok(0), Ok(0))
+    );
+    // Unmap one page in the host (IPTE): both guests fault on it.
+    kassert_eq!(h.lock().unmap_range(VM_BASE + 0x3000, 0x1000), Ok(1));
+    kassert_matches!(g_load(&g1, a1 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
+    kassert_matches!(g_load(&g2, a2 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
+    kassert_eq!(gmap_remove(g1), Ok(()));
+    kassert_eq!(gmap_remove(g2), Ok(()));
+    drop(h);
+    Ok(())
+}
+
+fn freeing_a_host_pte_table_unlinks_and_fault_relinks() -> KResult {
+    let h = host()?;
+    let g = gmap(&h, (1 << 31) - 1)?;
+    let ga = 0x300_0000u64;
+    kassert_eq!(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE), Ok(()));
+    kassert!(g.gmap_fault(ga, Access::Write).is_ok());
+    kassert_eq!(g_store(&g, ga, 5), Ok(()));
+    kassert!(!g.segment_entry_value(ga).is_invalid());
+    let (links, unlinks) = g.link_counts();
+    // The host unmaps the whole segment: its PTE table is freed, and the
+    // gmap entry pointing at it is invalidated first.
+    kassert_eq!(h.lock().unmap_range(VM_BASE, SEGMENT_SIZE), Ok(1));
+    kassert!(g.segment_entry_value(ga).is_invalid());
+    kassert_eq!(g.link_counts(), (links, unlinks + 1));
+    kassert_matches!(g_load(&g, ga), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
+    // gmap_fault repopulates the host and relinks.
+    kassert!(g.gmap_fault(ga, Access::Read).is_ok());
+    kassert_eq!(g_load(&g, ga), Ok(0));
+    kassert_eq!(g.link_counts().0, links + 1);
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn segment_gaddr_comes_from_the_gmap_table_descriptor() -> KResult {
+    let h = host()?;
+    let mut rng = Rng(0x6a0d_d12e_5500_1234);
+    let mut checked = 0;
+    for limit in [(1u64 << 31) - 1, (1 << 42) - 1, u64::MAX] {
+        let g = gmap(&h, limit)?;
+        let mut used = Vec::new();
+        for i in 0..8u64 {
+            let gaddr = (rng.next() % (limit / SEGMENT_SIZE).max(1)) * SEGMENT_SIZE;
+            if used.contains(&gaddr) {
+                continue;
+            }
+            let vm = VM_BASE + i * SEGMENT_SIZE;
+            kassert_eq!(g.gmap_map_segment(vm, gaddr, SEGMENT_SIZE), Ok(()));
+            kassert!(g.gmap_fault(gaddr + 0x1000, Access::Read).is_ok());
+            used.push(gaddr);
+            let ea = g.segment_entry_addr(gaddr).ok_or(Outcome::Fail)?;
+            let va = crate::dat::table::phys_to_virt(ea);
+            kassert_eq!(super::segment_gaddr_of_entry(va), Ok(gaddr));
+            // The table page is not a process page table: a PtDesc cannot
+            // even be formed for it.
+            kassert!(ptdesc::pmd_ptdesc(va).is_err());
+            checked += 1;
+        }
+        kassert_eq!(gmap_remove(g), Ok(()));
+    }
+    crate::ktest::diag(format_args!(
+        "{} linked segments: gaddr from the gmap table descriptor",
+        checked
+    ));
+    drop(h);
+    Ok(())
+}
+
+/// A notifier call: (gmap, start, end, what the guest saw at that moment).
+type Note = (u64, u64, u64, Result<u64, ProgramCheck>);
+
+static NOTES: Mutex<Vec<Note>> = Mutex::new(Vec::new());
+static WATCHED_ASCE: AtomicU64 = AtomicU64::new(0);
+
+fn record(gmap: u64, start: u64, end: u64) {
+    // Read the guest page now: the change must not be visible yet.
+    let asce = crate::dat::entry::Asce::from_raw(WATCHED_ASCE.load(Ordering::Relaxed));
+    // SAFETY: the test's gmap is live while its host changes.
+    let v = unsafe { with_secondary(asce, || hw::secondary_load_u64(start)) };
+    NOTES.lock().push((gmap, start, end, v));
+}
+
+fn notifier_sees_exact_range_once_before_the_change() -> KResult {
+    let h = host()?;
+    let g = gmap(&h, (1 << 31) - 1)?;
+    let ga = 0x500_0000u64;
+    kassert_eq!(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE), Ok(()));
+    for p in 0..3u64 {
+        kassert!(g.gmap_fault(ga + p * 0x1000, Access::Write).is_ok());
+        kassert_eq!(g_store(&g, ga + p * 0x1000, 0x100 + p), Ok(()));
+    }
+    WATCHED_ASCE.store(g.asce().raw(), Ordering::Relaxed);
+    NOTES.lock().clear();
+    super::notify::gmap_register_pte_notifier(record);
+    kassert_eq!(g.gmap_protect_range(ga + 0x1000, 0x1000), Ok(()));
+    // Pages not covered change without a call.
+    kassert_eq!(h.lock().protect(VM_BASE, Prot::ReadOnly), Ok(()));
+    kassert_eq!(NOTES.lock().len(), 0);
+    // The covered page: protect, then remap, then unmap.
+    kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadOnly), Ok(()));
+    let notes = core::mem::take(&mut *NOTES.lock());
+    kassert_eq!(notes.len(), 1);
+    kassert_eq!(notes[0].0, g.id());
+    kassert_eq!((notes[0].1, notes[0].2), (ga + 0x1000, ga + 0x2000));
+    kassert_eq!(notes[0].3, Ok(0x101));
+    // The notify bit is one-shot: the next change is silent.
+    kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadWrite), Ok(()));
+    kassert_eq!(NOTES.lock().len(), 0);
+    kassert_eq!(g.gmap_protect_range(ga + 0x1000, 0x1000), Ok(()));
+    let r = h.lock().remap(VM_BASE + 0x1000);
+    kassert!(r.is_ok());
+    let notes = core::mem::take(&mut *NOTES.lock());
+    kassert_eq!(notes.len(), 1);
+    kassert_eq!((notes[0].1, notes[0].3), (ga + 0x1000, Ok(0x101)));
+    kassert!(g.gmap_fault(ga + 0x1000, Access::Read).is_ok());
+    kassert_eq!(g.gmap_protect_range(ga + 0x1000, 0x1000), Ok(()));
+    kassert_eq!(h.lock().unmap_range(VM_BASE + 0x1000, 0x1000), Ok(1));
+    let notes = core::mem::take(&mut *NOTES.lock());
+    kassert_eq!(notes.len(), 1);
+    kassert_eq!(
+        (notes[0].1, notes[0].2, notes[0].3),
+        (ga + 0x1000, ga + 0x2000, Ok(0))
+    );
+    super::notify::gmap_unregister_pte_notifier(record);
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
+}
+
+fn bad_input_is_refused_and_changes_nothing() -> KResult {
+    let h = host()?;
+    let g = gmap(&h, (1 << 31) - 1)?;
+    kassert_eq!(
+        g.gmap_map_segment(VM_BASE, 0x100_0000, SEGMENT_SIZE),
+        Ok(())
+    );
+    let free = mm::nr_free_pages();
+    let tables = g.table_pages();
+    let s = SEGMENT_SIZE;
+    for (from, to, len, want) in [
+        (VM_BASE + 0x1000, 0x200_0000, s, GmapError::Misaligned),
+        (VM_BASE, 0x200_1000, s, GmapError::Misaligned),
+        (VM_BASE, 0x200_0000, s + 0x1000, GmapError::Misaligned),
+        (VM_BASE, 0x200_0000, 0, GmapError::Misaligned),
+        (VM_BASE, 0x7ff0_0000, 2 * s, GmapError::OutOfRange),
+        (HOST_LIMIT - s, 0x200_0000, 2 * s, GmapError::OutOfRange),
+        (VM_BASE + 4 * s, 0xf0_0000, 2 * s, GmapError::AlreadyMapped),
+    ] {
+        kassert_eq!(g.gmap_map_segment(from, to, len), Err(want));
+    }
+    kassert_eq!(g.gmap_translate(0x200_0000), Err(GmapError::NotMapped));
+    kassert_eq!(g.gmap_translate(0x8000_0000), Err(GmapError::OutOfRange));
+    kassert_eq!(
+        g.gmap_fault(0x200_0000, Access::Read),
+        Err(GmapError::NotMapped)
+    );
+    // Linking needs a host page table there.
+    kassert_eq!(g.gmap_link(0x100_0000, VM_BASE), Err(GmapError::NotMapped));
+    kassert_eq!(
+        g.gmap_unmap_segment(0x200_0000, s),
+        Err(GmapError::NotMapped)
+    );
+    kassert_eq!(
+        g.gmap_unmap_segment(0x100_0000, 0),
+        Err(GmapError::Misaligned)
+    );
+    kassert_eq!(g.gmap_translate(0x100_0010), Ok(VM_BASE + 0x10));
+    kassert_eq!(mm::nr_free_pages(), free);
+    kassert_eq!(g.table_pages(), tables);
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
+}
+
+fn teardown_returns_every_page() -> KResult {
+    mm::drain_pcp();
+    let (free, pt, gt) = (
+        mm::nr_free_pages(),
+        ptdesc::nr_pagetable(),
+        table::nr_gmap_table_pages(),
+    );
+    {
+        let h = host()?;
+        let gs: Vec<Gmap> = [(1u64 << 31) - 1, (1 << 42) - 1, u64::MAX]
+            .iter()
+            .filter_map(|l| gmap(&h, *l).ok())
+            .collect();
+        kassert_eq!(gs.len(), 3);
+        for (i, g) in gs.iter().enumerate() {
+            let ga = 0x4000_0000u64 - (i as u64 + 1) * 4 * SEGMENT_SIZE;
+            kassert_eq!(g.gmap_map_segment(VM_BASE, ga, 4 * SEGMENT_SIZE), Ok(()));
+            for p in 0..16u64 {
+                kassert!(g.gmap_fault(ga + p * 0x4_1000, Access::Write).is_ok());
+            }
+        }
+        kassert!(table::nr_gmap_table_pages() > gt);
+        for g in gs {
+            kassert_eq!(gmap_remove(g), Ok(()));
+        }
+        kassert_eq!(table::nr_gmap_table_pages(), gt);
+        drop(h);
+    }
+    mm::drain_pcp();
+    kassert_eq!(
+        (
+            mm::nr_free_pages(),
+            ptdesc::nr_pagetable(),
+            table::nr_gmap_table_pages()
+        ),
+        (free, pt, gt)
+    );
+    Ok(())
+}
+
+ktest_suite!(
+    GMAP,
+    "gmap",
+    [
+        descriptor_is_distinct_and_gaddr_cleared_before_free,
+        hardware_translation_for_each_asce_type,
+        host_changes_are_seen_by_every_linked_gmap,
+        freeing_a_host_pte_table_unlinks_and_fault_relinks,
+        segment_gaddr_comes_from_the_gmap_table_descriptor,
+        notifier_sees_exact_range_once_before_the_change,
+        bad_input_is_refused_and_changes_nothing,
+        teardown_returns_every_page,
+    ]
+);

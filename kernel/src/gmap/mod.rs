@@ -1,0 +1,468 @@
+//! gmap: guest address spaces whose segments share PTE tables with a host
+//! address space (s390 KVM before 2025). A gmap has its own region and
+//! segment tables (gmap tables, their own descriptor type); linking a guest
+//! segment copies the host's segment entry, so the gmap segment points at
+//! the host's PTE table and one PTE change is seen by host and guests.
+//! Names follow Linux's arch/s390/mm/gmap.c where the concept is the same.
+
+pub mod host;
+pub mod notify;
+pub mod table;
+
+#[cfg(target_arch = "s390x")]
+pub mod guest;
+#[cfg(target_os = "none")]
+mod ktests;
+
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use crate::dat::entry::{Asce, Level, RegionEntry, SegmentEntry, SEGMENT_SIZE};
+use crate::dat::space::{self, SpaceHooks};
+use crate::dat::table::entry;
+use crate::dat::tlb;
+use crate::mm::addr::PhysAddr;
+pub use host::HostMm;
+use table::{gmap_alloc_table, gmap_free_table, GmapTableDesc};
+
+/// Errors of gmap operations; the gmap is unchanged when one is returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GmapError {
+    NoMemory,
+    /// Not aligned to a segment (1 MiB), or a zero length.
+    Misaligned,
+    /// Beyond the gmap's limit (or the host's).
+    OutOfRange,
+    /// The guest range is mapped already.
+    AlreadyMapped,
+    /// No guest-to-host mapping (or the host has no page table there).
+    NotMapped,
+}
+
+/// What a guest access wants (for `gmap_fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+static NEXT_GMAP: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) struct GmapInner {
+    id: u64,
+    asce: Asce,
+    /// Highest guest address (Linux asce_end semantics: `limit` itself is
+    /// the last valid address).
+    limit: u64,
+    parent: Arc<Mutex<HostMm>>,
+    parent_id: u64,
+    /// Guest segment → host segment (1 MiB units, by address).
+    guest_to_host: BTreeMap<u64, u64>,
+    /// Host segment → guest segment, for linked segments.
+    host_to_guest: BTreeMap<u64, u64>,
+    /// Every gmap table (real addresses), the top first.
+    tables: Vec<PhysAddr>,
+    /// Counters: links made, unlinks done.
+    links: u64,
+    unlinks: u64,
+}
+
+/// Every live gmap, so the parent's hooks can find the ones it has.
+static GMAPS: Mutex<Vec<Weak<Mutex<GmapInner>>>> = Mutex::new(Vec::new());
+
+/// A guest address space attached to a host.
+pub struct Gmap {
+    inner: Arc<Mutex<GmapInner>>,
+}
+
+fn install_hooks() {
+    space::set_hooks(SpaceHooks {
+        table_unlink: gmap_unlink,
+        pte_notify: notify::ptep_notify,
+    });
+}
+
+/// The level of the top table for a gmap whose last address is `limit`
+/// (Linux gmap_alloc: limit < 2 GiB segment, < 4 TiB region-third,
+/// < 8 PiB region-second, else region-first).
+pub fn gmap_level(limit: u64) -> Level {
+    if limit < 1 << 31 {
+        Level::Segment
+    } else if limit < 1 << 42 {
+        Level::Region3
+    } else if limit < 1 << 53 {
+        Level::Region2
+    } else {
+        Level::Region1
+    }
+}
+
+/// `gmap_create`: a gmap for guest addresses `0..=limit` over `parent`.
+pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, GmapError> {
+    install_hooks();
+    let id = NEXT_GMAP.fetch_add(1, Ordering::Relaxed);
+    let level = gmap_level(limit);
+    let top = gmap_alloc_table(id, level, 0).map_err(|_| GmapError::NoMemory)?;
+    let asce = Asce::new(top.phys(), level).map_err(|_| GmapError::NoMemory)?;
+    let parent_id = parent.lock().space().id();
+    let inner = Arc::new(Mutex::new(GmapInner {
+        id,
+        asce,
+        limit,
+        parent: parent.clone(),
+        parent_id,
+        guest_to_host: BTreeMap::new(),
+        host_to_guest: BTreeMap::new(),
+        tables: alloc::vec![top.phys()],
+        links: 0,
+        unlinks: 0,
+    }));
+    let mut all = GMAPS.lock();
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&inner));
+    Ok(Gmap { inner })
+}
+
+fn seg(a: u64) -> u64 {
+    a & !(SEGMENT_SIZE - 1)
+}
+
+impl GmapInner {
+    fn check_segments(&self, gaddr: u64, len: u64) -> Result<(), GmapError> {
+        if len == 0 || !gaddr.is_multiple_of(SEGMENT_SIZE) || !len.is_multiple_of(SEGMENT_SIZE) {
+            return Err(GmapError::Misaligned);
+        }
+        let last = gaddr.checked_add(len - 1).ok_or(GmapError::OutOfRange)?;
+        if last > self.limit {
+            return Err(GmapError::OutOfRange);
+        }
+        Ok(())
+    }
+
+    /// The real address of the gmap segment entry for `gaddr`, allocating
+    /// missing gmap region/segment tables if `alloc`.
+    fn segment_entry(&mut self, gaddr: u64, alloc: bool) -> Result<Option<PhysAddr>, GmapError> {
+        let mut level = self.asce.level();
+        let mut tbl = self.asce.origin();
+        while let Some(lower) = level.lower() {
+            let ea = PhysAddr(tbl.0 + level.index(gaddr) as u64 * 8);
+            // SAFETY: an entry of a live gmap table.
+            let slot = unsafe { entry(ea) };
+            let e = RegionEntry::from_raw(slot.load(Ordering::Acquire));
+            tbl = if e.is_invalid() {
+                if !alloc {
+                    return Ok(None);
+                }
+                let cover = 1u64 << (lower.shift() + 11);
+                let t = gmap_alloc_table(self.id, lower, gaddr & !cover.wrapping_sub(1))
+                    .map_err(|_| GmapError::NoMemory)?;
+                let pa = t.phys();
+                slot.store(
+                    RegionEntry::table(level, pa)
+                        .map_err(|_| GmapError::NoMemory)?
+                        .raw(),
+                    Ordering::Release,
+                );
+                self.tables.push(pa);
+                pa
+            } else {
+                e.next_origin()
+            };
+            level = lower;
+        }
+        Ok(Some(PhysAddr(
+            tbl.0 + Level::Segment.index(gaddr) as u64 * 8,
+        )))
+    }
+
+    /// Invalidate the gmap segment entry for `gaddr` if valid (IDTE) and
+    /// forget its host link.
+    fn unlink_gaddr(&mut self, gaddr: u64) {
+        let Ok(Some(ea)) = self.segment_entry(gaddr, false) else {
+            return;
+        };
+        // SAFETY: an entry of a live gmap segment table.
+        let slot = unsafe { entry(ea) };
+        let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        if !s.is_invalid() {
+            let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
+            // SAFETY: the live gmap segment table holding the entry.
+            unsafe { tlb::idte(table, Level::Segment, gaddr) };
+            slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+            self.unlinks += 1;
+        }
+        self.host_to_guest.retain(|_, g| *g != seg(gaddr));
+    }
+}
+
+impl Gmap {
+    pub fn id(&self) -> u64 {
+        self.inner.lock().id
+    }
+
+    pub fn asce(&self) -> Asce {
+        self.inner.lock().asce
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.inner.lock().limit
+    }
+
+    pub fn parent(&self) -> Arc<Mutex<HostMm>> {
+        self.inner.lock().parent.clone()
+    }
+
+    /// (links made, unlinks done) over the gmap's life.
+    pub fn link_counts(&self) -> (u64, u64) {
+        let g = self.inner.lock();
+        (g.links, g.unlinks)
+    }
+
+    /// Gmap table pages this gmap holds.
+    pub fn table_pages(&self) -> u64 {
+        self.inner.lock().tables.len() as u64 * 4
+    }
+
+    /// `gmap_map_segment`: guest `[to, to+len)` is host `[from, from+len)`,
+    /// in 1 MiB segments. Refused (nothing changed) if unaligned, empty,
+    /// beyond either limit, or overlapping a guest range mapped already.
+    pub fn gmap_map_segment(&self, from: u64, to: u64, len: u64) -> Result<(), GmapError> {
+        let mut g = self.inner.lock();
+        g.check_segments(to, len)?;
+        if !from.is_multiple_of(SEGMENT_SIZE) {
+            return Err(GmapError::Misaligned);
+        }
+        let host_end = from.checked_add(len).ok_or(GmapError::OutOfRange)?;
+        if host_end as u128 > g.parent.lock().space().max_limit() {
+            return Err(GmapError::OutOfRange);
+        }
+        if g.guest_to_host.range(to..to + len).next().is_some() {
+            return Err(GmapError::AlreadyMapped);
+        }
+        let mut off = 0;
+        while off < len {
+            g.guest_to_host.insert(to + off, from + off);
+            off += SEGMENT_SIZE;
+        }
+        Ok(())
+    }
+
+    /// `gmap_unmap_segment`: drop guest `[to, to+len)`, unlinking what is
+    /// linked. Every segment must be mapped.
+    pub fn gmap_unmap_segment(&self, to: u64, len: u64) -> Result<(), GmapError> {
+        let mut g = self.inner.lock();
+        g.check_segments(to, len)?;
+        let mut off = 0;
+        while off < len {
+            if !g.guest_to_host.contains_key(&(to + off)) {
+                return Err(GmapError::NotMapped);
+            }
+            off += SEGMENT_SIZE;
+        }
+        let mut off = 0;
+        while off < len {
+            g.guest_to_host.remove(&(to + off));
+            g.unlink_gaddr(to + off);
+            off += SEGMENT_SIZE;
+        }
+        Ok(())
+    }
+
+    /// `gmap_translate`: the host address of guest address `gaddr`.
+    pub fn gmap_translate(&self, gaddr: u64) -> Result<u64, GmapError> {
+        let g = self.inner.lock();
+        if gaddr > g.limit {
+            return Err(GmapError::OutOfRange);
+        }
+        g.guest_to_host
+            .get(&seg(gaddr))
+            .map(|h| h + (gaddr - seg(gaddr)))
+            .ok_or(GmapError::NotMapped)
+    }
+
+    /// `__gmap_link`: make the gmap segment for `gaddr` point at the host's
+    /// PTE table for `vmaddr` (copying the host segment entry's hardware
+    /// bits) and record host-to-guest. The host must have a page table there.
+    pub fn gmap_link(&self, gaddr: u64, vmaddr: u64) -> Result<(), GmapError> {
+        let mut g = self.inner.lock();
+        if gaddr > g.limit {
+            return Err(GmapError::OutOfRange);
+        }
+        let host_seg = g.parent.lock().space().segment_entry(vmaddr);
+        if host_seg.is_invalid() {
+            return Err(GmapError::NotMapped);
+        }
+        let tables_before = g.tables.len();
+        let ea = match g.segment_entry(gaddr, true) {
+            Ok(Some(ea)) => ea,
+            Ok(None) => return Err(GmapError::NotMapped),
+            Err(e) => {
+                g.free_tables_from(tables_before);
+                return Err(e);
+            }
+        };
+        // SAFETY: an entry of a live gmap segment table.
+        let slot = unsafe { entry(ea) };
+        let cur = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        let new = SegmentEntry::from_raw(host_seg.hardware_bits());
+        if cur.is_invalid() {
+            // Invalid → valid needs no invalidation.
+            slot.store(new.raw(), Ordering::Release);
+            g.host_to_guest.insert(seg(vmaddr), seg(gaddr));
+            g.links += 1;
+        } else if cur.page_table() != new.page_table() {
+            // Linked to another host table: relink (IDTE first).
+            g.unlink_gaddr(gaddr);
+            slot.store(new.raw(), Ordering::Release);
+            g.host_to_guest.insert(seg(vmaddr), seg(gaddr));
+            g.links += 1;
+        }
+        Ok(())
+    }
+
+    /// `gmap_fault`: resolve a guest access to `gaddr`: translate to the
+    /// host address, populate the host page if missing, link the segment.
+    /// Returns the host address.
+    pub fn gmap_fault(&self, gaddr: u64, access: Access) -> Result<u64, GmapError> {
+        let vmaddr = self.gmap_translate(gaddr)?;
+        let parent = self.parent();
+        parent
+            .lock()
+            .populate(vmaddr & !0xfff, access == Access::Write)
+            .map_err(|_| GmapError::NoMemory)?;
+        self.gmap_link(gaddr, vmaddr)?;
+        Ok(vmaddr)
+    }
+
+    /// The real address of the gmap segment entry for `gaddr`, if the
+    /// tables above it exist.
+    pub fn segment_entry_addr(&self, gaddr: u64) -> Option<PhysAddr> {
+        self.inner.lock().segment_entry(gaddr, false).ok().flatten()
+    }
+
+    pub fn segment_entry_value(&self, gaddr: u64) -> SegmentEntry {
+        self.segment_entry_addr(gaddr)
+            .map_or(SegmentEntry::empty(), |ea| {
+                // SAFETY: an entry of a live gmap segment table.
+                SegmentEntry::from_raw(unsafe { entry(ea) }.load(Ordering::Acquire))
+            })
+    }
+
+    /// `gmap_protect_range` for notification: every page of the guest
+    /// range is faulted in and linked, and its host PTE gets the PGSTE
+    /// notify bit: the next host change of it calls the notifiers first.
+    pub fn gmap_protect_range(&self, gaddr: u64, len: u64) -> Result<(), GmapError> {
+        if len == 0 || gaddr & 0xfff != 0 || len & 0xfff != 0 {
+            return Err(GmapError::Misaligned);
+        }
+        let mut a = gaddr;
+        while a < gaddr + len {
+            let vmaddr = self.gmap_fault(a, Access::Read)?;
+            self.parent()
+                .lock()
+                .space_mut()
+                .pgste_set_notify(vmaddr)
+                .map_err(|_| GmapError::NotMapped)?;
+            a += 0x1000;
+        }
+        Ok(())
+    }
+}
+
+impl GmapInner {
+    fn free_tables_from(&mut self, n: usize) {
+        // Tables added by a failed operation are empty and their parent
+        // entries were valid only for an instant; invalidate and free.
+        while self.tables.len() > n {
+            if let Some(pa) = self.tables.pop() {
+                if let Ok(t) = table::gmap_table_at(pa) {
+                    let _ = gmap_free_table(t);
+                }
+            }
+        }
+        tlb::ptlb();
+    }
+}
+
+/// `gmap_remove`: free every gmap table. Host PTE tables the gmap pointed
+/// at stay with the host.
+pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
+    let mut inner = g.inner.lock();
+    // The ASCE is not loaded anywhere any more; purge what a TLB may hold.
+    tlb::ptlb();
+    for pa in inner.tables.drain(..) {
+        if let Ok(t) = table::gmap_table_at(pa) {
+            let _: Result<(), _> = gmap_free_table(t);
+        }
+    }
+    inner.host_to_guest.clear();
+    inner.guest_to_host.clear();
+    drop(inner);
+    let mut all = GMAPS.lock();
+    all.retain(|w| w.strong_count() > 0 && !w.ptr_eq(&Arc::downgrade(&g.inner)));
+    Ok(())
+}
+
+/// The gmaps of host space `space_id`.
+fn gmaps_of(space_id: u64) -> Vec<Arc<Mutex<GmapInner>>> {
+    GMAPS
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|g| g.lock().parent_id == space_id)
+        .collect()
+}
+
+/// `gmap_unlink`: the host is about to free the PTE table of the segment
+/// at `vmaddr`: every gmap segment entry pointing at it is invalidated.
+fn gmap_unlink(space_id: u64, vmaddr: u64, pte_table: PhysAddr) {
+    for g in gmaps_of(space_id) {
+        let mut g = g.lock();
+        let Some(gseg) = g.host_to_guest.get(&seg(vmaddr)).copied() else {
+            continue;
+        };
+        if g.segment_entry(gseg, false)
+            .ok()
+            .flatten()
+            .is_some_and(|ea| {
+                // SAFETY: an entry of a live gmap segment table.
+                SegmentEntry::from_raw(unsafe { entry(ea) }.load(Ordering::Acquire)).page_table()
+                    == pte_table
+            })
+        {
+            g.unlink_gaddr(gseg);
+        }
+        g.host_to_guest.remove(&seg(vmaddr));
+    }
+}
+
+/// The guest addresses of every gmap of `space_id` linked to the host
+/// segment of `vmaddr`: (gmap id, guest address of the page).
+pub(crate) fn guests_of(space_id: u64, vmaddr: u64) -> Vec<(u64, u64)> {
+    gmaps_of(space_id)
+        .iter()
+        .filter_map(|g| {
+            let g = g.lock();
+            g.host_to_guest
+                .get(&seg(vmaddr))
+                .map(|gs| (g.id, gs + (vmaddr - seg(vmaddr))))
+        })
+        .collect()
+}
+
+/// For tests: the guest address of the gmap segment entry at kernel
+/// address `entry_va`, through the gmap table descriptor.
+pub fn segment_gaddr_of_entry(
+    entry_va: crate::mm::addr::VirtAddr,
+) -> Result<u64, table::GmapTableError> {
+    table::gmap_segment_gaddr(entry_va)
+}
+
+/// The descriptor of the top table of `g` (tests).
+pub fn top_table(g: &Gmap) -> Option<&'static GmapTableDesc> {
+    table::gmap_table_at(g.asce().origin()).ok()
+}
