@@ -76,6 +76,9 @@ pub const RETURN_PSW: usize = 0x500;
 pub const KERNEL_STACK: usize = 0x580;
 /// Scratch PSW for code that switches state with LPSWE (probes, waits).
 pub const SCRATCH_PSW: usize = 0x590;
+/// The guest context of the guest running on this CPU (0: none): an
+/// interruption in problem state with this set is a guest exit.
+pub const GUEST_CTX: usize = 0x5a0;
 
 pub const fn save_area(class: usize) -> usize {
     SAVE_AREA + class * SAVE_AREA_SIZE
@@ -87,4 +90,4 @@ pub const fn return_psw(class: usize) -> usize {
 
 const _: () = assert!(save_area(5) + SAVE_AREA_SIZE <= RETURN_PSW);
 const _: () = assert!(return_psw(5) + 16 <= KERNEL_STACK);
-const _: () = assert!(SCRATCH_PSW + 16 <= 0x1000);
+const _: () = assert!(SCRATCH_PSW + 16 <= GUEST_CTX && GUEST_CTX + 8 <= 0x1000);

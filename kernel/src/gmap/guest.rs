@@ -1,1 +1,101 @@
+//! Running a guest on a gmap, like KVM's exit loop: enter the guest (problem
+//! state, the gmap's ASCE as primary space), and on every translation
+//! exception resolve it with `gmap_fault` and re-enter; an SVC ends the
+//! run; anything else stops it with a reason. No kernel crash either way.
 
+use crate::arch::pgm::{code, Teid, TeidAccess};
+use crate::arch::psw::{mask, Psw};
+use crate::arch::s390x::guest::{run_guest, Exit, GuestCtx};
+
+use super::{Access, Gmap, GmapError};
+
+/// Why a guest run ended other than by its SVC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestStop {
+    /// The guest touched `gaddr`, beyond the gmap's limit.
+    BeyondLimit(u64),
+    /// The guest touched `gaddr`, which no gmap_map_segment covers.
+    NotMapped(u64),
+    /// Resolving a fault ran out of memory.
+    NoMemory(u64),
+    /// A program check that is not a translation fault (code, guest PSW).
+    Program(u16, u64),
+    /// Some other interruption.
+    Other,
+    /// More exits than allowed.
+    TooManyExits,
+}
+
+/// A guest CPU: its registers, PSW and counters.
+pub struct Vcpu {
+    pub ctx: GuestCtx,
+    pub exits: u64,
+    pub faults: u64,
+}
+
+/// A 64-bit problem-state PSW with DAT on in primary-space mode, no
+/// interruptions enabled.
+pub fn guest_psw(addr: u64) -> Psw {
+    Psw::new(
+        mask::BASE | mask::DAT | mask::PROBLEM | mask::ASC_PRIMARY,
+        addr,
+    )
+}
+
+impl Vcpu {
+    pub fn new(gmap: &Gmap, entry: u64) -> Self {
+        Vcpu {
+            ctx: GuestCtx::new(guest_psw(entry), gmap.asce().raw()),
+            exits: 0,
+            faults: 0,
+        }
+    }
+
+    /// Run until the guest's SVC (returns its code) or a stop.
+    pub fn run(&mut self, gmap: &Gmap, max_exits: u64) -> Result<u16, GuestStop> {
+        self.ctx.asce = gmap.asce().raw();
+        loop {
+            if self.exits >= max_exits {
+                return Err(GuestStop::TooManyExits);
+            }
+            // SAFETY: the gmap (and through it the host) is borrowed for the
+            // whole run, so its tables stay live; the PSW is problem state.
+            let exit = unsafe { run_guest(&mut self.ctx) };
+            self.exits += 1;
+            match exit {
+                Exit::Svc(c) => return Ok(c),
+                Exit::Program(pc) => {
+                    let c = pc.exception();
+                    let translation = matches!(
+                        c,
+                        code::SEGMENT_TRANSLATION
+                            | code::PAGE_TRANSLATION
+                            | code::ASCE_TYPE
+                            | code::REGION_FIRST_TRANSLATION
+                            | code::REGION_SECOND_TRANSLATION
+                            | code::REGION_THIRD_TRANSLATION
+                    );
+                    if !translation {
+                        return Err(GuestStop::Program(pc.code, self.ctx.psw.addr));
+                    }
+                    let t = Teid(pc.teid);
+                    let gaddr = t.address();
+                    let access = if t.access() == TeidAccess::Store {
+                        Access::Write
+                    } else {
+                        Access::Read
+                    };
+                    match gmap.gmap_fault(gaddr, access) {
+                        // Translation exceptions nullify: the guest PSW still
+                        // points at the instruction, which runs again.
+                        Ok(_) => self.faults += 1,
+                        Err(GmapError::OutOfRange) => return Err(GuestStop::BeyondLimit(gaddr)),
+                        Err(GmapError::NoMemory) => return Err(GuestStop::NoMemory(gaddr)),
+                        Err(_) => return Err(GuestStop::NotMapped(gaddr)),
+                    }
+                }
+                Exit::External(_) | Exit::Other(_) => return Err(GuestStop::Other),
+            }
+        }
+    }
+}

@@ -389,22 +389,30 @@ impl GmapInner {
 }
 
 /// `gmap_remove`: free every gmap table. Host PTE tables the gmap pointed
-/// at stay with the host.
+/// at stay with the host. (Dropping a `Gmap` does the same.)
 pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
-    let mut inner = g.inner.lock();
-    // The ASCE is not loaded anywhere any more; purge what a TLB may hold.
-    tlb::ptlb();
-    for pa in inner.tables.drain(..) {
-        if let Ok(t) = table::gmap_table_at(pa) {
-            let _: Result<(), _> = gmap_free_table(t);
-        }
-    }
-    inner.host_to_guest.clear();
-    inner.guest_to_host.clear();
-    drop(inner);
-    let mut all = GMAPS.lock();
-    all.retain(|w| w.strong_count() > 0 && !w.ptr_eq(&Arc::downgrade(&g.inner)));
+    drop(g);
     Ok(())
+}
+
+impl Drop for Gmap {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock();
+        // The ASCE is not loaded anywhere any more; purge what a TLB may hold.
+        tlb::ptlb();
+        for pa in inner.tables.drain(..) {
+            if let Ok(t) = table::gmap_table_at(pa) {
+                let _: Result<(), _> = gmap_free_table(t);
+            }
+        }
+        inner.host_to_guest.clear();
+        inner.guest_to_host.clear();
+        drop(inner);
+        let me = Arc::downgrade(&self.inner);
+        GMAPS
+            .lock()
+            .retain(|w| w.strong_count() > 0 && !w.ptr_eq(&me));
+    }
 }
 
 /// The gmaps of host space `space_id`.

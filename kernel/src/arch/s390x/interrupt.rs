@@ -173,6 +173,9 @@ pub unsafe extern "C" fn zdat_interrupt(frame: *mut InterruptFrame, class: u64) 
         crate::panic::fatal_interrupt(frame, IntClass::Restart, "bad class from entry stub");
     };
     COUNTS[class as usize].fetch_add(1, Ordering::Relaxed);
+    if super::guest::guest_exit(frame, class) {
+        return;
+    }
     match class {
         IntClass::Program => program_check(frame),
         IntClass::External => external(frame),

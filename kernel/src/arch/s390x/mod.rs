@@ -4,6 +4,7 @@ pub mod cr;
 pub mod dat;
 pub mod extable;
 pub mod facility;
+pub mod guest;
 pub mod insn;
 pub mod interrupt;
 pub mod mem;
