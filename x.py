@@ -440,7 +440,16 @@ def cmd_run(args):
         append += " " + args.append
     cmd = qemu_cmd(elf, args.memory, args.smp, append, args.qemu_args)
     log(shlex.join(cmd))
-    r = boot(cmd, args.timeout, on_line=print)
+    crashed = []
+
+    def show(line):
+        # A crash dump's trace lines get their symbols as they stream.
+        if TRACE_ADDR.search(line):
+            line = symbolize([line], elf)[0]
+            crashed.append(line)
+        print(line, flush=True)
+
+    r = boot(cmd, args.timeout, on_line=show)
     return finish_run(r, args.timeout)
 
 
@@ -555,10 +564,47 @@ def suite_level_failures(k):
     return bad
 
 
-def print_problem_log(r, label, log_path):
+TRACE_ADDR = re.compile(r"\[<([0-9a-f]{16})>\]")
+
+
+def symbolize(lines, elf):
+    """Append function and file:line to every `[<address>]` of a crash dump
+    (llvm-symbolizer, or addr2line; left as is when neither is there)."""
+    addrs = sorted({m.group(1) for l in lines for m in TRACE_ADDR.finditer(l)})
+    if not addrs or not elf:
+        return lines
+    tool = shutil.which("llvm-symbolizer")
+    names = {}
+    try:
+        if tool:
+            r = subprocess.run([tool, "--obj", str(elf), "--functions=short", "--no-inlines",
+                                "--relative-address"] + ["0x" + a for a in addrs],
+                               capture_output=True, text=True, timeout=30)
+            blocks = [b.strip().splitlines() for b in r.stdout.strip().split("\n\n")]
+            for a, b in zip(addrs, blocks):
+                if len(b) >= 2:
+                    names[a] = f"{b[0]} {b[1].replace(str(ROOT) + '/', '')}"
+        elif shutil.which("addr2line"):
+            r = subprocess.run(["addr2line", "-f", "-C", "-e", str(elf)] + ["0x" + a for a in addrs],
+                               capture_output=True, text=True, timeout=30)
+            out = r.stdout.splitlines()
+            for i, a in enumerate(addrs):
+                if 2 * i + 1 < len(out):
+                    names[a] = f"{out[2 * i]} {out[2 * i + 1]}"
+    except (OSError, subprocess.SubprocessError):
+        return lines
+    def sub(line):
+        m = TRACE_ADDR.search(line)
+        if m and m.group(1) in names:
+            return f"{line}  {names[m.group(1)]}"
+        return line
+    return [sub(l) for l in lines]
+
+
+def print_problem_log(r, label, log_path, elf=None):
     tail = [l for l in r.lines if not l.startswith("    ok ") and not l.startswith("ok ")]
     print(f"---- [{label}] console (non-passing lines; full log {log_path.relative_to(ROOT)}) ----")
-    for line in tail[-60:]:
+    for line in symbolize(tail[-60:], elf):
         print(line)
     print("----")
 
@@ -599,7 +645,7 @@ def cmd_test(args):
             for prob in probs:
                 problems.append(f"[{label}] {prob}")
             if probs or f:
-                print_problem_log(r, label, log_path)
+                print_problem_log(r, label, log_path, elf)
     for prob in problems:
         log(f"FAILED: {prob}")
     print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
@@ -631,6 +677,9 @@ def selftest(args):
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_crash", 60, "crash", quiet=True)
     check("unexpected program check dumps", any("unexpected program check" in l for l in r.lines)
           and any("Call Trace" in l for l in r.lines))
+    sym = symbolize(r.lines, elf)
+    check("the trace is symbolized", any("unexpected_program_check" in l for l in sym),
+          "no symbol for the faulting function")
     check("crash exits non-zero", r.returncode != 0 and k.status == 3, f"qemu {r.returncode}, status {k.status}")
     check("crash leaves incomplete KTAP that x.py rejects", k.errors and probs)
     # 3. A panic.
