@@ -686,11 +686,16 @@ def selftest(args):
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_panic", 60, "panic", quiet=True)
     check("panic is reported", any("KERNEL PANIC" in l for l in r.lines) and r.returncode != 0
           and k.status == 2 and probs)
-    # 4. A hang: killed at the timeout.
+    # 4. A stack overflow: the guard page stops it, the dump says so.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_stack_overflow", 60, "stack", quiet=True)
+    check("stack overflow hits the guard page and is reported",
+          any("STACK OVERFLOW" in l for l in r.lines) and r.returncode != 0 and k.status == 3 and probs,
+          f"qemu {r.returncode}, status {k.status}")
+    # 5. A hang: killed at the timeout.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
     check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,
           f"timed_out {r.timed_out}, {r.seconds:.1f} s")
-    # 5. A truncated log with QEMU exit 0 is a failure (KTAP parser alone).
+    # 6. A truncated log with QEMU exit 0 is a failure (KTAP parser alone).
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "clock", 60, "truncate", quiet=True)
     full = parse_ktap(r.lines)
     check("a complete passing run parses clean", not full.errors and full.status == 0 and not probs,

@@ -8,10 +8,17 @@ use kernel::arch::psw::{mask, Psw};
 use kernel::arch::s390x::insn;
 use kernel::machine::BootInfo;
 
-/// Size of the boot stack (the kernel's only stack on this CPU) and of the
-/// stack interruptions from problem state run on.
-const BOOT_STACK_SIZE: usize = 256 * 1024;
-const IRQ_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot stack (the kernel's only stack on this CPU), of the
+/// stack interruptions from problem state run on, and of the stack a stack
+/// overflow is handled on. Each starts with a guard page that the kernel
+/// unmaps once DAT is on.
+const GUARD: usize = 4096;
+const BOOT_STACK_SIZE: usize = 256 * 1024 + GUARD;
+const IRQ_STACK_SIZE: usize = 64 * 1024 + GUARD;
+const PANIC_STACK_SIZE: usize = 32 * 1024 + GUARD;
+/// r15 values this close above the boot stack's guard page count as an
+/// overflow too: the handler's frame (432 bytes) would not fit.
+const GUARD_MARGIN: u64 = 1024;
 
 #[repr(C, align(4096))]
 struct Stack<const N: usize>(UnsafeCell<[u8; N]>);
@@ -21,6 +28,7 @@ unsafe impl<const N: usize> Sync for Stack<N> {}
 
 static BOOT_STACK: Stack<BOOT_STACK_SIZE> = Stack(UnsafeCell::new([0; BOOT_STACK_SIZE]));
 static IRQ_STACK: Stack<IRQ_STACK_SIZE> = Stack(UnsafeCell::new([0; IRQ_STACK_SIZE]));
+static PANIC_STACK: Stack<PANIC_STACK_SIZE> = Stack(UnsafeCell::new([0; PANIC_STACK_SIZE]));
 
 /// Command-line area QEMU fills (Linux's parm area layout).
 const COMMAND_LINE_OFFSET: usize = 0x80;
@@ -101,9 +109,29 @@ fn install_new_psws() {
         }
     }
     let irq_top = IRQ_STACK.0.get() as u64 + IRQ_STACK_SIZE as u64 - 160;
-    // SAFETY: KERNEL_STACK is the software slot the entry stubs load r15
-    // from for interruptions in problem state.
-    unsafe { insn::lowcore_write_u64(lowcore::KERNEL_STACK, irq_top) };
+    let panic_top = PANIC_STACK.0.get() as u64 + PANIC_STACK_SIZE as u64 - 160;
+    let guard = BOOT_STACK.0.get() as u64;
+    // SAFETY: software slots the entry stubs read: the stack for
+    // interruptions from problem state, and the overflow window of the
+    // boot stack with the stack to use then.
+    unsafe {
+        insn::lowcore_write_u64(lowcore::KERNEL_STACK, irq_top);
+        insn::lowcore_write_u64(lowcore::PANIC_STACK, panic_top);
+        insn::lowcore_write_u64(lowcore::STACK_GUARD_LOW, guard);
+        insn::lowcore_write_u64(
+            lowcore::STACK_GUARD_HIGH,
+            guard + GUARD as u64 + GUARD_MARGIN,
+        );
+    }
+}
+
+/// The guard page at the bottom of each stack.
+fn stack_guards() -> [u64; 3] {
+    [
+        BOOT_STACK.0.get() as u64,
+        IRQ_STACK.0.get() as u64,
+        PANIC_STACK.0.get() as u64,
+    ]
 }
 
 #[no_mangle]
@@ -115,6 +143,7 @@ extern "C" fn boot_main() -> ! {
         cmdline: command_line(),
         image_start,
         image_end,
+        stack_guards: stack_guards(),
     })
 }
 

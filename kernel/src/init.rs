@@ -45,7 +45,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         pr_info!("mm: cannot create the heap: {:?}", e);
         exit(ExitStatus::BadConfig);
     }
-    match crate::dat::kernel::init(info.memory) {
+    match crate::dat::kernel::init(info.memory, &boot.stack_guards) {
         Ok(asce) => pr_info!(
             "dat: kernel runs with DAT on in home-space mode, identity map {:?}, {} page-table pages",
             asce,

@@ -13,6 +13,9 @@ pub struct BootInfo {
     /// First and one-past-last byte of the loaded image (page aligned).
     pub image_start: u64,
     pub image_end: u64,
+    /// The guard page at the bottom of each kernel stack (boot, interrupt,
+    /// panic), unmapped once DAT is on.
+    pub stack_guards: [u64; 3],
 }
 
 #[derive(Clone, Copy, Debug)]

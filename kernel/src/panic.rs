@@ -101,6 +101,13 @@ mod dump {
                         " (not stored for this code)"
                     }
                 );
+                if pgm::stores_teid(pc.code) && crate::dat::kernel::is_stack_guard(pc.teid & !0xfff)
+                {
+                    kprintln!(
+                        "  STACK OVERFLOW: the access hit the guard page at {:#x}",
+                        pc.teid & !0xfff
+                    );
+                }
             }
             IntClass::External => kprintln!("  external code {:#06x}", frame.ext_code()),
             IntClass::Svc => kprintln!("  svc {:#x}", frame.svc_code()),

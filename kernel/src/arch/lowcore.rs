@@ -79,6 +79,12 @@ pub const SCRATCH_PSW: usize = 0x590;
 /// The guest context of the guest running on this CPU (0: none): an
 /// interruption in problem state with this set is a guest exit.
 pub const GUEST_CTX: usize = 0x5a0;
+/// Stack the entry code switches to when r15 is in [STACK_GUARD_LOW,
+/// STACK_GUARD_HIGH): the kernel stack ran into its guard page, and the
+/// handler must not push its frame there.
+pub const PANIC_STACK: usize = 0x5a8;
+pub const STACK_GUARD_LOW: usize = 0x5b0;
+pub const STACK_GUARD_HIGH: usize = 0x5b8;
 
 pub const fn save_area(class: usize) -> usize {
     SAVE_AREA + class * SAVE_AREA_SIZE
@@ -90,4 +96,4 @@ pub const fn return_psw(class: usize) -> usize {
 
 const _: () = assert!(save_area(5) + SAVE_AREA_SIZE <= RETURN_PSW);
 const _: () = assert!(return_psw(5) + 16 <= KERNEL_STACK);
-const _: () = assert!(SCRATCH_PSW + 16 <= GUEST_CTX && GUEST_CTX + 8 <= 0x1000);
+const _: () = assert!(SCRATCH_PSW + 16 <= GUEST_CTX && STACK_GUARD_HIGH + 8 <= 0x1000);

@@ -14,10 +14,16 @@ use crate::mm::addr::PhysAddr;
 static KERNEL: Once<Mutex<AddressSpace>> = Once::new();
 static KERNEL_ASCE: Once<Asce> = Once::new();
 
-/// Map `[0, memory)` at its real address and turn DAT on.
-pub fn init(memory: u64) -> Result<Asce, SpaceError> {
+/// Map `[0, memory)` at its real address, except the stacks' guard pages,
+/// and turn DAT on.
+pub fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
     let mut s = AddressSpace::new(memory as u128, Level::Region3.limit(), false)?;
     s.map_range(0, PhysAddr(0), memory, Prot::ReadWrite)?;
+    for &g in guards {
+        // A stack that runs past its bottom now takes a translation
+        // exception instead of overwriting whatever lies below.
+        s.unmap(g)?;
+    }
     let asce = s.asce();
     KERNEL.call_once(|| Mutex::new(s));
     KERNEL_ASCE.call_once(|| asce);
@@ -26,6 +32,16 @@ pub fn init(memory: u64) -> Result<Asce, SpaceError> {
     // the memmap and the tables themselves) at its real address.
     unsafe { hw::enable_dat_home(asce.raw()) };
     Ok(asce)
+}
+
+/// Whether `va` lies in a stack guard page (for the crash dump).
+pub fn is_stack_guard(va: u64) -> bool {
+    crate::machine::get().is_some_and(|m| {
+        m.boot
+            .stack_guards
+            .iter()
+            .any(|&g| va >= g && va < g + 4096)
+    })
 }
 
 pub fn asce() -> Option<Asce> {

@@ -65,3 +65,21 @@ fn hangs() -> KResult {
 }
 
 ktest_suite!(SELFTEST_HANG, "selftest_hang", [hangs], explicit: true);
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let mut buf = [0u64; 64];
+    buf[(depth % 64) as usize] = depth;
+    core::hint::black_box(&mut buf);
+    core::hint::black_box(recurse(depth + 1)) + buf[0]
+}
+
+fn overflows_the_stack() -> KResult {
+    // Unbounded recursion: the guard page below the stack must stop it
+    // with a dump that says so, not corrupt memory below the stack.
+    let r = recurse(core::hint::black_box(0));
+    kassert_eq!(r, 0);
+    Ok(())
+}
+
+ktest_suite!(SELFTEST_STACK, "selftest_stack_overflow", [overflows_the_stack], explicit: true);
