@@ -387,13 +387,18 @@ impl<'a> BuddyAllocator<'a> {
             Some(PageType::Allocated) => {}
             Some(t) => return Err(FreeError::InUse(t)),
         }
-        if order > MAX_ORDER || !pfn.is_aligned_to_order(order) {
+        if order > MAX_ORDER {
             return Err(FreeError::BadOrder);
         }
+        // The order the block was allocated with says more than alignment:
+        // check it first (a head of its own order is always aligned).
         if head.head_order() != order {
             return Err(FreeError::WrongOrder {
                 allocated: head.head_order(),
             });
+        }
+        if !pfn.is_aligned_to_order(order) {
+            return Err(FreeError::BadOrder);
         }
         if head.refcount() != 1 {
             return Err(FreeError::BadRefcount(head.refcount()));
