@@ -27,7 +27,7 @@ TARGET = "s390x-unknown-none-softfloat"
 BUILD_DIR = ROOT / "build"
 QEMU = "qemu-system-s390x"
 GDB = "gdb-multiarch"
-DEFAULT_TEST_MEMORY = ["128M", "1G"]
+DEFAULT_TEST_MEMORY = ["64M", "128M", "1G", "4G"]
 DEFAULT_TIMEOUT = 600
 EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 
@@ -513,7 +513,7 @@ def miri_tests():
 
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False):
     """Boot once with the KTAP suites; return (Ktap, Run, problems)."""
-    append = f"ktest.expect_mem={memory} ktest.expect_cpus={smp}"
+    append = f"ktest.expect_mem={memory} ktest.expect_cpus={smp} mm.check"
     if filt:
         append += f" ktest.filter={filt}"
     if extra_append:
@@ -803,7 +803,8 @@ def main():
     g.add_argument("--host-only", action="store_true", help="only cargo test on the host")
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
     sp.add_argument("--memory", type=lambda s: s.split(","), default=DEFAULT_TEST_MEMORY,
-                    metavar="SIZES", help="comma-separated memory sizes (default 128M,1G)")
+                    metavar="SIZES", help="comma-separated memory sizes (default "
+                    + ",".join(DEFAULT_TEST_MEMORY) + ")")
     sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")

@@ -67,6 +67,10 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     );
 
     let cmd = machine::cmdline();
+    if let Ok(Some(n)) = cmd.size("fail.alloc") {
+        pr_info!("mm: fault injection: page allocation {} from now fails", n);
+        mm::fail::fail_alloc_nth(n);
+    }
     if cmd.flag("mm.dump") {
         mm::dump();
     }
@@ -80,12 +84,56 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         pr_info!("zdat: {} test cases", n);
         exit(ExitStatus::Success);
     }
+    let checks = cmd.flag("mm.check");
+    if checks && !run_checks("at boot") {
+        exit(ExitStatus::TestsFailed);
+    }
     let summary = ktest::run(suites, &filter);
+    if checks && !run_checks("after the tests") {
+        exit(ExitStatus::TestsFailed);
+    }
     exit(if summary.ok() {
         ExitStatus::Success
     } else {
         ExitStatus::TestsFailed
     })
+}
+
+/// `mm.check`: the buddy allocator against the memmap, and the kernel's
+/// page tables against their descriptors and fragment counts.
+fn run_checks(when: &str) -> bool {
+    let mut ok = true;
+    match mm::check() {
+        Ok(s) => pr_info!(
+            "check {}: buddy ok: {} free, {} per-CPU, {} allocated, {} reserved, {} tables",
+            when,
+            s.free,
+            s.pcp,
+            s.allocated,
+            s.reserved,
+            s.other
+        ),
+        Err(e) => {
+            pr_info!("check {}: buddy FAILED: {:?}", when, e);
+            ok = false;
+        }
+    }
+    match crate::dat::kernel::check() {
+        Some(Ok(s)) => pr_info!(
+            "check {}: kernel space ok: {} CRST tables, {} PTE tables in {} pages, {} pages mapped",
+            when,
+            s.crst_tables,
+            s.pte_tables,
+            s.pte_pages,
+            s.mapped_pages
+        ),
+        Some(Err(e)) => {
+            pr_info!("check {}: kernel space FAILED: {:?}", when, e);
+            ok = false;
+        }
+        None => {}
+    }
+    ok
 }
 
 fn log_facilities() {

@@ -28,5 +28,7 @@ mod init;
 #[cfg(target_arch = "s390x")]
 pub use init::start_kernel;
 
+#[cfg(target_os = "none")]
+mod fault_tests;
 #[cfg(all(test, not(target_arch = "s390x")))]
 mod ktest_tests;

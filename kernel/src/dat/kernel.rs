@@ -44,6 +44,11 @@ pub fn is_stack_guard(va: u64) -> bool {
     })
 }
 
+/// Run the consistency checker on the kernel's own space.
+pub fn check() -> Option<Result<super::space::SpaceCheck, super::space::SpaceCheckError>> {
+    KERNEL.get().map(|s| s.lock().check())
+}
+
 pub fn asce() -> Option<Asce> {
     KERNEL_ASCE.get().copied()
 }

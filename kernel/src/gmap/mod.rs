@@ -52,6 +52,10 @@ pub enum Access {
 
 static NEXT_GMAP: AtomicU64 = AtomicU64::new(1);
 
+/// The entry pointing at a gmap table: (parent table, its level, a guest
+/// address the entry covers).
+type ParentEntry = (PhysAddr, Level, u64);
+
 pub(crate) struct GmapInner {
     id: u64,
     asce: Asce,
@@ -64,8 +68,10 @@ pub(crate) struct GmapInner {
     guest_to_host: BTreeMap<u64, u64>,
     /// Host segment → guest segment, for linked segments.
     host_to_guest: BTreeMap<u64, u64>,
-    /// Every gmap table (real addresses), the top first.
-    tables: Vec<PhysAddr>,
+    /// Every gmap table (real addresses), the top first, each with the
+    /// entry that points at it (parent table, its level, a guest address it
+    /// covers); the top has none.
+    tables: Vec<(PhysAddr, Option<ParentEntry>)>,
     /// Counters: links made, unlinks done.
     links: u64,
     unlinks: u64,
@@ -117,7 +123,7 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
         parent_id,
         guest_to_host: BTreeMap::new(),
         host_to_guest: BTreeMap::new(),
-        tables: alloc::vec![top.phys()],
+        tables: alloc::vec![(top.phys(), None)],
         links: 0,
         unlinks: 0,
     }));
@@ -167,7 +173,7 @@ impl GmapInner {
                         .raw(),
                     Ordering::Release,
                 );
-                self.tables.push(pa);
+                self.tables.push((pa, Some((tbl, level, gaddr))));
                 pa
             } else {
                 e.next_origin()
@@ -373,18 +379,107 @@ impl Gmap {
     }
 }
 
+/// Inconsistencies `Gmap::check` finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GmapCheckError {
+    /// A table that is not one of this gmap's gmap tables.
+    Table(PhysAddr),
+    /// A linked guest segment without a guest-to-host mapping.
+    GuestToHost(u64),
+    /// A linked guest segment the host-to-guest map does not name.
+    HostToGuest(u64),
+    /// A linked guest segment not pointing at the host's current PTE table.
+    HostTable(u64),
+    /// The host-to-guest map names more segments than are linked.
+    Count { linked: u64, recorded: u64 },
+}
+
+impl Gmap {
+    /// Check the gmap's maps against its tables: every table reached is one
+    /// of its gmap tables; every linked segment (guest address from the
+    /// table descriptor) is mapped guest-to-host, recorded host-to-guest,
+    /// and points at the host's PTE table for that segment. Returns the
+    /// number of linked segments.
+    pub fn check(&self) -> Result<u64, GmapCheckError> {
+        let g = self.inner.lock();
+        let host = g.parent.lock();
+        let mut linked = 0;
+        g.check_level(g.asce.origin(), g.asce.level(), &host, &mut linked)?;
+        let recorded = g.host_to_guest.len() as u64;
+        if recorded != linked {
+            return Err(GmapCheckError::Count { linked, recorded });
+        }
+        Ok(linked)
+    }
+}
+
 impl GmapInner {
-    fn free_tables_from(&mut self, n: usize) {
-        // Tables added by a failed operation are empty and their parent
-        // entries were valid only for an instant; invalidate and free.
-        while self.tables.len() > n {
-            if let Some(pa) = self.tables.pop() {
-                if let Ok(t) = table::gmap_table_at(pa) {
-                    let _ = gmap_free_table(t);
+    fn check_level(
+        &self,
+        tbl: PhysAddr,
+        level: Level,
+        host: &HostMm,
+        linked: &mut u64,
+    ) -> Result<(), GmapCheckError> {
+        let t = table::gmap_table_at(tbl).map_err(|_| GmapCheckError::Table(tbl))?;
+        if t.owner() != self.id || !self.tables.iter().any(|(pa, _)| *pa == tbl) {
+            return Err(GmapCheckError::Table(tbl));
+        }
+        for i in 0..crate::dat::entry::CRST_ENTRIES as u64 {
+            let ea = PhysAddr(tbl.0 + i * 8);
+            // SAFETY: an entry of a live gmap table.
+            let raw = unsafe { entry(ea) }.load(Ordering::Acquire);
+            match level.lower() {
+                Some(lower) => {
+                    let e = RegionEntry::from_raw(raw);
+                    if !e.is_invalid() {
+                        self.check_level(e.next_origin(), lower, host, linked)?;
+                    }
+                }
+                None => {
+                    let s = SegmentEntry::from_raw(raw);
+                    if s.is_invalid() {
+                        continue;
+                    }
+                    let gaddr = table::gmap_segment_gaddr(crate::dat::table::phys_to_virt(ea))
+                        .map_err(|_| GmapCheckError::Table(tbl))?;
+                    let vm = *self
+                        .guest_to_host
+                        .get(&gaddr)
+                        .ok_or(GmapCheckError::GuestToHost(gaddr))?;
+                    if self.host_to_guest.get(&vm) != Some(&gaddr) {
+                        return Err(GmapCheckError::HostToGuest(gaddr));
+                    }
+                    let hs = host.space().segment_entry(vm);
+                    if hs.is_invalid() || hs.page_table() != s.page_table() {
+                        return Err(GmapCheckError::HostTable(gaddr));
+                    }
+                    *linked += 1;
                 }
             }
         }
-        tlb::ptlb();
+        Ok(())
+    }
+
+    fn free_tables_from(&mut self, n: usize) {
+        // Tables added by a failed operation are empty: invalidate the entry
+        // pointing at each (newest first), then free it.
+        while self.tables.len() > n {
+            let Some((pa, parent)) = self.tables.pop() else {
+                break;
+            };
+            if let Some((ptbl, plevel, gaddr)) = parent {
+                // SAFETY: the parent is a live gmap table whose entry for
+                // `gaddr` points at `pa`.
+                unsafe { tlb::idte(ptbl, plevel, gaddr) };
+                // SAFETY: that entry, invalid now.
+                unsafe { entry(PhysAddr(ptbl.0 + plevel.index(gaddr) as u64 * 8)) }
+                    .store(RegionEntry::empty(plevel).raw(), Ordering::Release);
+            }
+            if let Ok(t) = table::gmap_table_at(pa) {
+                let _ = gmap_free_table(t);
+            }
+        }
     }
 }
 
@@ -400,7 +495,7 @@ impl Drop for Gmap {
         let mut inner = self.inner.lock();
         // The ASCE is not loaded anywhere any more; purge what a TLB may hold.
         tlb::ptlb();
-        for pa in inner.tables.drain(..) {
+        for (pa, _) in inner.tables.drain(..) {
             if let Ok(t) = table::gmap_table_at(pa) {
                 let _: Result<(), _> = gmap_free_table(t);
             }

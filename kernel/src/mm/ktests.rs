@@ -233,13 +233,14 @@ fn misuse_is_refused() -> KResult {
     refused(Pfn(0), 0, FreeError::Reserved)?;
     let image = machine::get().map_or(0x10000, |m| m.boot.image_start);
     refused(PhysAddr(image).pfn(), 0, FreeError::Reserved)?;
-    // Never allocated: the last free page below the firmware area.
-    let (fw, _) = super::firmware_range(machine::get().map_or(0, |m| m.memory));
-    let never = Pfn(fw.pfn().0 - 1);
-    kassert!(
-        super::pfn_to_page(never).is_some_and(|p| p.page_type().is_some_and(PageType::is_free))
-    );
-    refused(never, 0, FreeError::AlreadyFree)?;
+    // Never allocated: a free page (inside a free buddy block), found from
+    // the top of memory down.
+    let never = (0..memmap().nr_pages())
+        .rev()
+        .map(Pfn)
+        .find(|&p| super::pfn_to_page(p).is_some_and(|pg| pg.has_type(PageType::Free)));
+    kassert!(never.is_some());
+    refused(never.unwrap_or(Pfn(0)), 0, FreeError::AlreadyFree)?;
     // Beyond memory.
     refused(Pfn(memmap().nr_pages()), 0, FreeError::OutOfRange)?;
     // Wrong order, tail page, order beyond MAX_ORDER.

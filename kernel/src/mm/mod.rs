@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod buddy;
+pub mod fail;
 pub mod heap;
 pub mod memmap;
 pub mod page;
@@ -291,6 +292,9 @@ impl Pages {
 
 /// Allocate 2^order contiguous frames (Linux alloc_pages).
 pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
+    if fail::should_fail() {
+        return Err(AllocError::NoMemory);
+    }
     // SMP: the zone lock; interruption handlers never allocate, so it cannot
     // be taken recursively on one CPU.
     let pfn = if order == 0 {
@@ -364,6 +368,9 @@ fn report_bad_page(pfn: Pfn, e: FreeError) {
 
 /// Allocate `n` contiguous MAX_ORDER blocks; free each with MAX_ORDER.
 pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
+    if fail::should_fail() {
+        return Err(AllocError::NoMemory);
+    }
     drain_pcp();
     zone().lock().alloc_contig(n)
 }
