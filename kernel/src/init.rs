@@ -57,6 +57,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         }
     }
     mm::log_summary();
+    crate::smp::init(&info);
     let suites = ktest::suites();
     pr_info!(
         "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites",

@@ -22,6 +22,8 @@ pub mod machine;
 pub mod mm;
 pub mod panic;
 pub mod sclp;
+#[cfg(target_arch = "s390x")]
+pub mod smp;
 
 #[cfg(target_arch = "s390x")]
 mod init;

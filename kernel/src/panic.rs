@@ -30,6 +30,9 @@ pub fn exit(status: ExitStatus) -> ! {
 
 #[cfg(target_arch = "s390x")]
 fn stop(status: ExitStatus) -> ! {
+    // The run ends only once every CPU has stopped; this one goes last and
+    // its disabled-wait address becomes QEMU's exit status.
+    crate::smp::stop_others();
     let addr = match status {
         ExitStatus::Success => WAIT_SUCCESS,
         s => WAIT_FAILURE_BASE | s as u64,

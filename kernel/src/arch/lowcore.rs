@@ -85,6 +85,14 @@ pub const GUEST_CTX: usize = 0x5a0;
 pub const PANIC_STACK: usize = 0x5a8;
 pub const STACK_GUARD_LOW: usize = 0x5b0;
 pub const STACK_GUARD_HIGH: usize = 0x5b8;
+/// This CPU's number (0 = the boot CPU), for per-CPU data.
+pub const CPU_NR: usize = 0x5c0;
+/// Stack a secondary CPU starts on.
+pub const SECONDARY_STACK: usize = 0x5c8;
+/// PSW a secondary CPU switches to once its control registers are loaded.
+pub const SECONDARY_PSW: usize = 0x5d0;
+/// Control registers 0-15 a secondary CPU starts with (128 bytes).
+pub const CR_SAVE: usize = 0x600;
 
 pub const fn save_area(class: usize) -> usize {
     SAVE_AREA + class * SAVE_AREA_SIZE
@@ -96,4 +104,6 @@ pub const fn return_psw(class: usize) -> usize {
 
 const _: () = assert!(save_area(5) + SAVE_AREA_SIZE <= RETURN_PSW);
 const _: () = assert!(return_psw(5) + 16 <= KERNEL_STACK);
-const _: () = assert!(SCRATCH_PSW + 16 <= GUEST_CTX && STACK_GUARD_HIGH + 8 <= 0x1000);
+const _: () = assert!(
+    SCRATCH_PSW + 16 <= GUEST_CTX && SECONDARY_PSW + 16 <= CR_SAVE && CR_SAVE + 128 <= 0x1000
+);

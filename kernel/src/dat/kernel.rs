@@ -34,14 +34,25 @@ pub fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
     Ok(asce)
 }
 
+/// Guard pages of stacks allocated after boot (secondary CPUs).
+static MORE_GUARDS: Mutex<[u64; 64]> = Mutex::new([0; 64]);
+
+/// Unmap the page at `va` from the kernel's space: the guard page of a
+/// stack allocated at run time.
+pub fn unmap_guard(va: u64) -> Result<(), SpaceError> {
+    let k = KERNEL.get().ok_or(SpaceError::NotMapped)?;
+    k.lock().unmap(va)?;
+    if let Some(slot) = MORE_GUARDS.lock().iter_mut().find(|g| **g == 0) {
+        *slot = va;
+    }
+    Ok(())
+}
+
 /// Whether `va` lies in a stack guard page (for the crash dump).
 pub fn is_stack_guard(va: u64) -> bool {
-    crate::machine::get().is_some_and(|m| {
-        m.boot
-            .stack_guards
-            .iter()
-            .any(|&g| va >= g && va < g + 4096)
-    })
+    let hit = |g: u64| g != 0 && va >= g && va < g + 4096;
+    crate::machine::get().is_some_and(|m| m.boot.stack_guards.iter().any(|&g| hit(g)))
+        || MORE_GUARDS.lock().iter().any(|&g| hit(g))
 }
 
 /// Run the consistency checker on the kernel's own space.

@@ -20,7 +20,7 @@ mod buddy_tests;
 mod ktests;
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use spin::{Mutex, Once};
 
@@ -36,28 +36,47 @@ static MEMMAP: Once<MemMap<'static>> = Once::new();
 /// traffic would move to per-CPU lists that need no lock.
 static ZONE: Once<Mutex<BuddyAllocator<'static>>> = Once::new();
 
-/// This CPU's order-0 list. SMP: one CPU for now, so one list; with more
-/// CPUs this becomes an array indexed by the CPU number in the lowcore.
+/// Each CPU's order-0 list, indexed by the CPU number in the lowcore. A
+/// CPU only ever uses its own (interruption handlers never allocate), so
+/// the busy flag is uncontended; it still refuses nested use.
 struct PcpCell {
     /// A word, not a bool: s390x compare-and-swap works on words, a byte
     /// flag costs a rotate-and-retry loop.
     busy: AtomicU32,
     list: UnsafeCell<PcpList>,
+    /// The list's length, readable by other CPUs (free-page counts).
+    count: AtomicU64,
 }
 
 // SAFETY: the list is only reached through `with_pcp`, whose busy flag
-// admits one user at a time (on one CPU: nested use from an interruption
-// handler falls back to the zone).
+// admits one user at a time.
 unsafe impl Sync for PcpCell {}
 
-static PCP: PcpCell = PcpCell {
-    busy: AtomicU32::new(0),
-    list: UnsafeCell::new(PcpList::new()),
-};
+const MAX_PCP: usize = crate::sclp::info::MAX_CPUS;
+
+static PCP: [PcpCell; MAX_PCP] = [const {
+    PcpCell {
+        busy: AtomicU32::new(0),
+        list: UnsafeCell::new(PcpList::new()),
+        count: AtomicU64::new(0),
+    }
+}; MAX_PCP];
+
+fn this_cpu() -> usize {
+    #[cfg(target_arch = "s390x")]
+    {
+        crate::smp::cpu_nr() % MAX_PCP
+    }
+    #[cfg(not(target_arch = "s390x"))]
+    {
+        0
+    }
+}
 
 /// Run `f` on this CPU's list; `None` if it is in use (re-entered).
 fn with_pcp<R>(f: impl FnOnce(&mut PcpList) -> R) -> Option<R> {
-    if PCP
+    let cell = &PCP[this_cpu()];
+    if cell
         .busy
         .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
@@ -66,8 +85,10 @@ fn with_pcp<R>(f: impl FnOnce(&mut PcpList) -> R) -> Option<R> {
     }
     // SAFETY: the busy flag was clear and is now ours: no other reference to
     // the list exists until it is cleared below.
-    let r = f(unsafe { &mut *PCP.list.get() });
-    PCP.busy.store(0, Ordering::Release);
+    let list = unsafe { &mut *cell.list.get() };
+    let r = f(list);
+    cell.count.store(list.count(), Ordering::Relaxed);
+    cell.busy.store(0, Ordering::Release);
     Some(r)
 }
 
@@ -375,10 +396,9 @@ pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
     zone().lock().alloc_contig(n)
 }
 
-/// Pages in this CPU's order-0 list.
+/// Pages in every CPU's order-0 list.
 pub fn nr_pcp_pages() -> u64 {
-    // SMP: only this CPU's list.
-    with_pcp(|pcp| pcp.count()).unwrap_or(0)
+    PCP.iter().map(|c| c.count.load(Ordering::Relaxed)).sum()
 }
 
 /// Free pages in the allocator (buddy lists and the per-CPU list).

@@ -23,13 +23,12 @@ fn service_signal(_frame: &mut InterruptFrame) {
     PENDING.store(false, Ordering::Release);
 }
 
-/// Register the service-signal handler and open its subclass in CR0. The
-/// subclass only takes effect in an enabled wait: zdat runs with external
-/// interruptions masked in the PSW otherwise.
+/// Register the service-signal handler. The subclass is opened in CR0 only
+/// by the CPU waiting for a command (the SCCB lock holder): the service
+/// signal is a floating interruption, and any other CPU in an enabled wait
+/// would otherwise take it and leave the waiter asleep.
 pub fn init() {
     let _ = interrupt::register_ext_handler(ext::SERVICE_SIGNAL, service_signal);
-    // SAFETY: the handler for the service signal is registered above.
-    unsafe { cr::cr0_set(cr0::SERVICE_SIGNAL) };
 }
 
 /// Run one SCLP command on `sccb` (already filled in, header length set)
@@ -44,9 +43,14 @@ pub fn service_call(command: u32, sccb: &mut Sccb) -> Result<u16, SclpError> {
         PENDING.store(false, Ordering::Release);
         return Err(SclpError::NotOperational(cc));
     }
+    // SAFETY: the handler is registered (init); the subclass is closed again
+    // below, so only this waiting CPU takes the signal.
+    unsafe { cr::cr0_set(cr0::SERVICE_SIGNAL) };
     while PENDING.load(Ordering::Acquire) {
         insn::enabled_wait(mask::EXT);
     }
+    // SAFETY: closing a subclass is always safe.
+    unsafe { cr::cr0_clear(cr0::SERVICE_SIGNAL) };
     Ok(u16::from_be_bytes([sccb.0[6], sccb.0[7]]))
 }
 

@@ -7,15 +7,22 @@ mod off {
     pub const RNMAX: usize = 8;
     pub const RNSIZE: usize = 10;
     pub const ENTRIES_CPU: usize = 16;
+    pub const OFFSET_CPU: usize = 18;
     /// Byte 85 of the configuration characteristics: 0x02 is ESOP-1.
     pub const FAC85: usize = 85;
     pub const RNSIZE2: usize = 100;
     pub const RNMAX2: usize = 104;
 }
 
+/// CPUs zdat records addresses for.
+pub const MAX_CPUS: usize = 64;
+
 /// What zdat needs from Read SCP Info.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SclpInfo {
+    /// CPU addresses of the configured CPUs (the first `cpus`, at most
+    /// MAX_CPUS).
+    pub cpu_addrs: [u16; MAX_CPUS],
     /// Bytes of memory: (rnmax or rnmax2) × (rnsize or rnsize2) MiB.
     pub memory: u64,
     /// Configured CPUs.
@@ -50,9 +57,17 @@ pub fn parse(sccb: &[u8]) -> SclpInfo {
         0 => be32(sccb, off::RNSIZE2) as u64,
         n => n as u64,
     };
+    let cpus = be16(sccb, off::ENTRIES_CPU);
+    let offset = be16(sccb, off::OFFSET_CPU) as usize;
+    let mut cpu_addrs = [0u16; MAX_CPUS];
+    for (i, a) in cpu_addrs.iter_mut().enumerate().take(cpus as usize) {
+        // A CPU entry is 16 bytes; its first byte is the CPU (core) address.
+        *a = sccb.get(offset + i * 16).copied().unwrap_or(0) as u16;
+    }
     SclpInfo {
+        cpu_addrs,
         memory: rnmax.saturating_mul(rnsize << 20),
-        cpus: be16(sccb, off::ENTRIES_CPU),
+        cpus,
         esop1: sccb[off::FAC85] & 0x02 != 0,
     }
 }
@@ -71,9 +86,13 @@ mod tests {
         b[off::RNMAX..off::RNMAX + 2].copy_from_slice(&128u16.to_be_bytes());
         b[off::RNSIZE] = 1;
         b[off::ENTRIES_CPU + 1] = 2;
+        b[off::OFFSET_CPU + 1] = 128;
+        b[128] = 0;
+        b[144] = 5;
         let i = parse(&b);
         assert_eq!(i.memory, 128 << 20);
         assert_eq!(i.cpus, 2);
+        assert_eq!(&i.cpu_addrs[..3], &[0, 5, 0]);
         assert!(!i.esop1);
     }
 

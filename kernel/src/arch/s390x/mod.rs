@@ -9,6 +9,7 @@ pub mod insn;
 pub mod interrupt;
 pub mod mem;
 pub mod probe;
+pub mod sigp;
 pub mod tod;
 
 #[cfg(target_os = "none")]

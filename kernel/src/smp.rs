@@ -1,0 +1,277 @@
+//! SMP: bring up every CPU SCLP reports (SIGP SET PREFIX to a lowcore of
+//! its own, RESTART into zdat_secondary_entry), per-CPU data through the
+//! lowcore's CPU number, work handed to CPUs with a SIGP external call, and
+//! stopping every other CPU before the run ends.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use crate::arch::lowcore;
+use crate::arch::psw::{mask, Psw};
+use crate::arch::s390x::cr::{self, cr0};
+use crate::arch::s390x::interrupt::{self, ext, InterruptFrame};
+use crate::arch::s390x::sigp::{self, order, sigp_retry, STATUS_STOPPED};
+use crate::arch::s390x::{insn, tod};
+use crate::mm::addr::PAGE_SIZE;
+use crate::mm::{self, AllocFlags};
+use crate::pr_info;
+use crate::sclp::info::{SclpInfo, MAX_CPUS};
+
+struct CpuSlot {
+    addr: AtomicU64,
+    online: AtomicBool,
+    work: Mutex<Option<fn(usize)>>,
+    done: AtomicU64,
+}
+
+static CPUS: [CpuSlot; MAX_CPUS] = [const {
+    CpuSlot {
+        addr: AtomicU64::new(0),
+        online: AtomicBool::new(false),
+        work: Mutex::new(None),
+        done: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+static NR_CPUS: AtomicUsize = AtomicUsize::new(1);
+/// The restart new PSW every CPU uses once running (secondaries start with
+/// another one).
+static RESTART_PSW: Mutex<Psw> = Mutex::new(Psw { mask: 0, addr: 0 });
+
+/// Errors bringing up a CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmpError {
+    NoMemory,
+    /// SIGP answered with this condition code and status.
+    Sigp(u32, u64),
+    /// The CPU did not report in.
+    Timeout,
+}
+
+/// This CPU's number (0 = boot CPU).
+pub fn cpu_nr() -> usize {
+    insn::lowcore_read_u64(lowcore::CPU_NR) as usize
+}
+
+/// CPUs running zdat.
+pub fn nr_online() -> usize {
+    CPUS.iter()
+        .filter(|c| c.online.load(Ordering::Acquire))
+        .count()
+}
+
+/// CPUs SCLP reported (at most MAX_CPUS).
+pub fn nr_cpus() -> usize {
+    NR_CPUS.load(Ordering::Relaxed)
+}
+
+fn external_call(_f: &mut InterruptFrame) {
+    // Only a wake-up: the idle loop looks for work after every interruption.
+}
+
+fn cr0_for_cpus() {
+    // SAFETY: the external-call handler is registered before any CPU opens
+    // the subclass.
+    unsafe { cr::cr0_set(cr0::EXTERNAL_CALL) };
+}
+
+/// Bring up every other CPU. Called once on the boot CPU with DAT on.
+pub fn init(info: &SclpInfo) {
+    // SAFETY: CPU_NR is our software slot; 0 is the boot CPU.
+    unsafe { insn::lowcore_write_u64(lowcore::CPU_NR, 0) };
+    let me = insn::stap() as u64;
+    CPUS[0].addr.store(me, Ordering::Relaxed);
+    CPUS[0].online.store(true, Ordering::Release);
+    let _ = interrupt::register_ext_handler(ext::EXTERNAL_CALL, external_call);
+    cr0_for_cpus();
+    *RESTART_PSW.lock() = Psw::new(
+        insn::lowcore_read_u64(lowcore::NEW_PSW[0]),
+        insn::lowcore_read_u64(lowcore::NEW_PSW[0] + 8),
+    );
+    let n = (info.cpus as usize).min(MAX_CPUS);
+    NR_CPUS.store(n.max(1), Ordering::Relaxed);
+    let mut next = 1;
+    for &addr in info.cpu_addrs.iter().take(n) {
+        if addr as u64 == me {
+            continue;
+        }
+        match start_secondary(next, addr) {
+            Ok(()) => {}
+            Err(e) => pr_info!("smp: CPU address {} did not start: {:?}", addr, e),
+        }
+        next += 1;
+    }
+    pr_info!("smp: {} of {} CPUs online", nr_online(), n);
+}
+
+fn write_lc(base: u64, off: usize, v: u64) {
+    // SAFETY: `base` is a lowcore page pair this module allocated for a CPU
+    // that does not run yet; `off` is inside it.
+    unsafe { core::ptr::write_volatile((base + off as u64) as *mut u64, v) };
+}
+
+fn start_secondary(i: usize, addr: u16) -> Result<(), SmpError> {
+    let lc = mm::alloc_pages(1, AllocFlags::ZERO).map_err(|_| SmpError::NoMemory)?;
+    let stack = mm::alloc_pages(5, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
+    let irq = mm::alloc_pages(4, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
+    let panic = mm::alloc_pages(3, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
+    // These live as long as the CPU: for ever.
+    let (lc, stack, irq, panic) = (
+        lc.into_raw().0,
+        stack.into_raw().0,
+        irq.into_raw().0,
+        panic.into_raw().0,
+    );
+    let lc = lc.0 * PAGE_SIZE;
+    let stack = stack.0 * PAGE_SIZE;
+    let stack_top = stack + (32 * PAGE_SIZE) - 160;
+    // The stack's lowest page is its guard.
+    if crate::dat::kernel::unmap_guard(stack).is_err() {
+        return Err(SmpError::NoMemory);
+    }
+    // The boot CPU's lowcore is the template: new PSWs, software slots.
+    for off in (0..0x2000).step_by(8) {
+        write_lc(lc, off, insn::lowcore_read_u64(off));
+    }
+    write_lc(lc, lowcore::CPU_NR, i as u64);
+    write_lc(
+        lc,
+        lowcore::KERNEL_STACK,
+        irq.0 * PAGE_SIZE + 16 * PAGE_SIZE - 160,
+    );
+    write_lc(
+        lc,
+        lowcore::PANIC_STACK,
+        panic.0 * PAGE_SIZE + 8 * PAGE_SIZE - 160,
+    );
+    write_lc(lc, lowcore::STACK_GUARD_LOW, stack);
+    write_lc(lc, lowcore::STACK_GUARD_HIGH, stack + PAGE_SIZE + 1024);
+    write_lc(lc, lowcore::GUEST_CTX, 0);
+    write_lc(lc, lowcore::SECONDARY_STACK, stack_top);
+    let psw = Psw::new(
+        insn::psw_mask() & (mask::DAT | mask::ASC | mask::BASE),
+        sigp::secondary_dat(),
+    );
+    write_lc(lc, lowcore::SECONDARY_PSW, psw.mask);
+    write_lc(lc, lowcore::SECONDARY_PSW + 8, psw.addr);
+    let crs = [
+        cr::stctg::<0>() & !cr0::SERVICE_SIGNAL & !cr0::CLOCK_COMPARATOR & !cr0::CPU_TIMER,
+        cr::stctg::<1>(),
+        cr::stctg::<2>(),
+        cr::stctg::<3>(),
+        cr::stctg::<4>(),
+        cr::stctg::<5>(),
+        cr::stctg::<6>(),
+        cr::stctg::<7>(),
+        cr::stctg::<8>(),
+        cr::stctg::<9>(),
+        cr::stctg::<10>(),
+        cr::stctg::<11>(),
+        cr::stctg::<12>(),
+        cr::stctg::<13>(),
+        cr::stctg::<14>(),
+        cr::stctg::<15>(),
+    ];
+    for (n, v) in crs.iter().enumerate() {
+        write_lc(lc, lowcore::CR_SAVE + n * 8, *v);
+    }
+    // It starts with DAT off at the secondary entry.
+    write_lc(lc, lowcore::NEW_PSW[0], mask::BASE);
+    write_lc(lc, lowcore::NEW_PSW[0] + 8, sigp::secondary_entry());
+    CPUS[i].addr.store(addr as u64, Ordering::Relaxed);
+    // SAFETY: the lowcore is prepared (8 KiB, aligned, ours for ever).
+    let (cc, st) = unsafe { sigp_retry(addr, order::SET_PREFIX, lc) };
+    if cc != 0 {
+        return Err(SmpError::Sigp(cc, st));
+    }
+    // SAFETY: its restart new PSW leads to zdat_secondary_entry.
+    let (cc, st) = unsafe { sigp_retry(addr, order::RESTART, 0) };
+    if cc != 0 {
+        return Err(SmpError::Sigp(cc, st));
+    }
+    let deadline = tod::stck() + tod::usecs_to_tod(5_000_000);
+    while !CPUS[i].online.load(Ordering::Acquire) {
+        if tod::stck() > deadline {
+            return Err(SmpError::Timeout);
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// A secondary CPU's first Rust code: say hello, then wait for work.
+#[no_mangle]
+pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
+    let cpu = cpu as usize;
+    let rp = *RESTART_PSW.lock();
+    // SAFETY: this CPU's own restart new PSW goes back to the common stub.
+    unsafe {
+        insn::lowcore_write_u64(lowcore::NEW_PSW[0], rp.mask);
+        insn::lowcore_write_u64(lowcore::NEW_PSW[0] + 8, rp.addr);
+    }
+    cr0_for_cpus();
+    pr_info!("smp: CPU {} (address {}) says hello", cpu, insn::stap());
+    CPUS[cpu].online.store(true, Ordering::Release);
+    loop {
+        let w = CPUS[cpu].work.lock().take();
+        match w {
+            Some(f) => {
+                f(cpu);
+                CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
+            }
+            None => insn::enabled_wait(mask::EXT),
+        }
+    }
+}
+
+/// Run `f(cpu)` on every online CPU, this one included, and wait for all.
+pub fn run_on_all(f: fn(usize)) {
+    let me = cpu_nr();
+    let mut started = [0u64; MAX_CPUS];
+    for (i, c) in CPUS.iter().enumerate() {
+        if i == me || !c.online.load(Ordering::Acquire) {
+            continue;
+        }
+        started[i] = c.done.load(Ordering::Acquire);
+        *c.work.lock() = Some(f);
+        // SAFETY: an external call only wakes the CPU's idle loop.
+        unsafe {
+            sigp_retry(
+                c.addr.load(Ordering::Relaxed) as u16,
+                order::EXTERNAL_CALL,
+                0,
+            )
+        };
+    }
+    f(me);
+    for (i, c) in CPUS.iter().enumerate() {
+        if i == me || !c.online.load(Ordering::Acquire) {
+            continue;
+        }
+        while c.done.load(Ordering::Acquire) == started[i] {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Stop every other CPU (SIGP STOP, retried when busy) and wait until each
+/// reports stopped, so the run ends only when all have.
+pub fn stop_others() {
+    let me = cpu_nr();
+    for (i, c) in CPUS.iter().enumerate() {
+        if i == me || !c.online.load(Ordering::Acquire) {
+            continue;
+        }
+        let addr = c.addr.load(Ordering::Relaxed) as u16;
+        // SAFETY: stopping a CPU at the end of the run.
+        unsafe { sigp_retry(addr, order::STOP, 0) };
+        for _ in 0..1_000_000 {
+            // SAFETY: SENSE only reads the CPU's state.
+            let (cc, st) = unsafe { sigp_retry(addr, order::SENSE, 0) };
+            if cc == 1 && st & STATUS_STOPPED != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
