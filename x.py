@@ -28,6 +28,9 @@ BUILD_DIR = ROOT / "build"
 QEMU = "qemu-system-s390x"
 GDB = "gdb-multiarch"
 DEFAULT_TEST_MEMORY = ["64M", "128M", "1G", "4G"]
+# x.py test also boots these with 2 and 4 CPUs (the SMP stress suite).
+DEFAULT_SMP = [2, 4]
+SMP_MEMORY = ["128M"]
 DEFAULT_TIMEOUT = 600
 EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 
@@ -627,9 +630,15 @@ def cmd_test(args):
     if not args.host_only:
         ensure_apt(QEMU, "qemu-system-misc")
         elf = build(args.release, quiet=True)
-        for memory in args.memory:
-            label = f"{memory}" + (f"-smp{args.smp}" if args.smp != 1 else "")
-            k, r, probs, log_path = qemu_suite_run(elf, memory, args.smp, args.filter,
+        # Every memory size on one CPU, then the SMP runs (unless --smp
+        # names one CPU count for all).
+        if args.smp is None:
+            plan = [(m, 1) for m in args.memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
+        else:
+            plan = [(m, args.smp) for m in args.memory]
+        for memory, smp in plan:
+            label = f"{memory}" + (f"-smp{smp}" if smp != 1 else "")
+            k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
                                                    args.timeout, label)
             p = sum(1 for c in k.cases if c[2] == "ok")
             f = sum(1 for c in k.cases if c[2] == "fail")
@@ -805,7 +814,9 @@ def main():
     sp.add_argument("--memory", type=lambda s: s.split(","), default=DEFAULT_TEST_MEMORY,
                     metavar="SIZES", help="comma-separated memory sizes (default "
                     + ",".join(DEFAULT_TEST_MEMORY) + ")")
-    sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
+    sp.add_argument("--smp", type=int, default=None, metavar="N",
+                    help="CPUs for every boot (default: 1 at each memory size, then "
+                    "128M with 2 and with 4)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
     sp.add_argument("--miri", action="store_true",

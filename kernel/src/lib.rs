@@ -34,3 +34,5 @@ pub use init::start_kernel;
 mod fault_tests;
 #[cfg(all(test, not(target_arch = "s390x")))]
 mod ktest_tests;
+#[cfg(target_os = "none")]
+mod smp_tests;
