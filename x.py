@@ -632,10 +632,11 @@ def cmd_test(args):
         elf = build(args.release, quiet=True)
         # Every memory size on one CPU, then the SMP runs (unless --smp
         # names one CPU count for all).
+        memory = list(args.memory) + (["16G"] if args.full and "16G" not in args.memory else [])
         if args.smp is None:
-            plan = [(m, 1) for m in args.memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
+            plan = [(m, 1) for m in memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
         else:
-            plan = [(m, args.smp) for m in args.memory]
+            plan = [(m, args.smp) for m in memory]
         for memory, smp in plan:
             label = f"{memory}" + (f"-smp{smp}" if smp != 1 else "")
             k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
@@ -700,11 +701,16 @@ def selftest(args):
     check("stack overflow hits the guard page and is reported",
           any("STACK OVERFLOW" in l for l in r.lines) and r.returncode != 0 and k.status == 3 and probs,
           f"qemu {r.returncode}, status {k.status}")
-    # 5. A hang: killed at the timeout.
+    # 5. A crash on a secondary CPU: dumped there, the others stopped.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 2, "selftest_smp_crash", 60, "smpcrash", quiet=True)
+    check("a crash on CPU 1 is dumped on CPU 1 and ends the run",
+          any("on CPU 1" in l for l in r.lines) and r.returncode != 0 and k.status == 3 and probs,
+          f"qemu {r.returncode}, status {k.status}, timed out {r.timed_out}")
+    # 6. A hang: killed at the timeout.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
     check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,
           f"timed_out {r.timed_out}, {r.seconds:.1f} s")
-    # 6. A truncated log with QEMU exit 0 is a failure (KTAP parser alone).
+    # 7. A truncated log with QEMU exit 0 is a failure (KTAP parser alone).
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "clock", 60, "truncate", quiet=True)
     full = parse_ktap(r.lines)
     check("a complete passing run parses clean", not full.errors and full.status == 0 and not probs,
@@ -819,6 +825,8 @@ def main():
                     "128M with 2 and with 4)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
+    sp.add_argument("--full", action="store_true",
+                    help="also boot with 16G (slow: the exhaustion tests walk 4M pages)")
     sp.add_argument("--miri", action="store_true",
                     help="also run the struct page and buddy tests under Miri (installs "
                     "the miri component)")

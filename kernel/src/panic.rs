@@ -61,6 +61,13 @@ fn enter_fatal() {
 /// The kernel's panic handler (boot's `#[panic_handler]` calls this).
 pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     enter_fatal();
+    #[cfg(target_arch = "s390x")]
+    crate::kprintln!(
+        "zdat: KERNEL PANIC on CPU {}: {}",
+        crate::smp::cpu_nr(),
+        info
+    );
+    #[cfg(not(target_arch = "s390x"))]
     crate::kprintln!("zdat: KERNEL PANIC: {}", info);
     #[cfg(target_arch = "s390x")]
     dump::backtrace_here();
@@ -88,7 +95,12 @@ mod dump {
     /// end the run with a failing status.
     pub fn fatal_interrupt(frame: &InterruptFrame, class: IntClass, why: &str) -> ! {
         enter_fatal();
-        kprintln!("zdat: {} ({} interruption)", why, class.name());
+        kprintln!(
+            "zdat: {} ({} interruption) on CPU {}",
+            why,
+            class.name(),
+            crate::smp::cpu_nr()
+        );
         match class {
             IntClass::Program => {
                 let pc = frame.program_check();

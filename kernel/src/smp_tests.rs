@@ -326,3 +326,17 @@ ktest_suite!(
         concurrent_gmap_faults_link_a_segment_once,
     ]
 );
+
+fn crash_on_a_secondary_cpu() -> KResult {
+    need_smp()?;
+    run_on_all(|cpu| {
+        if cpu == 1 {
+            // SAFETY: deliberately crashes the run from CPU 1; the dump must
+            // name that CPU and the run must end with a failing status.
+            unsafe { core::arch::asm!(".short 0x0000") };
+        }
+    });
+    Ok(())
+}
+
+ktest_suite!(SELFTEST_SMP_CRASH, "selftest_smp_crash", [crash_on_a_secondary_cpu], explicit: true);
