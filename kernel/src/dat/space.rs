@@ -166,7 +166,7 @@ impl AddressSpace {
             }
             self.asce = Asce::new(top, up)?;
             // The ASCE changed: TLB entries of the old one must go.
-            tlb::ptlb();
+            tlb::flush_asce(old);
             if old_empty {
                 // An empty old top is not worth a level: the new top starts
                 // empty instead (and a failed operation's undo finds entry 0
@@ -200,8 +200,9 @@ impl AddressSpace {
             let Ok(a) = Asce::new(below, lower) else {
                 return;
             };
+            let dropped = self.asce;
             self.asce = a;
-            tlb::ptlb();
+            tlb::flush_asce(dropped);
             table::crst_free(top);
         }
     }
@@ -1049,9 +1050,9 @@ impl AddressSpace {
 
 impl Drop for AddressSpace {
     fn drop(&mut self) {
-        // Whoever loaded the ASCE has unloaded it; purge what the TLB may
+        // Whoever loaded the ASCE has unloaded it; purge what any TLB may
         // still hold of it before its tables go back.
-        tlb::ptlb();
+        tlb::flush_asce(self.asce);
         let (top, level) = (self.asce.origin(), self.asce.level());
         self.free_level(top, level, 0);
     }

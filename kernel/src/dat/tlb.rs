@@ -89,7 +89,26 @@ pub unsafe fn idte(table: PhysAddr, level: Level, va: u64) {
     };
 }
 
-/// Purge this CPU's TLB (after an ASCE's top table changed).
+/// Purge, on every CPU, what the TLBs hold for `asce` (before its tables
+/// go back, or after its top changed): IDTE clearing-by-ASCE, or PTLB where
+/// the IDTE facility is missing (one CPU then, as zdat only starts others
+/// on machines that have it).
+pub fn flush_asce(asce: Asce) {
+    PURGES.fetch_add(1, Ordering::Relaxed);
+    #[cfg(target_arch = "s390x")]
+    {
+        use crate::arch::s390x::facility;
+        if facility::has_facility(facility::IDTE_SEGMENT) {
+            crate::arch::s390x::dat::idte_clear_asce(asce.raw());
+        } else {
+            crate::arch::s390x::dat::ptlb();
+        }
+    }
+    #[cfg(not(target_arch = "s390x"))]
+    let _ = asce;
+}
+
+/// Purge this CPU's TLB only.
 pub fn ptlb() {
     PURGES.fetch_add(1, Ordering::Relaxed);
     #[cfg(target_arch = "s390x")]

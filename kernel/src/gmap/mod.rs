@@ -493,8 +493,9 @@ pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
 impl Drop for Gmap {
     fn drop(&mut self) {
         let mut inner = self.inner.lock();
-        // The ASCE is not loaded anywhere any more; purge what a TLB may hold.
-        tlb::ptlb();
+        // The ASCE is not loaded anywhere any more; purge what any TLB may
+        // still hold of it before its tables go back.
+        tlb::flush_asce(inner.asce);
         for (pa, _) in inner.tables.drain(..) {
             if let Ok(t) = table::gmap_table_at(pa) {
                 let _: Result<(), _> = gmap_free_table(t);

@@ -38,6 +38,18 @@ pub unsafe fn idte(designation: u64, va: u64) {
     }
 }
 
+/// IDTE clearing-by-ASCE: purge every TLB entry formed through `asce` on
+/// every CPU (Linux __tlb_flush_idte).
+pub fn idte_clear_asce(asce: u64) {
+    // Bit 52 of the second operand selects the clearing-by-ASCE form.
+    let r2: u64 = 0x800;
+    // SAFETY: purging TLB entries only costs later translations a walk.
+    unsafe {
+        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) asce, a = in(reg_addr) r2,
+             options(nostack));
+    }
+}
+
 /// CSPG: compare-and-swap the doubleword at `entry` (old → new) and purge
 /// all TLBs. Returns whether the swap happened.
 ///
