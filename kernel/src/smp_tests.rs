@@ -13,7 +13,7 @@ use crate::dat::entry::{Asce, Prot};
 use crate::dat::kernel::with_secondary;
 use crate::dat::space::AddressSpace;
 use crate::gmap::{self, Access, Gmap, HostMm};
-use crate::ktest::{KResult, Outcome};
+use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::{self, AllocFlags};
 use crate::smp::{self, run_on_all};
 use crate::{kassert, kassert_eq, kskip, ktest_suite};
@@ -23,17 +23,6 @@ fn need_smp() -> KResult {
         kskip!("one CPU: run with --smp 2 or more");
     }
     Ok(())
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 static RAN: [AtomicU64; crate::sclp::info::MAX_CPUS] =
@@ -81,7 +70,7 @@ fn alloc_worker(cpu: usize) {
     let mut live: [(u64, u32); 64] = [(0, 0); 64];
     let mut n = 0;
     for _ in 0..ALLOC_OPS_PER_CPU {
-        let r = rng.next();
+        let r = rng.next_u64();
         if n < live.len() && (n == 0 || !r.is_multiple_of(3)) {
             let order = (r >> 8) as u32 % 4;
             if let Ok(mut p) = mm::alloc_pages(order, AllocFlags::empty()) {

@@ -13,7 +13,7 @@ use super::{table, tlb};
 use crate::arch::pgm::{code, ProgramCheck, Teid, TeidAccess};
 use crate::arch::psw::mask;
 use crate::arch::s390x::{dat as hw, facility, insn};
-use crate::ktest::{KResult, Outcome};
+use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, ptdesc, AllocFlags, Pages};
 use crate::{kassert, kassert_eq, kassert_matches, kskip, ktest_suite};
@@ -392,18 +392,6 @@ ktest_suite!(
     ]
 );
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 const DIFF_ADDRESSES: u32 = 10_000;
 
 /// The first disagreement: address, software result, hardware result.
@@ -429,10 +417,10 @@ fn hardware_matches_software_walker() -> KResult {
     ];
     let mut mapped = Vec::new();
     for _ in 0..160 {
-        let z = zones[(rng.next() % zones.len() as u64) as usize];
-        let va = z + (rng.next() % 3) * SEGMENT_SIZE + (rng.next() % 256) * PAGE_SIZE;
-        let f = &frames[(rng.next() % frames.len() as u64) as usize];
-        let prot = if rng.next().is_multiple_of(4) {
+        let z = zones[(rng.next_u64() % zones.len() as u64) as usize];
+        let va = z + (rng.next_u64() % 3) * SEGMENT_SIZE + (rng.next_u64() % 256) * PAGE_SIZE;
+        let f = &frames[(rng.next_u64() % frames.len() as u64) as usize];
+        let prot = if rng.next_u64().is_multiple_of(4) {
             Prot::ReadOnly
         } else {
             Prot::ReadWrite
@@ -453,7 +441,7 @@ fn hardware_matches_software_walker() -> KResult {
     unsafe {
         with_secondary(asce, || {
             for _ in 0..DIFF_ADDRESSES {
-                let r = rng.next();
+                let r = rng.next_u64();
                 let va = match r % 8 {
                     0..=2 => mapped[(r >> 8) as usize % mapped.len()] + ((r >> 32) % 512) * 8,
                     3..=4 => {
@@ -464,7 +452,7 @@ fn hardware_matches_software_walker() -> KResult {
                         (mapped[(r >> 8) as usize % mapped.len()] & !((1 << 31) - 1))
                             + ((r >> 24) % 2048) * SEGMENT_SIZE
                     }
-                    _ => rng.next() & !7,
+                    _ => rng.next_u64() & !7,
                 };
                 let sw = sref.translate(va, NONE, false);
                 let hw_r = hw::secondary_load_u64(va);

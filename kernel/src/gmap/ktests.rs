@@ -13,7 +13,7 @@ use crate::arch::pgm::{code, ProgramCheck};
 use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
 use crate::dat::kernel::with_secondary;
-use crate::ktest::{KResult, Outcome};
+use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::{self, ptdesc};
 use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
 
@@ -185,18 +185,6 @@ fn freeing_a_host_pte_table_unlinks_and_fault_relinks() -> KResult {
     Ok(())
 }
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn segment_gaddr_comes_from_the_gmap_table_descriptor() -> KResult {
     let h = host()?;
     let mut rng = Rng(0x6a0d_d12e_5500_1234);
@@ -205,7 +193,7 @@ fn segment_gaddr_comes_from_the_gmap_table_descriptor() -> KResult {
         let g = gmap(&h, limit)?;
         let mut used = Vec::new();
         for i in 0..8u64 {
-            let gaddr = (rng.next() % (limit / SEGMENT_SIZE).max(1)) * SEGMENT_SIZE;
+            let gaddr = (rng.next_u64() % (limit / SEGMENT_SIZE).max(1)) * SEGMENT_SIZE;
             if used.contains(&gaddr) {
                 continue;
             }

@@ -11,6 +11,19 @@ mod selftest;
 
 pub use runner::{list, run, Filter, Summary};
 
+/// xorshift64*: a deterministic pseudo-random sequence for tests (fixed
+/// seeds make every run the same).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 /// Why a case did not pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -6,7 +6,7 @@ use super::addr::{Pfn, PhysAddr, PAGE_SIZE};
 use super::buddy::{FreeError, MAX_ORDER};
 use super::page::PageType;
 use super::{alloc_pages, free_pages, free_pages_raw, heap, memmap, AllocError, AllocFlags, Pages};
-use crate::ktest::KResult;
+use crate::ktest::{KResult, Rng};
 use crate::{kassert, kassert_eq, kskip, ktest_suite, machine};
 
 /// Words of each page the pattern tests write (every 512 bytes).
@@ -137,18 +137,6 @@ fn zero_flag_zeroes_a_dirty_page() -> KResult {
     Ok(())
 }
 
-/// xorshift64*: deterministic, no heap, good enough to drive a storm.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 const STORM_OPS: u32 = 100_000;
 
 fn random_storm() -> KResult {
@@ -159,7 +147,7 @@ fn random_storm() -> KResult {
     let mut live: Vec<Pages> = Vec::with_capacity(1024);
     let (mut allocs, mut frees, mut refused) = (0u32, 0u32, 0u32);
     for _ in 0..STORM_OPS {
-        let r = rng.next();
+        let r = rng.next_u64();
         if live.len() < 1000 && (live.is_empty() || r % 8 < 5) {
             // Mostly small orders, now and then a big one.
             let order = match (r >> 8) % 16 {

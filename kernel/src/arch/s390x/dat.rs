@@ -115,17 +115,7 @@ pub unsafe fn enable_dat_home(asce: u64) {
             let m = super::insn::lowcore_read_u64(off);
             super::insn::lowcore_write_u64(off, m | mask::DAT | mask::ASC_HOME);
         }
-        let mut psw =
-            crate::arch::psw::Psw::new(super::insn::psw_mask() | mask::DAT | mask::ASC_HOME, 0);
-        asm!(
-            "larl {t},2f",
-            "stg {t},8({p})",
-            "lpswe 0({p})",
-            "2:",
-            t = out(reg) _,
-            p = in(reg_addr) &mut psw,
-            options(nostack),
-        );
+        super::insn::continue_with_mask(super::insn::psw_mask() | mask::DAT | mask::ASC_HOME);
     }
 }
 

@@ -40,16 +40,17 @@ pub fn psw_mask() -> u64 {
     ((hi & 0xffff_ffff) << 32) | (lo & 0xffff_ffff)
 }
 
-/// Wait with the interruption classes in `enable` (`mask::EXT`, `mask::IO`)
-/// open until one arrives. The interrupt exit path turns the wait PSW back
-/// into the caller's mask (`interrupt::finish_wait`), so this returns after
-/// exactly one interruption was handled, with interruptions disabled again.
-pub fn enabled_wait(enable: u64) {
-    let mut psw = Psw::new(psw_mask() | enable | mask::WAIT, 0);
-    // SAFETY: LPSWE loads a PSW that differs from the current one only in
-    // the wait bit and interruption masks and resumes at label 2; the
-    // handler clears those bits again before it returns there. Memory may
-    // change meanwhile (handlers run), so no `nomem`.
+/// Continue at the next instruction under PSW mask `mask` (LPSWE to a
+/// label right after it).
+///
+/// # Safety
+/// The new mask must keep every address the kernel uses valid (DAT and
+/// address-space bits), and with a wait bit an interruption must be able to
+/// end the wait.
+pub unsafe fn continue_with_mask(mask: u64) {
+    let mut psw = Psw::new(mask, 0);
+    // SAFETY: forwarded to the caller. Memory may change meanwhile (handlers
+    // run during a wait), so no `nomem`.
     unsafe {
         asm!(
             "larl {t},2f",
@@ -61,6 +62,16 @@ pub fn enabled_wait(enable: u64) {
             options(nostack),
         );
     }
+}
+
+/// Wait with the interruption classes in `enable` (`mask::EXT`, `mask::IO`)
+/// open until one arrives. The interrupt exit path turns the wait PSW back
+/// into the caller's mask (`interrupt::finish_wait`), so this returns after
+/// exactly one interruption was handled, with interruptions disabled again.
+pub fn enabled_wait(enable: u64) {
+    // SAFETY: the PSW differs from the current one only in the wait bit and
+    // interruption masks; the handler clears them again before it returns.
+    unsafe { continue_with_mask(psw_mask() | enable | mask::WAIT) };
 }
 
 /// Load a disabled-wait PSW: the CPU stops for good. With `-no-reboot
