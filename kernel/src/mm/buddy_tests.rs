@@ -138,7 +138,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Alloc(order) => match if order == 0 {
-                    pcp.alloc(&map, &zone)
+                    pcp.alloc(&map, || &zone)
                 } else {
                     zone.lock().alloc(order, AllocFlags::empty())
                 } {
@@ -159,7 +159,7 @@ proptest! {
                 },
                 Op::Free(i) if !live.is_empty() => {
                     let (pfn, order) = live.swap_remove(i % live.len());
-                    let r = if order == 0 { pcp.free(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+                    let r = if order == 0 { pcp.free(&map, || &zone, pfn) } else { zone.lock().free(pfn, order) };
                     prop_assert_eq!(r, Ok(()));
                     for f in pfn.0..pfn.0 + (1 << order) {
                         owner[f as usize] = false;
@@ -177,7 +177,7 @@ proptest! {
             prop_assert_eq!(zone.lock().nr_free_pages() + pcp.count(), initial_free - allocated);
         }
         for (pfn, order) in live.drain(..) {
-            let r = if order == 0 { pcp.free(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+            let r = if order == 0 { pcp.free(&map, || &zone, pfn) } else { zone.lock().free(pfn, order) };
             prop_assert_eq!(r, Ok(()));
         }
         pcp.drain(&map, &zone, u64::MAX);
@@ -379,42 +379,42 @@ fn pcp_fast_path_and_misuse() {
     let zone = Mutex::new(boot(&map));
     let mut pcp = PcpList::new();
     let start = zone.lock().nr_free_pages();
-    let a = pcp.alloc(&map, &zone).unwrap();
+    let a = pcp.alloc(&map, || &zone).unwrap();
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH - 1);
-    assert_eq!(pcp.free(&map, &zone, a), Ok(()));
+    assert_eq!(pcp.free(&map, || &zone, a), Ok(()));
     // LIFO: the page just freed comes back first.
-    assert_eq!(pcp.alloc(&map, &zone), Ok(a));
+    assert_eq!(pcp.alloc(&map, || &zone), Ok(a));
     let page = map.pfn_to_page(a).unwrap();
     assert_eq!(page.refcount(), 1);
     assert_eq!(page.words()[0].load(Ordering::Relaxed), 0);
     // Misuse on the fast path gets the same answers as the zone gives.
     page.page_ref_inc();
-    assert_eq!(pcp.free(&map, &zone, a), Err(FreeError::BadRefcount(2)));
+    assert_eq!(pcp.free(&map, || &zone, a), Err(FreeError::BadRefcount(2)));
     page.page_ref_dec();
     page.generic().mapping.store(0x1000, Ordering::Relaxed);
     assert_eq!(
-        pcp.free(&map, &zone, a),
+        pcp.free(&map, || &zone, a),
         Err(FreeError::NonNullMapping(0x1000))
     );
     page.generic().mapping.store(0, Ordering::Relaxed);
-    assert_eq!(pcp.free(&map, &zone, a), Ok(()));
-    assert_eq!(pcp.free(&map, &zone, a), Err(FreeError::AlreadyFree));
+    assert_eq!(pcp.free(&map, || &zone, a), Ok(()));
+    assert_eq!(pcp.free(&map, || &zone, a), Err(FreeError::AlreadyFree));
     let big = zone.lock().alloc(2, AllocFlags::empty()).unwrap();
     assert_eq!(
-        pcp.free(&map, &zone, big),
+        pcp.free(&map, || &zone, big),
         Err(FreeError::WrongOrder { allocated: 2 })
     );
     assert_eq!(
-        pcp.free(&map, &zone, Pfn(FRAMES + 5)),
+        pcp.free(&map, || &zone, Pfn(FRAMES + 5)),
         Err(FreeError::OutOfRange)
     );
     zone.lock().free(big, 2).unwrap();
     // Above the high mark the list drains a batch.
     let many: Vec<Pfn> = (0..PCP_HIGH + 10)
-        .map(|_| pcp.alloc(&map, &zone).unwrap())
+        .map(|_| pcp.alloc(&map, || &zone).unwrap())
         .collect();
     for p in many {
-        pcp.free(&map, &zone, p).unwrap();
+        pcp.free(&map, || &zone, p).unwrap();
         assert!(pcp.count() <= PCP_HIGH);
     }
     let stats = zone.lock().check().unwrap();

@@ -320,7 +320,7 @@ pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
     // be taken recursively on one CPU.
     let pfn = if order == 0 {
         let map = memmap();
-        match with_pcp(|pcp| pcp.alloc(map, zone())) {
+        match with_pcp(|pcp| pcp.alloc(map, zone)) {
             Some(r) => r?,
             None => zone().lock().alloc(0, AllocFlags::empty())?,
         }
@@ -364,7 +364,7 @@ pub unsafe fn free_pages_raw(pfn: Pfn, order: u32) -> Result<(), FreeError> {
 fn free_block(pfn: Pfn, order: u32) -> Result<(), FreeError> {
     if order == 0 {
         let map = memmap();
-        if let Some(r) = with_pcp(|pcp| pcp.free(map, zone(), pfn)) {
+        if let Some(r) = with_pcp(|pcp| pcp.free(map, zone, pfn)) {
             return r;
         }
     }

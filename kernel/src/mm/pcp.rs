@@ -55,13 +55,13 @@ impl PcpList {
 
     /// Take an order-0 page: Allocated, refcount 1, union words clear.
     #[inline]
-    pub fn alloc(
+    pub fn alloc<'z, 'b: 'z>(
         &mut self,
         map: &MemMap<'_>,
-        zone: &Mutex<BuddyAllocator<'_>>,
+        zone: impl FnOnce() -> &'z Mutex<BuddyAllocator<'b>>,
     ) -> Result<Pfn, AllocError> {
         if self.head == NIL {
-            self.refill(map, zone)?;
+            self.refill(map, zone())?;
         }
         let pfn = self.head;
         let page = &map.pages()[pfn as usize];
@@ -106,21 +106,21 @@ impl PcpList {
     /// allocator's checks want (an Allocated order-0 head, refcount 1,
     /// mapping clear); anything else goes to `BuddyAllocator::free`.
     #[inline]
-    pub fn free(
+    pub fn free<'z, 'b: 'z>(
         &mut self,
         map: &MemMap<'_>,
-        zone: &Mutex<BuddyAllocator<'_>>,
+        zone: impl FnOnce() -> &'z Mutex<BuddyAllocator<'b>>,
         pfn: Pfn,
     ) -> Result<(), FreeError> {
         let Some(page) = map.pfn_to_page(pfn) else {
-            return zone.lock().free(pfn, 0);
+            return zone().lock().free(pfn, 0);
         };
         if !(page.has_type(PageType::Allocated)
             && page.raw_flags() == 0
             && page.refcount() == 1
             && page.mapping() == 0)
         {
-            return zone.lock().free(pfn, 0);
+            return zone().lock().free(pfn, 0);
         }
         page.set_refcount(0);
         page.set_page_type(PageType::Pcp);
@@ -130,7 +130,7 @@ impl PcpList {
         w[4].store(0, Ordering::Relaxed);
         self.push(map, pfn.0);
         if self.count > PCP_HIGH {
-            self.drain(map, zone, PCP_BATCH);
+            self.drain(map, zone(), PCP_BATCH);
         }
         Ok(())
     }
