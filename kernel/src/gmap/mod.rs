@@ -22,6 +22,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use crate::dat::entry::{Asce, Level, RegionEntry, SegmentEntry, SEGMENT_SIZE};
+// Lock order: a host's lock (HostMm), then the GMAPS registry, then a gmap's
+// own lock. The host's hooks (unlink, notify) run under the host lock.
 use crate::dat::space::{self, SpaceHooks};
 use crate::dat::table::entry;
 use crate::dat::tlb;
@@ -64,6 +66,8 @@ pub(crate) struct GmapInner {
     limit: u64,
     parent: Arc<Mutex<HostMm>>,
     parent_id: u64,
+    /// The host space's limit (fixed at its creation).
+    host_limit: u128,
     /// Guest segment → host segment (1 MiB units, by address).
     guest_to_host: BTreeMap<u64, u64>,
     /// Host segment → guest segment, for linked segments.
@@ -114,13 +118,17 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
     let level = gmap_level(limit);
     let top = gmap_alloc_table(id, level, 0).map_err(|_| GmapError::NoMemory)?;
     let asce = Asce::new(top.phys(), level).map_err(|_| GmapError::NoMemory)?;
-    let parent_id = parent.lock().space().id();
+    let (parent_id, host_limit) = {
+        let h = parent.lock();
+        (h.space().id(), h.space().max_limit())
+    };
     let inner = Arc::new(Mutex::new(GmapInner {
         id,
         asce,
         limit,
         parent: parent.clone(),
         parent_id,
+        host_limit,
         guest_to_host: BTreeMap::new(),
         host_to_guest: BTreeMap::new(),
         tables: alloc::vec![(top.phys(), None)],
@@ -243,7 +251,7 @@ impl Gmap {
             return Err(GmapError::Misaligned);
         }
         let host_end = from.checked_add(len).ok_or(GmapError::OutOfRange)?;
-        if host_end as u128 > g.parent.lock().space().max_limit() {
+        if host_end as u128 > g.host_limit {
             return Err(GmapError::OutOfRange);
         }
         if g.guest_to_host.range(to..to + len).next().is_some() {
@@ -294,11 +302,17 @@ impl Gmap {
     /// PTE table for `vmaddr` (copying the host segment entry's hardware
     /// bits) and record host-to-guest. The host must have a page table there.
     pub fn gmap_link(&self, gaddr: u64, vmaddr: u64) -> Result<(), GmapError> {
+        // Lock order: host, then gmap (the host's unlink and notify hooks
+        // run with the host locked and take the gmap lock). Holding the
+        // host lock also keeps its PTE table from being freed until the
+        // gmap entry points at it.
+        let parent = self.parent();
+        let host = parent.lock();
         let mut g = self.inner.lock();
         if gaddr > g.limit {
             return Err(GmapError::OutOfRange);
         }
-        let host_seg = g.parent.lock().space().segment_entry(vmaddr);
+        let host_seg = host.space().segment_entry(vmaddr);
         if host_seg.is_invalid() {
             return Err(GmapError::NotMapped);
         }
@@ -401,8 +415,10 @@ impl Gmap {
     /// and points at the host's PTE table for that segment. Returns the
     /// number of linked segments.
     pub fn check(&self) -> Result<u64, GmapCheckError> {
+        // Host first, then gmap: the lock order of the whole subsystem.
+        let parent = self.parent();
+        let host = parent.lock();
         let g = self.inner.lock();
-        let host = g.parent.lock();
         let mut linked = 0;
         g.check_level(g.asce.origin(), g.asce.level(), &host, &mut linked)?;
         let recorded = g.host_to_guest.len() as u64;
