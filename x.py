@@ -472,37 +472,15 @@ def finish_run(r, timeout):
     return status if status else r.returncode
 
 
-def host_tests(release):
-    ensure_toolchain()
-    cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
-    if release:
-        cmd.append("--release")
+def cargo_tests(cmd, stderr_tail=None):
+    """Run a cargo test command, echo its output, and add up its `test
+    result:` lines: (passed, failed, ignored). A build failure or crash
+    counts as one failure."""
     log(shlex.join(cmd))
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     sys.stdout.write(r.stdout)
-    sys.stderr.write(r.stderr)
-    passed = failed = ignored = 0
-    for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored",
-                         r.stdout):
-        passed += int(m.group(1))
-        failed += int(m.group(2))
-        ignored += int(m.group(3))
-    if r.returncode != 0 and failed == 0:
-        failed = 1  # a build failure or crash counts as a failure
-    return passed, failed, ignored
-
-
-def miri_tests():
-    """The struct page layout and buddy-allocator tests under Miri (smaller
-    simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
-    ensure_toolchain(extra=["miri"])
-    run_checked(["cargo", "miri", "setup"], capture_output=True)
-    cmd = ["cargo", "miri", "test", "-p", "kernel", "--", "mm::"]
-    log(shlex.join(cmd))
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    sys.stdout.write(r.stdout)
-    if r.returncode != 0:
-        sys.stderr.write(r.stderr[-4000:])
+    if stderr_tail is None or r.returncode != 0:
+        sys.stderr.write(r.stderr if stderr_tail is None else r.stderr[-stderr_tail:])
     passed = failed = ignored = 0
     for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored",
                          r.stdout):
@@ -512,6 +490,22 @@ def miri_tests():
     if r.returncode != 0 and failed == 0:
         failed = 1
     return passed, failed, ignored
+
+
+def host_tests(release):
+    ensure_toolchain()
+    cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
+    if release:
+        cmd.append("--release")
+    return cargo_tests(cmd)
+
+
+def miri_tests():
+    """The struct page layout and buddy-allocator tests under Miri (smaller
+    simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
+    ensure_toolchain(extra=["miri"])
+    run_checked(["cargo", "miri", "setup"], capture_output=True)
+    return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--", "mm::"], stderr_tail=4000)
 
 
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False):
