@@ -11,6 +11,7 @@ use spin::Mutex;
 use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Asce, Prot};
 use crate::dat::kernel::with_secondary;
+use crate::dat::shared::SharedSpace;
 use crate::dat::space::AddressSpace;
 use crate::gmap::{self, Access, Gmap, HostMm};
 use crate::ktest::{KResult, Outcome, Rng};
@@ -141,7 +142,7 @@ fn all_cpus_allocate_and_free_concurrently() -> KResult {
     Ok(())
 }
 
-static SPACE: Mutex<Option<AddressSpace>> = Mutex::new(None);
+static SPACE: Mutex<Option<Arc<SharedSpace>>> = Mutex::new(None);
 static SPACE_ASCE: AtomicU64 = AtomicU64::new(0);
 static FRAME_PA: AtomicU64 = AtomicU64::new(0);
 /// Sequence (odd while a change is in flight) and whether the page is mapped.
@@ -168,6 +169,9 @@ fn wait_for(counter: &AtomicU64) {
 
 fn mapper(cpu: usize) {
     let pa = mm::addr::PhysAddr(FRAME_PA.load(Ordering::Relaxed));
+    let Some(space) = SPACE.lock().clone() else {
+        return;
+    };
     for round in 0..MAP_ROUNDS {
         if cpu == 0 {
             SEQ.fetch_add(1, Ordering::AcqRel);
@@ -182,15 +186,15 @@ fn mapper(cpu: usize) {
             SEQ.fetch_add(1, Ordering::AcqRel);
             // Unmap the whole segment now and then: the page table goes too.
             let len = if round % 4 == 0 { 1 << 20 } else { 0x1000 };
-            let _ = SPACE.lock().as_mut().map(|s| s.unmap_range(TEST_VA, len));
+            let _ = space.unmap_range(TEST_VA, len);
             MAPPED.store(false, Ordering::Release);
             SEQ.fetch_add(1, Ordering::AcqRel);
             wait_for(&CHECKED_FAULTS);
         } else {
             // Other CPUs map and unmap their own pages of the same segment.
             let va = TEST_VA + 0x1000 * (cpu as u64 + 1);
-            let _ = SPACE.lock().as_mut().map(|s| s.map(va, pa, Prot::ReadOnly));
-            let _ = SPACE.lock().as_mut().map(|s| s.unmap_range(va, 0x1000));
+            let _ = space.map(va, pa, Prot::ReadOnly);
+            let _ = space.unmap_range(va, 0x1000);
         }
     }
 }
@@ -234,7 +238,7 @@ fn map_unmap_while_another_cpu_reads() -> KResult {
     FRAME_PA.store(f.phys().0, Ordering::Relaxed);
     let s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
     SPACE_ASCE.store(s.asce().raw(), Ordering::Relaxed);
-    *SPACE.lock() = Some(s);
+    *SPACE.lock() = Some(Arc::new(SharedSpace::new(s)));
     for a in [&STALE, &CHECKED_FAULTS, &CHECKED_READS] {
         a.store(0, Ordering::Relaxed);
     }
@@ -305,12 +309,109 @@ fn concurrent_gmap_faults_link_a_segment_once() -> KResult {
     Ok(())
 }
 
+static TABLES: Mutex<Option<Arc<SharedSpace>>> = Mutex::new(None);
+static PTE_ERRORS: AtomicU64 = AtomicU64::new(0);
+const PTE_ROUNDS: u64 = 200;
+const PAGES_PER_CPU: u64 = 16;
+const SEGMENTS: u64 = 4;
+const PT_BASE: u64 = 0x200_0000;
+
+fn pte_worker(cpu: usize) {
+    let Some(space) = TABLES.lock().clone() else {
+        return;
+    };
+    let frame = mm::addr::PhysAddr(0x1000 * (cpu as u64 + 1));
+    let mut err = 0;
+    for round in 0..PTE_ROUNDS {
+        for seg in 0..SEGMENTS {
+            for p in 0..PAGES_PER_CPU {
+                let va = PT_BASE + seg * (1 << 20) + (cpu as u64 * PAGES_PER_CPU + p + 1) * 0x1000;
+                // Map (the table exists: shared lock + ptl), protect both
+                // ways, and now and then unmap (exclusive).
+                let r = space.map(va, frame, Prot::ReadWrite);
+                // The first round maps; later rounds find the page mapped.
+                let want = if round == 0 {
+                    Ok(())
+                } else {
+                    Err(crate::dat::space::SpaceError::AlreadyMapped)
+                };
+                err += u64::from(r != want);
+                err += u64::from(space.protect(va, Prot::ReadOnly).is_err());
+                err += u64::from(space.lookup(va) != Some((frame, Prot::ReadOnly)));
+                err += u64::from(space.protect(va, Prot::ReadWrite).is_err());
+                if round % 50 == 49 {
+                    err += u64::from(space.unmap(va).is_err());
+                    err += u64::from(space.map(va, frame, Prot::ReadWrite).is_err());
+                }
+            }
+        }
+    }
+    PTE_ERRORS.fetch_add(err, Ordering::Relaxed);
+}
+
+fn cpus_update_ptes_of_shared_tables_in_parallel() -> KResult {
+    need_smp()?;
+    let s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
+    let shared = Arc::new(SharedSpace::new(s));
+    // One page per segment first: the tables every CPU then shares.
+    for seg in 0..SEGMENTS {
+        kassert_eq!(
+            shared.map(
+                PT_BASE + seg * (1 << 20),
+                mm::addr::PhysAddr(0),
+                Prot::ReadOnly
+            ),
+            Ok(())
+        );
+    }
+    *TABLES.lock() = Some(shared.clone());
+    PTE_ERRORS.store(0, Ordering::Relaxed);
+    run_on_all(pte_worker);
+    *TABLES.lock() = None;
+    kassert_eq!(PTE_ERRORS.load(Ordering::Relaxed), 0);
+    for cpu in 0..smp::nr_online() {
+        for seg in 0..SEGMENTS {
+            for p in 0..PAGES_PER_CPU {
+                let va = PT_BASE + seg * (1 << 20) + (cpu as u64 * PAGES_PER_CPU + p + 1) * 0x1000;
+                kassert_eq!(
+                    shared.lookup(va),
+                    Some((
+                        mm::addr::PhysAddr(0x1000 * (cpu as u64 + 1)),
+                        Prot::ReadWrite
+                    ))
+                );
+            }
+        }
+    }
+    let c = shared.check();
+    kassert!(c.is_ok(), "{:?}", c);
+    kassert_eq!(
+        c.map(|c| (c.pte_tables, c.mapped_pages))
+            .unwrap_or_default(),
+        (
+            SEGMENTS,
+            SEGMENTS * (1 + PAGES_PER_CPU * smp::nr_online() as u64)
+        )
+    );
+    crate::ktest::diag(format_args!(
+        "{} CPUs x {} rounds x {} PTEs of {} shared page tables: map, protect twice, look up",
+        smp::nr_online(),
+        PTE_ROUNDS,
+        SEGMENTS * PAGES_PER_CPU,
+        SEGMENTS
+    ));
+    drop(shared);
+    run_on_all(|_| mm::drain_pcp());
+    Ok(())
+}
+
 ktest_suite!(
     SMP,
     "smp",
     [
         every_cpu_runs_work,
         all_cpus_allocate_and_free_concurrently,
+        cpus_update_ptes_of_shared_tables_in_parallel,
         map_unmap_while_another_cpu_reads,
         concurrent_gmap_faults_link_a_segment_once,
     ]

@@ -5,6 +5,7 @@ pub mod entry;
 pub mod gather;
 #[cfg(target_arch = "s390x")]
 pub mod kernel;
+pub mod shared;
 pub mod space;
 pub mod table;
 pub mod tlb;

@@ -560,6 +560,26 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Map the page at `va` into its existing page table, under that
+    /// table's lock; `NotMapped` if the segment has no page table yet (the
+    /// caller then takes the exclusive path, `map`).
+    pub fn map_existing(&self, va: u64, pa: PhysAddr, prot: Prot) -> Result<(), SpaceError> {
+        self.check_page(va)?;
+        let pte = Pte::new(pa, prot)?;
+        let Some(pto) = self.pte_table(va) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: the PTE of a live table of this space, under its lock.
+        let slot = unsafe { entry(PhysAddr(pto.0 + pte_index(va) as u64 * 8)) };
+        if Pte::from_raw(slot.load(Ordering::Acquire)).is_present() {
+            return Err(SpaceError::AlreadyMapped);
+        }
+        // Invalid → valid: no invalidation needed.
+        slot.store(pte.raw(), Ordering::Release);
+        Ok(())
+    }
+
     /// Map `len` bytes at `va` to the frames from `pa` on. Nothing is
     /// changed if any page is already mapped or memory runs out.
     pub fn map_range(
@@ -611,7 +631,9 @@ impl AddressSpace {
     }
 
     /// Change the protection of the page at `va`: IPTE, then the new entry.
-    pub fn protect(&mut self, va: u64, prot: Prot) -> Result<(), SpaceError> {
+    /// Only the PTE changes, under its table's lock: `&self` is enough
+    /// while nobody frees tables (see `SharedSpace`).
+    pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
         self.check_page(va)?;
         let Some(pea) = self.pte_addr(va) else {
             return Err(SpaceError::NotMapped);

@@ -1,0 +1,65 @@
+//! An address space shared by CPUs, locked as Linux does it: operations
+//! that only change PTEs of existing tables (map into an existing table,
+//! protect, look up) hold the space lock shared and the page table's own
+//! lock (`ptlock_ptr`), so CPUs working in different tables, or on
+//! different PTEs of one, run in parallel; operations that allocate or free
+//! tables (a map that needs a table, unmap) hold the space lock exclusive,
+//! so no table goes away under a shared holder.
+
+use spin::RwLock;
+
+use super::entry::{Asce, Prot};
+use super::space::{AddressSpace, SpaceCheck, SpaceCheckError, SpaceError, UnmapStats};
+use crate::mm::addr::PhysAddr;
+
+pub struct SharedSpace {
+    inner: RwLock<AddressSpace>,
+}
+
+impl SharedSpace {
+    pub fn new(space: AddressSpace) -> Self {
+        SharedSpace {
+            inner: RwLock::new(space),
+        }
+    }
+
+    /// The ASCE (it changes only when a map grows the top, exclusively).
+    pub fn asce(&self) -> Asce {
+        self.inner.read().asce()
+    }
+
+    /// Map a page: under the shared lock when its page table exists, else
+    /// exclusively (allocating tables).
+    pub fn map(&self, va: u64, pa: PhysAddr, prot: Prot) -> Result<(), SpaceError> {
+        match self.inner.read().map_existing(va, pa, prot) {
+            Err(SpaceError::NotMapped) => {}
+            r => return r,
+        }
+        self.inner.write().map(va, pa, prot)
+    }
+
+    pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
+        self.inner.read().protect(va, prot)
+    }
+
+    pub fn lookup(&self, va: u64) -> Option<(PhysAddr, Prot)> {
+        self.inner.read().lookup(va)
+    }
+
+    /// Unmapping may free tables: exclusive.
+    pub fn unmap(&self, va: u64) -> Result<PhysAddr, SpaceError> {
+        self.inner.write().unmap(va)
+    }
+
+    pub fn unmap_range(&self, va: u64, len: u64) -> Result<UnmapStats, SpaceError> {
+        self.inner.write().unmap_range(va, len)
+    }
+
+    pub fn check(&self) -> Result<SpaceCheck, SpaceCheckError> {
+        self.inner.read().check()
+    }
+
+    pub fn into_inner(self) -> AddressSpace {
+        self.inner.into_inner()
+    }
+}
