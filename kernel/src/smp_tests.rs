@@ -311,7 +311,7 @@ fn concurrent_gmap_faults_link_a_segment_once() -> KResult {
 
 static TABLES: Mutex<Option<Arc<SharedSpace>>> = Mutex::new(None);
 static PTE_ERRORS: AtomicU64 = AtomicU64::new(0);
-const PTE_ROUNDS: u64 = 200;
+const PTE_ROUNDS: u64 = 40;
 const PAGES_PER_CPU: u64 = 16;
 const SEGMENTS: u64 = 4;
 const PT_BASE: u64 = 0x200_0000;
@@ -339,7 +339,7 @@ fn pte_worker(cpu: usize) {
                 err += u64::from(space.protect(va, Prot::ReadOnly).is_err());
                 err += u64::from(space.lookup(va) != Some((frame, Prot::ReadOnly)));
                 err += u64::from(space.protect(va, Prot::ReadWrite).is_err());
-                if round % 50 == 49 {
+                if round % 10 == 9 {
                     err += u64::from(space.unmap(va).is_err());
                     err += u64::from(space.map(va, frame, Prot::ReadWrite).is_err());
                 }

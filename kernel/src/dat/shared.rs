@@ -6,7 +6,9 @@
 //! tables (a map that needs a table, unmap) hold the space lock exclusive,
 //! so no table goes away under a shared holder.
 
-use spin::RwLock;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::entry::{Asce, Prot};
 use super::space::{AddressSpace, SpaceCheck, SpaceCheckError, SpaceError, UnmapStats};
@@ -14,49 +16,67 @@ use crate::mm::addr::PhysAddr;
 
 pub struct SharedSpace {
     inner: RwLock<AddressSpace>,
+    /// Writers waiting: new readers hold back until they got in, so a
+    /// steady stream of readers cannot starve an unmap.
+    writers: AtomicU32,
 }
 
 impl SharedSpace {
     pub fn new(space: AddressSpace) -> Self {
         SharedSpace {
             inner: RwLock::new(space),
+            writers: AtomicU32::new(0),
         }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, AddressSpace> {
+        while self.writers.load(Ordering::Acquire) != 0 {
+            core::hint::spin_loop();
+        }
+        self.inner.read()
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, AddressSpace> {
+        self.writers.fetch_add(1, Ordering::AcqRel);
+        let g = self.inner.write();
+        self.writers.fetch_sub(1, Ordering::AcqRel);
+        g
     }
 
     /// The ASCE (it changes only when a map grows the top, exclusively).
     pub fn asce(&self) -> Asce {
-        self.inner.read().asce()
+        self.read().asce()
     }
 
     /// Map a page: under the shared lock when its page table exists, else
     /// exclusively (allocating tables).
     pub fn map(&self, va: u64, pa: PhysAddr, prot: Prot) -> Result<(), SpaceError> {
-        match self.inner.read().map_existing(va, pa, prot) {
+        match self.read().map_existing(va, pa, prot) {
             Err(SpaceError::NotMapped) => {}
             r => return r,
         }
-        self.inner.write().map(va, pa, prot)
+        self.write().map(va, pa, prot)
     }
 
     pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
-        self.inner.read().protect(va, prot)
+        self.read().protect(va, prot)
     }
 
     pub fn lookup(&self, va: u64) -> Option<(PhysAddr, Prot)> {
-        self.inner.read().lookup(va)
+        self.read().lookup(va)
     }
 
     /// Unmapping may free tables: exclusive.
     pub fn unmap(&self, va: u64) -> Result<PhysAddr, SpaceError> {
-        self.inner.write().unmap(va)
+        self.write().unmap(va)
     }
 
     pub fn unmap_range(&self, va: u64, len: u64) -> Result<UnmapStats, SpaceError> {
-        self.inner.write().unmap_range(va, len)
+        self.write().unmap_range(va, len)
     }
 
     pub fn check(&self) -> Result<SpaceCheck, SpaceCheckError> {
-        self.inner.read().check()
+        self.read().check()
     }
 
     pub fn into_inner(self) -> AddressSpace {
