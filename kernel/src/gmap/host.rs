@@ -93,9 +93,9 @@ impl HostMm {
     pub fn remap(&mut self, vmaddr: u64) -> Result<PhysAddr, SpaceError> {
         let va = vmaddr & !(PAGE_SIZE - 1);
         let old = self.frames.remove(&va);
-        // Keep the segment's page table: unmapping the only page would free
-        // it; map the new frame first at a scratch slot is not needed
-        // because unmap of one page of a table with others keeps it.
+        // If this was the only page of its segment, the unmap frees the page
+        // table too (and the gmaps unlink it); populate builds a new one and
+        // the guests relink on their next fault.
         let r = self.space.unmap(va);
         if let Some(p) = old {
             let _ = mm::free_pages(p);
