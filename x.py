@@ -660,6 +660,8 @@ def selftest(args):
     """Prove the failure paths: each of these runs must be reported as a
     failure, with the right reason."""
     ensure_apt(QEMU, "qemu-system-misc")
+    # The crash check wants the trace symbolized.
+    ensure_apt("llvm-symbolizer", "llvm")
     elf = build(args.release, quiet=True)
     checks = []
 
