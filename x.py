@@ -827,8 +827,9 @@ def main():
                     help="also run the struct page and buddy tests under Miri (installs "
                     "the miri component)")
     sp.add_argument("--selftest", action="store_true",
-                    help="prove the failure paths: a failing assertion, a crash, a panic "
-                    "and a hang must each be reported as failures")
+                    help="prove the failure paths: a failing assertion, an unexpected "
+                    "program check, a panic, a stack overflow, a crash on CPU 1, a hang "
+                    "and a truncated log must each be reported as failures")
     sp.set_defaults(func=cmd_test)
 
     sp = sub.add_parser("gdb", help="boot halted with gdb-multiarch attached",
