@@ -8,6 +8,8 @@ use crate::panic::{exit, ExitStatus};
 use crate::{ktest, log, mm, pr_info, sclp};
 
 pub fn start_kernel(boot: BootInfo) -> ! {
+    // Before anything can allocate: this CPU's order-0 page list.
+    mm::init_boot_cpu_pcp();
     log::init();
     facility::detect();
     sclp::init();

@@ -134,6 +134,7 @@ fn start_secondary(i: usize, addr: u16) -> Result<(), SmpError> {
         write_lc(lc, off, insn::lowcore_read_u64(off));
     }
     write_lc(lc, lowcore::CPU_NR, i as u64);
+    write_lc(lc, lowcore::PCP, mm::pcp_slot_value(i));
     write_lc(
         lc,
         lowcore::KERNEL_STACK,

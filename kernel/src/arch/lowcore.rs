@@ -91,6 +91,9 @@ pub const CPU_NR: usize = 0x5c0;
 pub const SECONDARY_STACK: usize = 0x5c8;
 /// PSW a secondary CPU switches to once its control registers are loaded.
 pub const SECONDARY_PSW: usize = 0x5d0;
+/// This CPU's order-0 page list (`mm::pcp`), like Linux s390's lowcore
+/// percpu_offset: one load finds it.
+pub const PCP: usize = 0x5e0;
 /// Control registers 0-15 a secondary CPU starts with (128 bytes).
 pub const CR_SAVE: usize = 0x600;
 
@@ -105,5 +108,8 @@ pub const fn return_psw(class: usize) -> usize {
 const _: () = assert!(save_area(5) + SAVE_AREA_SIZE <= RETURN_PSW);
 const _: () = assert!(return_psw(5) + 16 <= KERNEL_STACK);
 const _: () = assert!(
-    SCRATCH_PSW + 16 <= GUEST_CTX && SECONDARY_PSW + 16 <= CR_SAVE && CR_SAVE + 128 <= 0x1000
+    SCRATCH_PSW + 16 <= GUEST_CTX
+        && SECONDARY_PSW + 16 <= PCP
+        && PCP + 8 <= CR_SAVE
+        && CR_SAVE + 128 <= 0x1000
 );

@@ -129,7 +129,7 @@ proptest! {
         let sim = Sim::new(FRAMES);
         let map = sim.map();
         let zone = Mutex::new(boot(&map));
-        let mut pcp = PcpList::new();
+        let pcp = PcpList::new();
         let initial_blocks = free_blocks(&map);
         let initial_free = zone.lock().nr_free_pages();
         prop_assert_eq!(initial_free + reserved_count(), FRAMES);
@@ -138,7 +138,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Alloc(order) => match if order == 0 {
-                    pcp.alloc(&map, || &zone)
+                    pcp.alloc_or_refill(&map, &zone).map(|p| map.page_to_pfn(p).expect("memmap entry"))
                 } else {
                     zone.lock().alloc(order, AllocFlags::empty())
                 } {
@@ -159,7 +159,7 @@ proptest! {
                 },
                 Op::Free(i) if !live.is_empty() => {
                     let (pfn, order) = live.swap_remove(i % live.len());
-                    let r = if order == 0 { pcp.free(&map, || &zone, pfn) } else { zone.lock().free(pfn, order) };
+                    let r = if order == 0 { pcp.free_or_fallback(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
                     prop_assert_eq!(r, Ok(()));
                     for f in pfn.0..pfn.0 + (1 << order) {
                         owner[f as usize] = false;
@@ -177,7 +177,7 @@ proptest! {
             prop_assert_eq!(zone.lock().nr_free_pages() + pcp.count(), initial_free - allocated);
         }
         for (pfn, order) in live.drain(..) {
-            let r = if order == 0 { pcp.free(&map, || &zone, pfn) } else { zone.lock().free(pfn, order) };
+            let r = if order == 0 { pcp.free_or_fallback(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
             prop_assert_eq!(r, Ok(()));
         }
         pcp.drain(&map, &zone, u64::MAX);
@@ -377,44 +377,55 @@ fn pcp_fast_path_and_misuse() {
     let sim = Sim::new(FRAMES);
     let map = sim.map();
     let zone = Mutex::new(boot(&map));
-    let mut pcp = PcpList::new();
+    let pcp = PcpList::new();
+    let alloc = || {
+        pcp.alloc_or_refill(&map, &zone)
+            .map(|p| map.page_to_pfn(p).expect("memmap entry"))
+    };
+    let free = |pfn| pcp.free_or_fallback(&map, &zone, pfn);
     let start = zone.lock().nr_free_pages();
-    let a = pcp.alloc(&map, || &zone).unwrap();
+    let a = alloc().unwrap();
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH - 1);
-    assert_eq!(pcp.free(&map, || &zone, a), Ok(()));
-    // LIFO: the page just freed comes back first.
-    assert_eq!(pcp.alloc(&map, || &zone), Ok(a));
+    // The owner leaves its words behind; the next allocation clears them.
     let page = map.pfn_to_page(a).unwrap();
+    page.generic().index.store(0x1234, Ordering::Relaxed);
+    page.generic().private.store(0x5678, Ordering::Relaxed);
+    page.generic().lru.prev.store(0x9abc, Ordering::Relaxed);
+    assert_eq!(free(a), Ok(()));
+    assert_eq!(pcp.count(), super::pcp::PCP_BATCH);
+    // LIFO: the page just freed comes back first, clean.
+    assert_eq!(alloc(), Ok(a));
     assert_eq!(page.refcount(), 1);
-    assert_eq!(page.words()[0].load(Ordering::Relaxed), 0);
+    assert!(page.has_type(PageType::Allocated));
+    for (i, w) in page.words().iter().enumerate() {
+        assert_eq!(w.load(Ordering::Relaxed), 0, "union word {i}");
+    }
     // Misuse on the fast path gets the same answers as the zone gives.
     page.page_ref_inc();
-    assert_eq!(pcp.free(&map, || &zone, a), Err(FreeError::BadRefcount(2)));
+    assert_eq!(free(a), Err(FreeError::BadRefcount(2)));
     page.page_ref_dec();
     page.generic().mapping.store(0x1000, Ordering::Relaxed);
-    assert_eq!(
-        pcp.free(&map, || &zone, a),
-        Err(FreeError::NonNullMapping(0x1000))
-    );
+    assert_eq!(free(a), Err(FreeError::NonNullMapping(0x1000)));
     page.generic().mapping.store(0, Ordering::Relaxed);
-    assert_eq!(pcp.free(&map, || &zone, a), Ok(()));
-    assert_eq!(pcp.free(&map, || &zone, a), Err(FreeError::AlreadyFree));
+    // A flag the owner set sends the page down the checked path, which
+    // accepts it (flags are not misuse) and clears them.
+    page.set_flags(super::page::PageFlags::DIRTY);
+    let before = pcp.count();
+    assert_eq!(free(a), Ok(()));
+    assert_eq!(pcp.count(), before, "a flagged page went to the zone");
+    assert_eq!(page.raw_flags(), 0);
+    assert_eq!(free(a), Err(FreeError::AlreadyFree));
+    let a = alloc().unwrap();
+    assert_eq!(free(a), Ok(()));
+    assert_eq!(free(a), Err(FreeError::AlreadyFree));
     let big = zone.lock().alloc(2, AllocFlags::empty()).unwrap();
-    assert_eq!(
-        pcp.free(&map, || &zone, big),
-        Err(FreeError::WrongOrder { allocated: 2 })
-    );
-    assert_eq!(
-        pcp.free(&map, || &zone, Pfn(FRAMES + 5)),
-        Err(FreeError::OutOfRange)
-    );
+    assert_eq!(free(big), Err(FreeError::WrongOrder { allocated: 2 }));
+    assert_eq!(free(Pfn(FRAMES + 5)), Err(FreeError::OutOfRange));
     zone.lock().free(big, 2).unwrap();
     // Above the high mark the list drains a batch.
-    let many: Vec<Pfn> = (0..PCP_HIGH + 10)
-        .map(|_| pcp.alloc(&map, || &zone).unwrap())
-        .collect();
+    let many: Vec<Pfn> = (0..PCP_HIGH + 10).map(|_| alloc().unwrap()).collect();
     for p in many {
-        pcp.free(&map, || &zone, p).unwrap();
+        free(p).unwrap();
         assert!(pcp.count() <= PCP_HIGH);
     }
     let stats = zone.lock().check().unwrap();

@@ -30,7 +30,15 @@ pub fn injected() -> u64 {
     INJECTED.load(Ordering::Relaxed)
 }
 
-/// Called by every page allocation: true if this one must fail.
+/// Whether a failure is armed: the allocator's fast paths test this one
+/// word and leave everything else to `should_fail` on the slow path.
+#[inline(always)]
+pub fn armed() -> bool {
+    COUNTDOWN.load(Ordering::Relaxed) != 0
+}
+
+/// Called by every page allocation (the slow path; the fast path only runs
+/// while nothing is armed): true if this one must fail.
 pub fn should_fail() -> bool {
     let mut cur = COUNTDOWN.load(Ordering::Relaxed);
     while cur != 0 {

@@ -47,8 +47,14 @@ impl<'a> MemMap<'a> {
 
     /// The pfn of a page of this memmap; `None` for a page of another.
     pub fn page_to_pfn(&self, page: &Page) -> Option<Pfn> {
+        self.entry_to_pfn(page)
+    }
+
+    /// The pfn of the entry at `entry`, by address alone (nothing is read):
+    /// `None` unless it is exactly an entry of this memmap.
+    pub fn entry_to_pfn(&self, entry: *const Page) -> Option<Pfn> {
         let base = self.pages.as_ptr() as usize;
-        let off = (page as *const Page as usize).checked_sub(base)?;
+        let off = (entry as usize).checked_sub(base)?;
         let idx = off / core::mem::size_of::<Page>();
         (off % core::mem::size_of::<Page>() == 0 && idx < self.pages.len())
             .then_some(Pfn(idx as u64))

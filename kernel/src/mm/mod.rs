@@ -2,8 +2,8 @@
 //! kernel heap.
 //!
 //! SMP: one lock per allocator (the zone lock here, the heap lock in
-//! `heap`), and the per-CPU order-0 list is a single list. Places that
-//! assume one CPU say so with an `SMP:` comment.
+//! `heap`); order-0 pages go through per-CPU lists that need no lock
+//! (`pcp`). Places that assume one CPU say so with an `SMP:` comment.
 
 pub mod addr;
 pub mod buddy;
@@ -19,8 +19,9 @@ mod buddy_tests;
 #[cfg(target_os = "none")]
 mod ktests;
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::ptr::NonNull;
+#[cfg(not(target_arch = "s390x"))]
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::{Mutex, Once};
 
@@ -36,60 +37,66 @@ static MEMMAP: Once<MemMap<'static>> = Once::new();
 /// traffic would move to per-CPU lists that need no lock.
 static ZONE: Once<Mutex<BuddyAllocator<'static>>> = Once::new();
 
-/// Each CPU's order-0 list, indexed by the CPU number in the lowcore. A
-/// CPU only ever uses its own (interruption handlers never allocate), so
-/// the busy flag is uncontended; it still refuses nested use.
-struct PcpCell {
-    /// A word, not a bool: s390x compare-and-swap works on words, a byte
-    /// flag costs a rotate-and-retry loop.
-    busy: AtomicU32,
-    list: UnsafeCell<PcpList>,
-    /// The list's length, readable by other CPUs (free-page counts).
-    count: AtomicU64,
-}
-
-// SAFETY: the list is only reached through `with_pcp`, whose busy flag
-// admits one user at a time.
-unsafe impl Sync for PcpCell {}
-
 const MAX_PCP: usize = crate::sclp::info::MAX_CPUS;
 
-static PCP: [PcpCell; MAX_PCP] = [const {
-    PcpCell {
-        busy: AtomicU32::new(0),
-        list: UnsafeCell::new(PcpList::new()),
-        count: AtomicU64::new(0),
-    }
-}; MAX_PCP];
+/// Each CPU's order-0 list. A CPU reaches its own through the `PCP` slot of
+/// its lowcore (Linux s390 finds per-CPU data through the lowcore too), so
+/// the fast path costs one load to find it.
+static PCP: [PcpList<'static>; MAX_PCP] = [const { PcpList::new() }; MAX_PCP];
 
-fn this_cpu() -> usize {
+/// What the `PCP` lowcore slot of CPU `cpu` holds: the address of its list.
+/// `smp` writes it into each secondary's lowcore before starting it.
+#[cfg(target_arch = "s390x")]
+pub fn pcp_slot_value(cpu: usize) -> u64 {
+    core::ptr::from_ref(&PCP[cpu % MAX_PCP]).expose_provenance() as u64
+}
+
+/// Set the boot CPU's `PCP` lowcore slot (first thing `start_kernel` does).
+#[cfg(target_arch = "s390x")]
+pub fn init_boot_cpu_pcp() {
+    // SAFETY: PCP is zdat's software slot; nothing reads it before this.
+    unsafe {
+        crate::arch::s390x::insn::lowcore_write_u64(crate::arch::lowcore::PCP, pcp_slot_value(0))
+    };
+}
+
+/// Run `f` on this CPU's list.
+///
+/// On s390x nothing else can be touching it: only this CPU uses it, and
+/// kernel code runs with external and I/O interruptions masked, so nothing
+/// can interrupt a list operation half-way (see `pcp`). Host tests run
+/// threads that all play CPU 0, so there a flag admits one at a time and
+/// the others fall back to the zone lock (`None`).
+#[inline(always)]
+fn with_pcp<R>(f: impl FnOnce(&PcpList<'static>) -> R) -> Option<R> {
     #[cfg(target_arch = "s390x")]
     {
-        crate::smp::cpu_nr() % MAX_PCP
+        debug_assert!(
+            crate::arch::s390x::insn::psw_mask()
+                & (crate::arch::psw::mask::EXT | crate::arch::psw::mask::IO)
+                == 0,
+            "page allocator entered with interruptions enabled"
+        );
+        let slot = crate::arch::s390x::insn::lowcore_read_u64(crate::arch::lowcore::PCP);
+        // SAFETY: the slot holds the address of an element of `PCP` (set by
+        // `init_boot_cpu_pcp` or `smp` before the CPU runs any other code).
+        Some(f(unsafe {
+            &*core::ptr::with_exposed_provenance::<PcpList<'static>>(slot as usize)
+        }))
     }
     #[cfg(not(target_arch = "s390x"))]
     {
-        0
+        static BUSY: AtomicU32 = AtomicU32::new(0);
+        if BUSY
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let r = f(&PCP[0]);
+        BUSY.store(0, Ordering::Release);
+        Some(r)
     }
-}
-
-/// Run `f` on this CPU's list; `None` if it is in use (re-entered).
-fn with_pcp<R>(f: impl FnOnce(&mut PcpList) -> R) -> Option<R> {
-    let cell = &PCP[this_cpu()];
-    if cell
-        .busy
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return None;
-    }
-    // SAFETY: the busy flag was clear and is now ours: no other reference to
-    // the list exists until it is cleared below.
-    let list = unsafe { &mut *cell.list.get() };
-    let r = f(list);
-    cell.count.store(list.count(), Ordering::Relaxed);
-    cell.busy.store(0, Ordering::Release);
-    Some(r)
 }
 
 /// Where memory management put things at boot.
@@ -252,44 +259,87 @@ pub fn page_address(page: &Page) -> Option<VirtAddr> {
     memmap().page_address(page)
 }
 
-/// An owned block of 2^order frames from `alloc_pages`. Not `Clone`: the
-/// handle is the ownership. Give it back with `free_pages`.
+/// An owned block of 2^order frames from `alloc_pages`: like Linux's
+/// `struct page *`, a reference to the head page's entry, with the order in
+/// the entry address's low bits (entries are 64-byte aligned), so the
+/// handle is one word. Converting to a frame number is arithmetic, done
+/// only when asked. Not `Clone`: the handle is the ownership. Give it back
+/// with `free_pages`.
 #[must_use = "dropping the handle leaks the frames: give them back with free_pages"]
-#[derive(Debug, PartialEq, Eq)]
 pub struct Pages {
-    pfn: Pfn,
-    order: u32,
+    tagged: NonNull<Page>,
+}
+
+/// Low bits of `Pages::tagged` holding the order.
+const ORDER_TAG: usize = core::mem::align_of::<Page>() - 1;
+const _: () = assert!(MAX_ORDER as usize <= ORDER_TAG);
+
+// SAFETY: a `Pages` is a `&'static Page` (Page is all atomics, so Sync)
+// plus an order; the frames it owns may be handed to another CPU.
+unsafe impl Send for Pages {}
+// SAFETY: as above; `&Pages` only reads the entry.
+unsafe impl Sync for Pages {}
+
+impl PartialEq for Pages {
+    fn eq(&self, other: &Self) -> bool {
+        self.tagged == other.tagged
+    }
+}
+
+impl Eq for Pages {}
+
+impl core::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pages")
+            .field("pfn", &self.pfn())
+            .field("order", &self.order())
+            .finish()
+    }
 }
 
 impl Pages {
-    pub fn pfn(&self) -> Pfn {
-        self.pfn
+    #[inline(always)]
+    fn new(page: &'static Page, order: u32) -> Self {
+        debug_assert!(order <= MAX_ORDER);
+        Self {
+            tagged: NonNull::from(page).map_addr(|a| a | (order as usize & ORDER_TAG)),
+        }
     }
 
+    pub fn pfn(&self) -> Pfn {
+        // A handle's page is always an entry of the memmap.
+        memmap().page_to_pfn(self.page()).unwrap_or(Pfn(u64::MAX))
+    }
+
+    #[inline(always)]
     pub fn order(&self) -> u32 {
-        self.order
+        (self.tagged.addr().get() & ORDER_TAG) as u32
     }
 
     pub fn nr_pages(&self) -> u64 {
-        1 << self.order
+        1 << self.order()
     }
 
     pub fn phys(&self) -> PhysAddr {
-        PhysAddr(self.pfn.0 * PAGE_SIZE)
+        PhysAddr(self.pfn().0 * PAGE_SIZE)
     }
 
     pub fn virt(&self) -> VirtAddr {
-        memmap().pfn_to_virt(self.pfn)
+        memmap().pfn_to_virt(self.pfn())
     }
 
     /// The head page's metadata.
+    #[inline(always)]
     pub fn page(&self) -> &'static Page {
-        pfn_to_page(self.pfn).expect("Pages outside the memmap")
+        let p = self.tagged.as_ptr().map_addr(|a| a & !ORDER_TAG);
+        // SAFETY: `tagged` is a `&'static Page` with the order or-ed into
+        // bits the alignment leaves clear; masking them restores it.
+        unsafe { &*p }
     }
 
     /// The frames' memory. The handle owns them, so this is exclusive.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let ptr = memmap().frame_ptr(self.pfn);
+        let ptr = memmap().frame_ptr(self.pfn());
         // SAFETY: the block is allocated to this handle alone, identity
         // (or host-buffer) mapped, and 2^order pages long.
         unsafe { core::slice::from_raw_parts_mut(ptr, (self.nr_pages() * PAGE_SIZE) as usize) }
@@ -298,7 +348,7 @@ impl Pages {
     /// Give up the handle, keeping the frames allocated (for structures that
     /// track them by address, like page tables).
     pub fn into_raw(self) -> (Pfn, u32) {
-        (self.pfn, self.order)
+        (self.pfn(), self.order())
     }
 
     /// Rebuild a handle from `into_raw`.
@@ -307,41 +357,95 @@ impl Pages {
     /// `(pfn, order)` must come from `into_raw` and no other handle to the
     /// block may exist.
     pub unsafe fn from_raw(pfn: Pfn, order: u32) -> Self {
-        Self { pfn, order }
+        // Indexing panics on a pfn outside the memmap: a broken contract.
+        Self::new(&memmap().pages()[pfn.0 as usize], order)
     }
 }
 
-/// Allocate 2^order contiguous frames (Linux alloc_pages).
+/// Allocate 2^order contiguous frames (Linux alloc_pages). The order-0
+/// fast path (this CPU's list has a page, no injected failure armed) is
+/// inlined into the caller; everything else is `alloc_pages_slow`.
+#[inline(always)]
 pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
-    if fail::should_fail() {
-        return Err(AllocError::NoMemory);
+    if order > MAX_ORDER {
+        return Err(AllocError::BadOrder);
     }
-    // SMP: the zone lock; interruption handlers never allocate, so it cannot
-    // be taken recursively on one CPU.
-    let pfn = if order == 0 {
-        let map = memmap();
-        match with_pcp(|pcp| pcp.alloc(map, zone)) {
-            Some(r) => r?,
-            None => zone().lock().alloc(0, AllocFlags::empty())?,
+    if order == 0 && !fail::armed() {
+        if let Some(Some(page)) = with_pcp(PcpList::alloc) {
+            let p = Pages::new(page, 0);
+            if flags.contains(AllocFlags::ZERO) {
+                zero_block(&p);
+            }
+            return Ok(p);
+        }
+    }
+    // Returned in a register: the only error left is NoMemory.
+    alloc_pages_slow(order, flags).ok_or(AllocError::NoMemory)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_pages_slow(order: u32, flags: AllocFlags) -> Option<Pages> {
+    if fail::should_fail() {
+        return None;
+    }
+    let map = memmap();
+    let p = if order == 0 {
+        // Refill this CPU's list (or use the zone directly if the list is
+        // busy: host tests only).
+        let r = with_pcp(|pcp| pcp.alloc_or_refill(map, zone()).ok());
+        match r {
+            Some(page) => Pages::new(page?, 0),
+            None => {
+                let pfn = zone().lock().alloc(0, AllocFlags::empty()).ok()?;
+                Pages::new(&map.pages()[pfn.0 as usize], 0)
+            }
         }
     } else {
-        zone().lock().alloc(order, AllocFlags::empty())?
+        // SMP: the zone lock; interruption handlers never allocate, so it
+        // cannot be taken recursively on one CPU.
+        let pfn = zone().lock().alloc(order, AllocFlags::empty()).ok()?;
+        Pages::new(&map.pages()[pfn.0 as usize], order)
     };
     if flags.contains(AllocFlags::ZERO) {
-        // SAFETY: the block was just allocated: nobody else uses its memory.
-        unsafe { clear_frames(memmap().frame_ptr(pfn), PAGE_SIZE << order) };
+        zero_block(&p);
     }
-    Ok(Pages { pfn, order })
+    Some(p)
+}
+
+#[inline(never)]
+fn zero_block(p: &Pages) {
+    // SAFETY: the block was just allocated to `p`: nobody else uses it.
+    unsafe { clear_frames(memmap().frame_ptr(p.pfn()), PAGE_SIZE << p.order()) };
 }
 
 /// Give frames back (Linux __free_pages). A block left in a bad state
 /// (extra reference, mapping still set, a page-table type) is refused,
-/// reported, and handed back unchanged so the caller can fix it.
+/// reported, and handed back unchanged so the caller can fix it. The
+/// order-0 fast path is inlined into the caller.
+#[inline(always)]
 pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
-    match free_block(p.pfn, p.order) {
+    if p.order() == 0 {
+        match with_pcp(|pcp| pcp.free(p.page()).then(|| pcp.over_high())) {
+            Some(Some(false)) => return Ok(()),
+            Some(Some(true)) => {
+                drain_pcp_batch();
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    free_pages_slow(p)
+}
+
+#[cold]
+#[inline(never)]
+fn free_pages_slow(p: Pages) -> Result<(), (Pages, FreeError)> {
+    let pfn = p.pfn();
+    match free_block(pfn, p.order()) {
         Ok(()) => Ok(()),
         Err(e) => {
-            report_bad_page(p.pfn, e);
+            report_bad_page(pfn, e);
             Err((p, e))
         }
     }
@@ -364,11 +468,20 @@ pub unsafe fn free_pages_raw(pfn: Pfn, order: u32) -> Result<(), FreeError> {
 fn free_block(pfn: Pfn, order: u32) -> Result<(), FreeError> {
     if order == 0 {
         let map = memmap();
-        if let Some(r) = with_pcp(|pcp| pcp.free(map, zone, pfn)) {
+        if let Some(r) = with_pcp(|pcp| pcp.free_or_fallback(map, zone(), pfn)) {
             return r;
         }
     }
     zone().lock().free(pfn, order)
+}
+
+/// This CPU's list went above `PCP_HIGH`: give a batch back (Linux
+/// free_pcppages_bulk).
+#[cold]
+#[inline(never)]
+fn drain_pcp_batch() {
+    let map = memmap();
+    with_pcp(|pcp| pcp.drain(map, zone(), pcp::PCP_BATCH));
 }
 
 fn report_bad_page(pfn: Pfn, e: FreeError) {
@@ -398,7 +511,7 @@ pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
 
 /// Pages in every CPU's order-0 list.
 pub fn nr_pcp_pages() -> u64 {
-    PCP.iter().map(|c| c.count.load(Ordering::Relaxed)).sum()
+    PCP.iter().map(PcpList::count).sum()
 }
 
 /// Free pages in the allocator (buddy lists and the per-CPU list).

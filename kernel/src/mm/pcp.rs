@@ -4,173 +4,222 @@
 //! allocator in batches. Only a free that passes every check takes the
 //! fast path: anything unusual goes to the buddy allocator's `free`, which
 //! reports exactly what is wrong.
+//!
+//! The list is linked through the pages' `PcpArm::next` by entry address,
+//! so the fast paths never convert between frame numbers and entries: an
+//! allocation is a pop plus the page's new state, a free is three checks
+//! plus a push.
+//!
+//! Exclusion: only the owning CPU touches `head`, and it does so with
+//! external and I/O interruptions masked (all of zdat's kernel code runs
+//! disabled; interruptions arrive only in enabled waits, which the
+//! allocator never does). That is Linux's `local_irq_save` around the pcp,
+//! paid for once at boot instead of on every call. Other CPUs only read
+//! `count`.
 
-use core::sync::atomic::Ordering;
+use core::marker::PhantomData;
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use spin::Mutex;
 
 use super::addr::Pfn;
 use super::buddy::{AllocError, BuddyAllocator, FreeError};
 use super::memmap::MemMap;
-use super::page::{PageType, NIL};
+use super::page::{Page, PageType};
 
 /// Linux: pcp->high and pcp->batch.
 pub const PCP_HIGH: u64 = 96;
 pub const PCP_BATCH: u64 = 32;
 
-/// One CPU's list, linked through the pages' buddy-arm `next` word.
+/// One CPU's list of entries of a memmap that lives for `'a` (`'static`
+/// in the kernel, a simulated memmap in host tests).
 #[derive(Debug)]
-pub struct PcpList {
-    head: u64,
-    count: u64,
+#[repr(C)]
+pub struct PcpList<'a> {
+    /// First page's entry (null: empty). Owner CPU only.
+    head: AtomicPtr<Page>,
+    /// Pages on the list. Written by the owner, read by anyone.
+    count: AtomicU64,
+    _memmap: PhantomData<&'a Page>,
 }
 
-impl Default for PcpList {
+impl Default for PcpList<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl PcpList {
+impl<'a> PcpList<'a> {
     pub const fn new() -> Self {
         Self {
-            head: NIL,
-            count: 0,
+            head: AtomicPtr::new(ptr::null_mut()),
+            count: AtomicU64::new(0),
+            _memmap: PhantomData,
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.count
+        self.count.load(Ordering::Relaxed)
     }
 
-    fn push(&mut self, map: &MemMap<'_>, pfn: u64) {
-        map.pages()[pfn as usize]
-            .buddy()
-            .buddy_list
+    /// Owner-only update of the count: a plain load and store (no
+    /// interlocked update), atomic only so other CPUs may read it.
+    #[inline(always)]
+    fn add_count(&self, d: i64) {
+        self.count.store(
+            self.count.load(Ordering::Relaxed).wrapping_add_signed(d),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline(always)]
+    fn push(&self, page: &'a Page) {
+        page.pcp()
             .next
-            .store(self.head, Ordering::Relaxed);
-        self.head = pfn;
-        self.count += 1;
+            .store(self.head.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.head
+            .store(ptr::from_ref(page).cast_mut(), Ordering::Relaxed);
+        self.add_count(1);
     }
 
-    /// Take an order-0 page: Allocated, refcount 1, union words clear.
-    #[inline]
-    pub fn alloc<'z, 'b: 'z>(
-        &mut self,
-        map: &MemMap<'_>,
-        zone: impl FnOnce() -> &'z Mutex<BuddyAllocator<'b>>,
-    ) -> Result<Pfn, AllocError> {
-        if self.head == NIL {
-            self.refill(map, zone())?;
-        }
-        let pfn = self.head;
-        let page = &map.pages()[pfn as usize];
-        let link = &page.buddy().buddy_list.next;
-        self.head = link.load(Ordering::Relaxed);
-        self.count -= 1;
-        // The other union words were cleared when the page was freed here
-        // (or taken from the buddy lists); flags are 0 for any Pcp page.
-        link.store(0, Ordering::Relaxed);
+    #[inline(always)]
+    fn pop(&self) -> Option<&'a Page> {
+        let head = self.head.load(Ordering::Relaxed);
+        // SAFETY: the list holds only entries pushed as `&'a Page`.
+        let page: &'a Page = unsafe { head.as_ref()? };
+        self.head
+            .store(page.pcp().next.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.add_count(-1);
+        Some(page)
+    }
+
+    /// Take an order-0 page: Allocated, refcount 1, flags and union words
+    /// clear (Linux's prep_new_page). `None` when the list is empty: the
+    /// caller refills it.
+    #[inline(always)]
+    pub fn alloc(&self) -> Option<&'a Page> {
+        let page = self.pop()?;
+        // Flags are 0 on every Pcp page (checked on free, cleared by the
+        // buddy allocator); the union words keep the last owner's values
+        // until here.
+        page.clear_union();
         page.set_refcount(1);
         page.set_page_type(PageType::Allocated);
-        Ok(Pfn(pfn))
+        Some(page)
     }
 
-    #[inline(never)]
-    fn refill(
-        &mut self,
-        map: &MemMap<'_>,
-        zone: &Mutex<BuddyAllocator<'_>>,
-    ) -> Result<(), AllocError> {
-        {
-            let mut z = zone.lock();
-            let mut got = NIL;
-            let n = z.take_for_pcp(PCP_BATCH, |pfn| {
-                map.pages()[pfn as usize]
-                    .buddy()
-                    .buddy_list
-                    .next
-                    .store(got, Ordering::Relaxed);
-                got = pfn;
-            });
-            if n == 0 {
-                return Err(AllocError::NoMemory);
-            }
-            self.head = got;
-            self.count = n;
-        }
-        Ok(())
-    }
-
-    /// Free an order-0 page. The fast path needs exactly what the buddy
-    /// allocator's checks want (an Allocated order-0 head, refcount 1,
-    /// mapping clear); anything else goes to `BuddyAllocator::free`.
-    #[inline]
-    pub fn free<'z, 'b: 'z>(
-        &mut self,
-        map: &MemMap<'_>,
-        zone: impl FnOnce() -> &'z Mutex<BuddyAllocator<'b>>,
-        pfn: Pfn,
-    ) -> Result<(), FreeError> {
-        let Some(page) = map.pfn_to_page(pfn) else {
-            return zone().lock().free(pfn, 0);
-        };
+    /// Free an order-0 page if it is exactly what the buddy allocator's
+    /// checks want: an Allocated page with flags 0 (so order 0, no head),
+    /// refcount 1 and mapping clear. `false` leaves it untouched for
+    /// `BuddyAllocator::free`, which names what is wrong. Returns `true`
+    /// with the list above `PCP_HIGH` handled by the caller (`over_high`).
+    #[inline(always)]
+    pub fn free(&self, page: &'a Page) -> bool {
+        // Flags and mapping both 0: one test of the two words or-ed.
         if !(page.has_type(PageType::Allocated)
-            && page.raw_flags() == 0
             && page.refcount() == 1
-            && page.mapping() == 0)
+            && (page.raw_flags() | page.mapping()) == 0)
         {
-            return zone().lock().free(pfn, 0);
+            return false;
         }
         page.set_refcount(0);
         page.set_page_type(PageType::Pcp);
-        let w = page.words();
-        w[1].store(0, Ordering::Relaxed);
-        w[3].store(0, Ordering::Relaxed);
-        w[4].store(0, Ordering::Relaxed);
-        self.push(map, pfn.0);
-        if self.count > PCP_HIGH {
-            self.drain(map, zone(), PCP_BATCH);
+        self.push(page);
+        true
+    }
+
+    /// Whether a free left more than `PCP_HIGH` pages here.
+    #[inline(always)]
+    pub fn over_high(&self) -> bool {
+        self.count() > PCP_HIGH
+    }
+
+    /// Fill an empty list with up to `PCP_BATCH` pages from the zone.
+    #[inline(never)]
+    pub fn refill(
+        &self,
+        map: &MemMap<'a>,
+        zone: &Mutex<BuddyAllocator<'_>>,
+    ) -> Result<(), AllocError> {
+        let mut z = zone.lock();
+        let n = z.take_for_pcp(PCP_BATCH, |pfn| {
+            self.push(&map.pages()[pfn as usize]);
+        });
+        if n == 0 {
+            return Err(AllocError::NoMemory);
         }
         Ok(())
     }
 
-    /// Give up to `n` pages back to the buddy allocator.
-    pub fn drain(&mut self, map: &MemMap<'_>, zone: &Mutex<BuddyAllocator<'_>>, n: u64) {
-        let mut z = zone.lock();
-        for _ in 0..n {
-            if self.head == NIL {
-                break;
+    /// The slow half of an order-0 allocation: take a page, refilling the
+    /// list from the zone when it is empty.
+    pub fn alloc_or_refill(
+        &self,
+        map: &MemMap<'a>,
+        zone: &Mutex<BuddyAllocator<'_>>,
+    ) -> Result<&'a Page, AllocError> {
+        if let Some(page) = self.alloc() {
+            return Ok(page);
+        }
+        self.refill(map, zone)?;
+        self.alloc().ok_or(AllocError::NoMemory)
+    }
+
+    /// A whole order-0 free by frame number: the fast path, a batch drain
+    /// past `PCP_HIGH`, or the buddy allocator's checked free (which
+    /// refuses misuse and says why).
+    pub fn free_or_fallback(
+        &self,
+        map: &MemMap<'a>,
+        zone: &Mutex<BuddyAllocator<'_>>,
+        pfn: Pfn,
+    ) -> Result<(), FreeError> {
+        match map.pfn_to_page(pfn) {
+            Some(page) if self.free(page) => {
+                if self.over_high() {
+                    self.drain(map, zone, PCP_BATCH);
+                }
+                Ok(())
             }
-            let pfn = self.head;
-            self.head = map.pages()[pfn as usize]
-                .buddy()
-                .buddy_list
-                .next
-                .load(Ordering::Relaxed);
-            self.count -= 1;
-            z.give_from_pcp(pfn);
+            _ => zone.lock().free(pfn, 0),
         }
     }
 
-    /// Walk the list: every entry a Pcp page; the count right.
+    /// Give up to `n` pages back to the buddy allocator.
+    #[inline(never)]
+    pub fn drain(&self, map: &MemMap<'_>, zone: &Mutex<BuddyAllocator<'_>>, n: u64) {
+        let mut z = zone.lock();
+        for _ in 0..n {
+            let Some(page) = self.pop() else { break };
+            // Every entry came from the memmap (`free` takes a `Pages`
+            // handle's page, `refill` memmap entries); `check` reports it
+            // if that ever breaks.
+            if let Some(pfn) = map.page_to_pfn(page) {
+                z.give_from_pcp(pfn.0);
+            }
+        }
+    }
+
+    /// Walk the list: every entry a Pcp page of the memmap; the count right.
     pub fn check(&self, map: &MemMap<'_>) -> Result<u64, Pfn> {
         let mut n = 0;
-        let mut pfn = self.head;
-        while pfn != NIL {
-            match map.pfn_to_page(Pfn(pfn)) {
-                Some(p) if p.has_type(PageType::Pcp) && n < map.nr_pages() => {}
-                _ => return Err(Pfn(pfn)),
+        let mut cur = self.head.load(Ordering::Relaxed);
+        while !cur.is_null() {
+            // Nothing is read through `cur` before it is known to be an
+            // entry of the memmap.
+            let Some(pfn) = map.entry_to_pfn(cur) else {
+                return Err(Pfn(cur as u64));
+            };
+            let page = &map.pages()[pfn.0 as usize];
+            if !page.has_type(PageType::Pcp) || n >= map.nr_pages() {
+                return Err(pfn);
             }
             n += 1;
-            pfn = map.pages()[pfn as usize]
-                .buddy()
-                .buddy_list
-                .next
-                .load(Ordering::Relaxed);
+            cur = page.pcp().next.load(Ordering::Relaxed);
         }
-        if n != self.count {
-            return Err(Pfn(NIL));
+        if n != self.count() {
+            return Err(Pfn(u64::MAX));
         }
         Ok(n)
     }
