@@ -328,6 +328,12 @@ BENCH_TARGETS = {
                                  "peer_buddy_system_allocator_frame"], 150, 5.0),
     "memmap_init_per_frame": ([], 20, None),
 }
+# The peers, with a short column title, and our rows comparable to them.
+BENCH_PEERS = {
+    "peer_linked_list_allocator_page": "LLA",
+    "peer_buddy_system_allocator_frame": "BSA",
+}
+BENCH_PEER_ROWS = ["buddy_order0_alloc_free"]
 # Figures that are not times: (name, limit, what the limit means).
 VALUE_TARGETS = {
     "dat_fragment_ratio_x1000_scattered": (505, "fragments at most halve PTE-table memory (ratio <= 0.5 + 1%)"),
@@ -365,9 +371,18 @@ def cmd_bench(args):
         # whole-run figures, which have no loop of their own to subtract).
         per_op = v - base if name.startswith(("buddy_order", "peer_", "dat_")) else v
         table[name] = round(per_op, 1)
-    print(f"{'benchmark':44} {'instr/op':>10}")
+    # Ratios against each peer for the rows that do the peers' work (one
+    # page allocated and freed): how many times fewer instructions we take.
+    peers = [p for p in BENCH_PEERS if p in table]
+    ratios = {}
+    for ours in BENCH_PEER_ROWS:
+        if ours in table and table[ours] > 0:
+            ratios[ours] = {p: round(table[p] / table[ours], 1) for p in peers}
+    head = "".join(f" {'x ' + BENCH_PEERS[p]:>12}" for p in peers)
+    print(f"{'benchmark':44} {'instr/op':>10}{head}")
     for name, v in table.items():
-        print(f"{name:44} {v:10.1f}")
+        cols = "".join(f" {ratios[name][p]:11.1f}x" for p in peers) if name in ratios else ""
+        print(f"{name:44} {v:10.1f}{cols}")
     if values:
         print()
         print(f"{'figure':44} {'value':>10}")
@@ -404,6 +419,7 @@ def cmd_bench(args):
     import json
     out.write_text(json.dumps({"unit": "guest instructions per operation",
                                "memory": args.memory, "results": table,
+                               "ratios_vs_peers": ratios,
                                "figures": {k: {"value": v, "unit": u} for k, (v, u) in values.items()}},
                               indent=2) + "\n")
     log(f"figures written to {out.relative_to(ROOT)}")
