@@ -117,7 +117,7 @@ pub struct CheckStats {
     pub free: u64,
     pub allocated: u64,
     pub reserved: u64,
-    /// Pages parked in per-CPU lists (type Pcp).
+    /// Pages in blocks parked in per-CPU lists (head typed Pcp).
     pub pcp: u64,
     pub other: u64,
 }
@@ -328,31 +328,46 @@ impl<'a> BuddyAllocator<'a> {
         }
     }
 
-    /// Take `n` order-0 pages for a per-CPU list, typed Pcp; `push` gets
-    /// each pfn. Returns how many there were.
-    pub fn take_for_pcp(&mut self, n: u64, mut push: impl FnMut(u64)) -> u64 {
+    /// Take up to `n` blocks of `order` for a per-CPU list: each laid out
+    /// as an allocated block (head flags of its order, other pages Tail) but
+    /// with the head typed Pcp and refcount 0; `push` gets each head pfn.
+    /// Returns how many blocks there were.
+    #[inline(always)]
+    pub fn take_for_pcp(&mut self, order: u32, n: u64, mut push: impl FnMut(u64)) -> u64 {
         let mut got = 0;
         while got < n {
-            let Some(pfn) = self.rmqueue(0) else { break };
+            let Some(pfn) = self.rmqueue(order) else {
+                break;
+            };
             let p = self.page(pfn);
-            p.set_page_type(PageType::Pcp);
-            p.set_flags(PageFlags::empty());
+            p.set_head(order);
             p.set_refcount(0);
+            p.set_page_type(PageType::Pcp);
+            for t in pfn + 1..pfn + (1 << order) {
+                self.page(t).set_page_type(PageType::Tail);
+            }
             push(pfn);
             got += 1;
         }
-        self.nr_free_pages -= got;
+        self.nr_free_pages -= got << order;
         got
     }
 
-    /// Take back a page from a per-CPU list (type Pcp) and merge it.
-    pub fn give_from_pcp(&mut self, pfn: u64) {
+    /// Take back a block of `order` from a per-CPU list (head typed Pcp)
+    /// and merge it. Inlined into the drain loops, where the order is a
+    /// constant.
+    #[inline(always)]
+    pub fn give_from_pcp(&mut self, pfn: u64, order: u32) {
         let p = self.page(pfn);
-        debug_assert!(p.has_type(PageType::Pcp));
+        debug_assert!(p.has_type(PageType::Pcp) && p.head_order() == order);
+        for t in pfn + 1..pfn + (1 << order) {
+            self.page(t).set_page_type(PageType::Free);
+        }
+        p.set_head(0);
         p.clear_union();
         p.set_page_type(PageType::Free);
-        self.nr_free_pages += 1;
-        self.free_one_page(pfn, 0);
+        self.nr_free_pages += 1 << order;
+        self.free_one_page(pfn, order);
     }
 
     /// Allocate 2^order contiguous, order-aligned frames. The head page is
@@ -539,8 +554,8 @@ impl<'a> BuddyAllocator<'a> {
                     )
                 }
                 Some(PageType::Pcp) => {
-                    stats.pcp += 1;
-                    (1, PageType::Free)
+                    stats.pcp += 1 << p.head_order();
+                    (1u64 << p.head_order(), PageType::Tail)
                 }
                 Some(PageType::Allocated) | Some(PageType::Heap) => {
                     stats.allocated += 1 << p.head_order();

@@ -10,7 +10,7 @@ use super::addr::{Pfn, PAGE_SIZE};
 use super::buddy::{AllocError, AllocFlags, BuddyAllocator, FreeError, MAX_ORDER};
 use super::memmap::MemMap;
 use super::page::{Page, PageType};
-use super::pcp::{PcpList, PCP_HIGH};
+use super::pcp::{PcpList, PCP_HIGH, PCP_MAX_ORDER};
 use spin::Mutex;
 
 #[repr(C, align(4096))]
@@ -137,8 +137,8 @@ proptest! {
         let mut live: Vec<(Pfn, u32)> = Vec::new();
         for op in ops {
             match op {
-                Op::Alloc(order) => match if order == 0 {
-                    pcp.alloc_or_refill(&map, &zone).map(|p| map.page_to_pfn(p).expect("memmap entry"))
+                Op::Alloc(order) => match if order <= PCP_MAX_ORDER {
+                    pcp.alloc_or_refill(&map, &zone, order).map(|p| map.page_to_pfn(p).expect("memmap entry"))
                 } else {
                     zone.lock().alloc(order, AllocFlags::empty())
                 } {
@@ -159,7 +159,7 @@ proptest! {
                 },
                 Op::Free(i) if !live.is_empty() => {
                     let (pfn, order) = live.swap_remove(i % live.len());
-                    let r = if order == 0 { pcp.free_or_fallback(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+                    let r = if order <= PCP_MAX_ORDER { pcp.free_or_fallback(&map, &zone, pfn, order) } else { zone.lock().free(pfn, order) };
                     prop_assert_eq!(r, Ok(()));
                     for f in pfn.0..pfn.0 + (1 << order) {
                         owner[f as usize] = false;
@@ -177,7 +177,7 @@ proptest! {
             prop_assert_eq!(zone.lock().nr_free_pages() + pcp.count(), initial_free - allocated);
         }
         for (pfn, order) in live.drain(..) {
-            let r = if order == 0 { pcp.free_or_fallback(&map, &zone, pfn) } else { zone.lock().free(pfn, order) };
+            let r = if order <= PCP_MAX_ORDER { pcp.free_or_fallback(&map, &zone, pfn, order) } else { zone.lock().free(pfn, order) };
             prop_assert_eq!(r, Ok(()));
         }
         pcp.drain(&map, &zone, u64::MAX);
@@ -379,10 +379,10 @@ fn pcp_fast_path_and_misuse() {
     let zone = Mutex::new(boot(&map));
     let pcp = PcpList::new();
     let alloc = || {
-        pcp.alloc_or_refill(&map, &zone)
+        pcp.alloc_or_refill(&map, &zone, 0)
             .map(|p| map.page_to_pfn(p).expect("memmap entry"))
     };
-    let free = |pfn| pcp.free_or_fallback(&map, &zone, pfn);
+    let free = |pfn| pcp.free_or_fallback(&map, &zone, pfn, 0);
     let start = zone.lock().nr_free_pages();
     let a = alloc().unwrap();
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH - 1);
@@ -426,6 +426,82 @@ fn pcp_fast_path_and_misuse() {
     let many: Vec<Pfn> = (0..PCP_HIGH + 10).map(|_| alloc().unwrap()).collect();
     for p in many {
         free(p).unwrap();
+        assert!(pcp.count() <= PCP_HIGH);
+    }
+    let stats = zone.lock().check().unwrap();
+    assert_eq!(pcp.check(&map), Ok(stats.pcp));
+    pcp.drain(&map, &zone, u64::MAX);
+    assert_eq!(pcp.count(), 0);
+    assert_eq!(zone.lock().nr_free_pages(), start);
+    assert!(zone.lock().check().is_ok());
+}
+
+/// Orders 1 to 3 on the per-CPU lists: blocks keep an allocated block's
+/// layout, come back LIFO, and every misuse still gets the zone's answer.
+#[test]
+fn pcp_high_orders() {
+    let sim = Sim::new(FRAMES);
+    let map = sim.map();
+    let zone = Mutex::new(boot(&map));
+    let pcp = PcpList::new();
+    let start = zone.lock().nr_free_pages();
+    let alloc = |order| {
+        pcp.alloc_or_refill(&map, &zone, order)
+            .map(|p| map.page_to_pfn(p).expect("memmap entry"))
+    };
+    let free = |pfn, order| pcp.free_or_fallback(&map, &zone, pfn, order);
+    for order in 1..=PCP_MAX_ORDER {
+        let c0 = pcp.count();
+        let a = alloc(order).unwrap();
+        assert!(a.is_aligned_to_order(order));
+        // A refill takes a batch of PCP_BATCH pages as blocks of `order`.
+        assert_eq!(pcp.count(), c0 + super::pcp::PCP_BATCH - (1 << order));
+        let head = map.pfn_to_page(a).unwrap();
+        assert!(head.has_type(PageType::Allocated));
+        assert_eq!(head.head_order(), order);
+        assert_eq!(head.refcount(), 1);
+        assert_eq!(free(a, order), Ok(()));
+        assert!(head.has_type(PageType::Pcp));
+        assert_eq!(alloc(order), Ok(a), "LIFO");
+        // Misuse: the zone's refusals, and nothing changes.
+        let before = pcp.count();
+        assert_eq!(
+            free(a, order - 1),
+            Err(FreeError::WrongOrder { allocated: order })
+        );
+        assert_eq!(free(Pfn(a.0 + 1), order), Err(FreeError::NotHead));
+        let tail = map.pfn_to_page(Pfn(a.0 + (1 << order) - 1)).unwrap();
+        tail.set_page_type(PageType::Allocated);
+        assert_eq!(
+            free(a, order),
+            Err(FreeError::BadTail(Pfn(a.0 + (1 << order) - 1)))
+        );
+        tail.set_page_type(PageType::Tail);
+        head.page_ref_inc();
+        assert_eq!(free(a, order), Err(FreeError::BadRefcount(2)));
+        head.page_ref_dec();
+        assert_eq!(pcp.count(), before);
+        assert_eq!(free(a, order), Ok(()));
+        assert_eq!(free(a, order), Err(FreeError::AlreadyFree));
+        let stats = zone.lock().check().unwrap();
+        assert_eq!(pcp.check(&map), Ok(stats.pcp));
+    }
+    // Past the high mark the lists drain back under it.
+    let mut many: Vec<(Pfn, u32)> = Vec::new();
+    let mut pages = 0;
+    while pages <= PCP_HIGH + 8 {
+        // Mixed orders; order 0 when memory (small under Miri) is too
+        // fragmented for the larger ones.
+        let order = many.len() as u32 % (PCP_MAX_ORDER + 1);
+        let (pfn, order) = match alloc(order) {
+            Ok(pfn) => (pfn, order),
+            Err(_) => (alloc(0).unwrap(), 0),
+        };
+        many.push((pfn, order));
+        pages += 1 << order;
+    }
+    for (p, order) in many {
+        free(p, order).unwrap();
         assert!(pcp.count() <= PCP_HIGH);
     }
     let stats = zone.lock().check().unwrap();

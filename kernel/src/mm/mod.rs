@@ -30,7 +30,7 @@ pub use buddy::{AllocError, AllocFlags, FreeError, MAX_ORDER};
 use buddy::{BuddyAllocator, CheckError, CheckStats};
 use memmap::MemMap;
 use page::Page;
-use pcp::PcpList;
+use pcp::{PcpList, PCP_MAX_ORDER};
 
 static MEMMAP: Once<MemMap<'static>> = Once::new();
 /// The zone lock. SMP: taken by every CPU for refills and merges; order-0
@@ -362,17 +362,18 @@ impl Pages {
     }
 }
 
-/// Allocate 2^order contiguous frames (Linux alloc_pages). The order-0
-/// fast path (this CPU's list has a page, no injected failure armed) is
-/// inlined into the caller; everything else is `alloc_pages_slow`.
+/// Allocate 2^order contiguous frames (Linux alloc_pages). The fast path
+/// (an order this CPU keeps lists for, a block on its list, no injected
+/// failure armed) is inlined into the caller; everything else is
+/// `alloc_pages_slow`.
 #[inline(always)]
 pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
     if order > MAX_ORDER {
         return Err(AllocError::BadOrder);
     }
-    if order == 0 && !fail::armed() {
-        if let Some(Some(page)) = with_pcp(PcpList::alloc) {
-            let p = Pages::new(page, 0);
+    if order <= PCP_MAX_ORDER && !fail::armed() {
+        if let Some(Some(page)) = with_pcp(|pcp| pcp.alloc(order)) {
+            let p = Pages::new(page, order);
             if flags.contains(AllocFlags::ZERO) {
                 zero_block(&p);
             }
@@ -390,15 +391,15 @@ fn alloc_pages_slow(order: u32, flags: AllocFlags) -> Option<Pages> {
         return None;
     }
     let map = memmap();
-    let p = if order == 0 {
+    let p = if order <= PCP_MAX_ORDER {
         // Refill this CPU's list (or use the zone directly if the list is
         // busy: host tests only).
-        let r = with_pcp(|pcp| pcp.alloc_or_refill(map, zone()).ok());
+        let r = with_pcp(|pcp| pcp.alloc_or_refill(map, zone(), order).ok());
         match r {
-            Some(page) => Pages::new(page?, 0),
+            Some(page) => Pages::new(page?, order),
             None => {
-                let pfn = zone().lock().alloc(0, AllocFlags::empty()).ok()?;
-                Pages::new(&map.pages()[pfn.0 as usize], 0)
+                let pfn = zone().lock().alloc(order, AllocFlags::empty()).ok()?;
+                Pages::new(&map.pages()[pfn.0 as usize], order)
             }
         }
     } else {
@@ -422,7 +423,8 @@ fn zero_block(p: &Pages) {
 /// Give frames back (Linux __free_pages). A block left in a bad state
 /// (extra reference, mapping still set, a page-table type) is refused,
 /// reported, and handed back unchanged so the caller can fix it. The
-/// order-0 fast path is inlined into the caller.
+/// order-0 fast path is inlined into the caller; orders 1 to 3 go to the
+/// per-CPU lists out of line.
 #[inline(always)]
 pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
     if p.order() == 0 {
@@ -466,22 +468,22 @@ pub unsafe fn free_pages_raw(pfn: Pfn, order: u32) -> Result<(), FreeError> {
 }
 
 fn free_block(pfn: Pfn, order: u32) -> Result<(), FreeError> {
-    if order == 0 {
+    if order <= PCP_MAX_ORDER {
         let map = memmap();
-        if let Some(r) = with_pcp(|pcp| pcp.free_or_fallback(map, zone(), pfn)) {
+        if let Some(r) = with_pcp(|pcp| pcp.free_or_fallback(map, zone(), pfn, order)) {
             return r;
         }
     }
     zone().lock().free(pfn, order)
 }
 
-/// This CPU's list went above `PCP_HIGH`: give a batch back (Linux
+/// This CPU's lists went above `PCP_HIGH`: give batches back (Linux
 /// free_pcppages_bulk).
 #[cold]
 #[inline(never)]
 fn drain_pcp_batch() {
     let map = memmap();
-    with_pcp(|pcp| pcp.drain(map, zone(), pcp::PCP_BATCH));
+    with_pcp(|pcp| pcp.drain_to_high(map, zone()));
 }
 
 fn report_bad_page(pfn: Pfn, e: FreeError) {

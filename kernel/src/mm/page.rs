@@ -42,7 +42,8 @@ pub enum PageType {
     Free = 0,
     /// Head of a free buddy block; the order is in the buddy arm.
     Buddy = 1,
-    /// Free, parked in the per-CPU order-0 list.
+    /// Head of a free block parked in a per-CPU list (orders 0 to 3); the
+    /// order is in the flags, the other pages are Tail.
     Pcp = 2,
     /// Head of a block handed out by `alloc_pages` (generic arm, owner's use).
     Allocated = 3,
@@ -109,7 +110,7 @@ pub struct BuddyArm {
     pub order: AtomicU64,
 }
 
-/// A free page parked in a per-CPU order-0 list (type `Pcp`): singly
+/// A free block's head parked in a per-CPU list (type `Pcp`): singly
 /// linked by the address of the next page's entry, so the allocator's fast
 /// path never converts between frame numbers and entries. Only `next` and
 /// the `mapping` alias (0, checked on free) mean anything; the other words
@@ -297,11 +298,17 @@ impl Page {
         ((self.flags.load(Ordering::Relaxed) & ORDER_MASK) >> ORDER_SHIFT) as u32
     }
 
+    /// The whole flags word of a freshly allocated head of `order`: what
+    /// `set_head` stores, and what a free of that order expects to find.
+    #[inline(always)]
+    pub const fn head_flags(order: u32) -> u64 {
+        let f = if order > 0 { PageFlags::HEAD.bits() } else { 0 };
+        f | ((order as u64) << ORDER_SHIFT)
+    }
+
     /// Mark this page the head of an allocated block of `order`.
     pub fn set_head(&self, order: u32) {
-        let f = if order > 0 { PageFlags::HEAD.bits() } else { 0 };
-        self.flags
-            .store(f | ((order as u64) << ORDER_SHIFT), Ordering::Relaxed);
+        self.flags.store(Self::head_flags(order), Ordering::Relaxed);
     }
 
     pub fn raw_page_type(&self) -> u32 {

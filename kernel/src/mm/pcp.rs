@@ -1,16 +1,20 @@
-//! Per-CPU order-0 page lists (Linux's `per_cpu_pages`): order-0 frees and
-//! allocations go to a short LIFO list of the CPU, without the zone lock,
-//! splitting or merging; the list refills from and drains to the buddy
-//! allocator in batches. Only a free that passes every check takes the
-//! fast path: anything unusual goes to the buddy allocator's `free`, which
-//! reports exactly what is wrong.
+//! Per-CPU page lists (Linux's `per_cpu_pages`): allocations and frees of
+//! orders 0 to 3 (`PCP_MAX_ORDER`, Linux's PAGE_ALLOC_COSTLY_ORDER, which
+//! covers s390's 16 KiB region and segment tables) go to short LIFO lists
+//! of the CPU, one per order, without the zone lock, splitting or merging.
+//! The lists refill from and drain to the buddy allocator in batches. Only
+//! a free that passes every check takes the fast path: anything unusual
+//! goes to the buddy allocator's `free`, which reports exactly what is
+//! wrong.
 //!
-//! The list is linked through the pages' `PcpArm::next` by entry address,
-//! so the fast paths never convert between frame numbers and entries: an
-//! allocation is a pop plus the page's new state, a free is three checks
-//! plus a push.
+//! A block on a list keeps the layout of an allocated block (its order in
+//! the head's flags, the other pages Tail); only the head's type (Pcp) and
+//! refcount (0) differ. The lists are linked through `PcpArm::next` by
+//! entry address, so the fast paths never convert between frame numbers
+//! and entries: an allocation is a pop plus the head's new state, a free is
+//! three checks (plus the tails for orders above 0) and a push.
 //!
-//! Exclusion: only the owning CPU touches `head`, and it does so with
+//! Exclusion: only the owning CPU touches the heads, and it does so with
 //! external and I/O interruptions masked (all of zdat's kernel code runs
 //! disabled; interruptions arrive only in enabled waits, which the
 //! allocator never does). That is Linux's `local_irq_save` around the pcp,
@@ -28,18 +32,21 @@ use super::buddy::{AllocError, BuddyAllocator, FreeError};
 use super::memmap::MemMap;
 use super::page::{Page, PageType};
 
-/// Linux: pcp->high and pcp->batch.
+/// Linux: pcp->high and pcp->batch, in pages.
 pub const PCP_HIGH: u64 = 96;
 pub const PCP_BATCH: u64 = 32;
+/// Highest order kept on the lists (Linux: PAGE_ALLOC_COSTLY_ORDER).
+pub const PCP_MAX_ORDER: u32 = 3;
+pub const NR_PCP_LISTS: usize = PCP_MAX_ORDER as usize + 1;
 
-/// One CPU's list of entries of a memmap that lives for `'a` (`'static`
+/// One CPU's lists of blocks of a memmap that lives for `'a` (`'static`
 /// in the kernel, a simulated memmap in host tests).
 #[derive(Debug)]
 #[repr(C)]
 pub struct PcpList<'a> {
-    /// First page's entry (null: empty). Owner CPU only.
-    head: AtomicPtr<Page>,
-    /// Pages on the list. Written by the owner, read by anyone.
+    /// First head of each order (null: empty). Owner CPU only.
+    heads: [AtomicPtr<Page>; NR_PCP_LISTS],
+    /// Pages on all the lists. Written by the owner, read by anyone.
     count: AtomicU64,
     _memmap: PhantomData<&'a Page>,
 }
@@ -53,12 +60,13 @@ impl Default for PcpList<'_> {
 impl<'a> PcpList<'a> {
     pub const fn new() -> Self {
         Self {
-            head: AtomicPtr::new(ptr::null_mut()),
+            heads: [const { AtomicPtr::new(ptr::null_mut()) }; NR_PCP_LISTS],
             count: AtomicU64::new(0),
             _memmap: PhantomData,
         }
     }
 
+    /// Pages on the lists.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -74,35 +82,33 @@ impl<'a> PcpList<'a> {
     }
 
     #[inline(always)]
-    fn push(&self, page: &'a Page) {
+    fn push(&self, page: &'a Page, order: u32) {
+        let head = &self.heads[order as usize];
         page.pcp()
             .next
-            .store(self.head.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.head
-            .store(ptr::from_ref(page).cast_mut(), Ordering::Relaxed);
-        self.add_count(1);
+            .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+        head.store(ptr::from_ref(page).cast_mut(), Ordering::Relaxed);
+        self.add_count(1 << order);
     }
 
     #[inline(always)]
-    fn pop(&self) -> Option<&'a Page> {
-        let head = self.head.load(Ordering::Relaxed);
+    fn pop(&self, order: u32) -> Option<&'a Page> {
+        let head = &self.heads[order as usize];
         // SAFETY: the list holds only entries pushed as `&'a Page`.
-        let page: &'a Page = unsafe { head.as_ref()? };
-        self.head
-            .store(page.pcp().next.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.add_count(-1);
+        let page: &'a Page = unsafe { head.load(Ordering::Relaxed).as_ref()? };
+        head.store(page.pcp().next.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.add_count(-(1 << order));
         Some(page)
     }
 
-    /// Take an order-0 page: Allocated, refcount 1, flags and union words
-    /// clear (Linux's prep_new_page). `None` when the list is empty: the
-    /// caller refills it.
+    /// Take a block of `order` (at most `PCP_MAX_ORDER`): head Allocated,
+    /// refcount 1, union words clear (Linux's prep_new_page); flags and tails
+    /// are already those of an allocated block. `None` when the list is
+    /// empty: the caller refills it.
     #[inline(always)]
-    pub fn alloc(&self) -> Option<&'a Page> {
-        let page = self.pop()?;
-        // Flags are 0 on every Pcp page (checked on free, cleared by the
-        // buddy allocator); the union words keep the last owner's values
-        // until here.
+    pub fn alloc(&self, order: u32) -> Option<&'a Page> {
+        let page = self.pop(order)?;
+        // The union words keep the last owner's values until here.
         page.clear_union();
         page.set_refcount(1);
         page.set_page_type(PageType::Allocated);
@@ -112,8 +118,8 @@ impl<'a> PcpList<'a> {
     /// Free an order-0 page if it is exactly what the buddy allocator's
     /// checks want: an Allocated page with flags 0 (so order 0, no head),
     /// refcount 1 and mapping clear. `false` leaves it untouched for
-    /// `BuddyAllocator::free`, which names what is wrong. Returns `true`
-    /// with the list above `PCP_HIGH` handled by the caller (`over_high`).
+    /// `BuddyAllocator::free`, which names what is wrong. The caller drains
+    /// when `over_high` says so.
     #[inline(always)]
     pub fn free(&self, page: &'a Page) -> bool {
         // Flags and mapping both 0: one test of the two words or-ed.
@@ -125,7 +131,32 @@ impl<'a> PcpList<'a> {
         }
         page.set_refcount(0);
         page.set_page_type(PageType::Pcp);
-        self.push(page);
+        self.push(page, 0);
+        true
+    }
+
+    /// Free the block of `order` (1 to `PCP_MAX_ORDER`) headed by frame
+    /// `pfn` of `map` if it passes every check `BuddyAllocator::free` makes:
+    /// the head's flags exactly those of an allocated block of this order,
+    /// refcount 1, mapping clear, every other page Tail. `false` leaves it
+    /// untouched.
+    pub fn free_order(&self, map: &MemMap<'a>, pfn: Pfn, order: u32) -> bool {
+        debug_assert!(order > 0 && order <= PCP_MAX_ORDER);
+        let pages = map.pages();
+        let Some(block) = pages.get(pfn.0 as usize..(pfn.0 + (1 << order)) as usize) else {
+            return false;
+        };
+        let page = &block[0];
+        if !(page.has_type(PageType::Allocated)
+            && page.refcount() == 1
+            && ((page.raw_flags() ^ Page::head_flags(order)) | page.mapping()) == 0
+            && block[1..].iter().all(|t| t.has_type(PageType::Tail)))
+        {
+            return false;
+        }
+        page.set_refcount(0);
+        page.set_page_type(PageType::Pcp);
+        self.push(page, order);
         true
     }
 
@@ -135,16 +166,38 @@ impl<'a> PcpList<'a> {
         self.count() > PCP_HIGH
     }
 
-    /// Fill an empty list with up to `PCP_BATCH` pages from the zone.
+    /// Fill the empty list of `order` from the zone: a batch of
+    /// `PCP_BATCH` pages, less if that would take the lists above
+    /// `PCP_HIGH`, and at least one block.
     #[inline(never)]
     pub fn refill(
         &self,
         map: &MemMap<'a>,
         zone: &Mutex<BuddyAllocator<'_>>,
+        order: u32,
     ) -> Result<(), AllocError> {
+        // One copy per order, each with its order a constant.
+        const _: () = assert!(PCP_MAX_ORDER == 3);
+        match order {
+            0 => self.refill_order(map, zone, 0),
+            1 => self.refill_order(map, zone, 1),
+            2 => self.refill_order(map, zone, 2),
+            _ => self.refill_order(map, zone, PCP_MAX_ORDER),
+        }
+    }
+
+    #[inline(always)]
+    fn refill_order(
+        &self,
+        map: &MemMap<'a>,
+        zone: &Mutex<BuddyAllocator<'_>>,
+        order: u32,
+    ) -> Result<(), AllocError> {
+        let room = PCP_HIGH.saturating_sub(self.count()).min(PCP_BATCH);
+        let blocks = (room >> order).max(1);
         let mut z = zone.lock();
-        let n = z.take_for_pcp(PCP_BATCH, |pfn| {
-            self.push(&map.pages()[pfn as usize]);
+        let n = z.take_for_pcp(order, blocks, |pfn| {
+            self.push(&map.pages()[pfn as usize], order);
         });
         if n == 0 {
             return Err(AllocError::NoMemory);
@@ -152,75 +205,116 @@ impl<'a> PcpList<'a> {
         Ok(())
     }
 
-    /// The slow half of an order-0 allocation: take a page, refilling the
-    /// list from the zone when it is empty.
+    /// The slow half of an allocation of `order` (at most `PCP_MAX_ORDER`):
+    /// take a block, refilling the list from the zone when it is empty.
     pub fn alloc_or_refill(
         &self,
         map: &MemMap<'a>,
         zone: &Mutex<BuddyAllocator<'_>>,
+        order: u32,
     ) -> Result<&'a Page, AllocError> {
-        if let Some(page) = self.alloc() {
+        if let Some(page) = self.alloc(order) {
             return Ok(page);
         }
-        self.refill(map, zone)?;
-        self.alloc().ok_or(AllocError::NoMemory)
+        self.refill(map, zone, order)?;
+        self.alloc(order).ok_or(AllocError::NoMemory)
     }
 
-    /// A whole order-0 free by frame number: the fast path, a batch drain
-    /// past `PCP_HIGH`, or the buddy allocator's checked free (which
-    /// refuses misuse and says why).
+    /// A whole free of `order` (at most `PCP_MAX_ORDER`) by frame number:
+    /// the fast path and a drain past `PCP_HIGH`, or the buddy allocator's
+    /// checked free (which refuses misuse and says why).
     pub fn free_or_fallback(
         &self,
         map: &MemMap<'a>,
         zone: &Mutex<BuddyAllocator<'_>>,
         pfn: Pfn,
+        order: u32,
     ) -> Result<(), FreeError> {
-        match map.pfn_to_page(pfn) {
-            Some(page) if self.free(page) => {
-                if self.over_high() {
-                    self.drain(map, zone, PCP_BATCH);
-                }
-                Ok(())
-            }
-            _ => zone.lock().free(pfn, 0),
+        let freed = match order {
+            0 => map.pfn_to_page(pfn).is_some_and(|page| self.free(page)),
+            _ => self.free_order(map, pfn, order),
+        };
+        if !freed {
+            return zone.lock().free(pfn, order);
+        }
+        if self.over_high() {
+            self.drain_to_high(map, zone);
+        }
+        Ok(())
+    }
+
+    /// Give batches back to the buddy allocator until the lists hold at
+    /// most `PCP_HIGH` pages (Linux free_pcppages_bulk).
+    #[inline(never)]
+    pub fn drain_to_high(&self, map: &MemMap<'_>, zone: &Mutex<BuddyAllocator<'_>>) {
+        while self.over_high() {
+            self.drain(map, zone, PCP_BATCH);
         }
     }
 
-    /// Give up to `n` pages back to the buddy allocator.
+    /// Give at least `n` pages (or all there are) back to the buddy
+    /// allocator, lowest order first: those are the blocks the lists are
+    /// quickest to get back.
     #[inline(never)]
     pub fn drain(&self, map: &MemMap<'_>, zone: &Mutex<BuddyAllocator<'_>>, n: u64) {
+        const _: () = assert!(PCP_MAX_ORDER == 3);
         let mut z = zone.lock();
-        for _ in 0..n {
-            let Some(page) = self.pop() else { break };
+        let mut done = 0;
+        // One loop per order, each with its order a constant.
+        done += self.drain_order(map, &mut z, 0, n);
+        done += self.drain_order(map, &mut z, 1, n.saturating_sub(done));
+        done += self.drain_order(map, &mut z, 2, n.saturating_sub(done));
+        self.drain_order(map, &mut z, 3, n.saturating_sub(done));
+    }
+
+    /// Give blocks of `order` back until `n` pages are or the list is
+    /// empty; returns the pages given.
+    #[inline(always)]
+    fn drain_order(&self, map: &MemMap<'_>, z: &mut BuddyAllocator<'_>, order: u32, n: u64) -> u64 {
+        let mut done = 0;
+        while done < n {
+            let Some(page) = self.pop(order) else {
+                break;
+            };
             // Every entry came from the memmap (`free` takes a `Pages`
             // handle's page, `refill` memmap entries); `check` reports it
             // if that ever breaks.
             if let Some(pfn) = map.page_to_pfn(page) {
-                z.give_from_pcp(pfn.0);
+                z.give_from_pcp(pfn.0, order);
             }
+            done += 1 << order;
         }
+        done
     }
 
-    /// Walk the list: every entry a Pcp page of the memmap; the count right.
+    /// Walk the lists: every entry the Pcp head of a block of the list's
+    /// order in the memmap; the count right. Returns the pages counted.
     pub fn check(&self, map: &MemMap<'_>) -> Result<u64, Pfn> {
-        let mut n = 0;
-        let mut cur = self.head.load(Ordering::Relaxed);
-        while !cur.is_null() {
-            // Nothing is read through `cur` before it is known to be an
-            // entry of the memmap.
-            let Some(pfn) = map.entry_to_pfn(cur) else {
-                return Err(Pfn(cur as u64));
-            };
-            let page = &map.pages()[pfn.0 as usize];
-            if !page.has_type(PageType::Pcp) || n >= map.nr_pages() {
-                return Err(pfn);
+        let mut pages = 0;
+        for (order, head) in self.heads.iter().enumerate() {
+            let mut n = 0;
+            let mut cur = head.load(Ordering::Relaxed);
+            while !cur.is_null() {
+                // Nothing is read through `cur` before it is known to be an
+                // entry of the memmap.
+                let Some(pfn) = map.entry_to_pfn(cur) else {
+                    return Err(Pfn(cur as u64));
+                };
+                let page = &map.pages()[pfn.0 as usize];
+                if !page.has_type(PageType::Pcp)
+                    || page.head_order() != order as u32
+                    || n >= map.nr_pages()
+                {
+                    return Err(pfn);
+                }
+                n += 1;
+                cur = page.pcp().next.load(Ordering::Relaxed);
             }
-            n += 1;
-            cur = page.pcp().next.load(Ordering::Relaxed);
+            pages += n << order;
         }
-        if n != self.count() {
+        if pages != self.count() {
             return Err(Pfn(u64::MAX));
         }
-        Ok(n)
+        Ok(pages)
     }
 }
