@@ -8,7 +8,7 @@ use crate::panic::{exit, ExitStatus};
 use crate::{ktest, log, mm, pr_info, sclp};
 
 pub fn start_kernel(boot: BootInfo) -> ! {
-    // Before anything can allocate: this CPU's order-0 page list.
+    // Before anything can allocate: this CPU's per-CPU page lists.
     mm::init_boot_cpu_pcp();
     log::init();
     facility::detect();

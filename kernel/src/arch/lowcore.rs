@@ -91,8 +91,8 @@ pub const CPU_NR: usize = 0x5c0;
 pub const SECONDARY_STACK: usize = 0x5c8;
 /// PSW a secondary CPU switches to once its control registers are loaded.
 pub const SECONDARY_PSW: usize = 0x5d0;
-/// This CPU's order-0 page list (`mm::pcp`), like Linux s390's lowcore
-/// percpu_offset: one load finds it.
+/// This CPU's per-CPU page lists (`mm::pcp`), like Linux s390's lowcore
+/// percpu_offset: one load finds them.
 pub const PCP: usize = 0x5e0;
 /// Control registers 0-15 a secondary CPU starts with (128 bytes).
 pub const CR_SAVE: usize = 0x600;

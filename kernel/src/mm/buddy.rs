@@ -103,6 +103,9 @@ pub enum CheckError {
     },
     /// A page of a block has the wrong type.
     Inside { head: Pfn, pfn: Pfn, found: u32 },
+    /// The per-CPU lists' counts add up to `counted` pages, the memmap
+    /// shows `recorded` pages in listed blocks.
+    PcpCount { counted: u64, recorded: u64 },
     /// A page is free but not covered by any free block or the pcp list.
     Orphan { pfn: Pfn, found: u32 },
     /// The free-page total does not add up.
@@ -398,7 +401,7 @@ impl<'a> BuddyAllocator<'a> {
             None => return Err(FreeError::BadType(head.raw_page_type())),
             Some(t) if t.is_free() => return Err(FreeError::AlreadyFree),
             Some(PageType::Reserved) => return Err(FreeError::Reserved),
-            Some(PageType::Tail) => return Err(FreeError::NotHead),
+            Some(PageType::Tail) => return Err(self.tail_error(pfn)),
             Some(PageType::Allocated) => {}
             Some(t) => return Err(FreeError::InUse(t)),
         }
@@ -427,6 +430,25 @@ impl<'a> BuddyAllocator<'a> {
             }
         }
         Ok(())
+    }
+
+    /// What freeing a Tail page is: part of a block parked on a per-CPU
+    /// list (free already: `AlreadyFree`) or of an allocated block
+    /// (`NotHead`). The head is the nearest aligned page above it whose
+    /// block covers it.
+    fn tail_error(&self, pfn: Pfn) -> FreeError {
+        for order in 1..=MAX_ORDER {
+            let head = pfn.0 & !((1u64 << order) - 1);
+            let Some(h) = self.map.pfn_to_page(Pfn(head)) else {
+                break;
+            };
+            match h.page_type() {
+                Some(PageType::Tail) => continue,
+                Some(PageType::Pcp) if h.head_order() >= order => return FreeError::AlreadyFree,
+                _ => break,
+            }
+        }
+        FreeError::NotHead
     }
 
     /// Free a block allocated by `alloc` with the same order. Misuse is

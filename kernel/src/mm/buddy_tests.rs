@@ -393,13 +393,15 @@ fn pcp_fast_path_and_misuse() {
     page.generic().lru.prev.store(0x9abc, Ordering::Relaxed);
     assert_eq!(free(a), Ok(()));
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH);
-    // LIFO: the page just freed comes back first, clean.
+    // LIFO: the page just freed comes back first, as Linux's prep_new_page
+    // leaves it: mapping, private and the list link clear; lru.prev and
+    // index are the owner's business.
     assert_eq!(alloc(), Ok(a));
     assert_eq!(page.refcount(), 1);
     assert!(page.has_type(PageType::Allocated));
-    for (i, w) in page.words().iter().enumerate() {
-        assert_eq!(w.load(Ordering::Relaxed), 0, "union word {i}");
-    }
+    assert_eq!(page.generic().lru.next.load(Ordering::Relaxed), 0);
+    assert_eq!(page.generic().mapping.load(Ordering::Relaxed), 0);
+    assert_eq!(page.generic().private.load(Ordering::Relaxed), 0);
     // Misuse on the fast path gets the same answers as the zone gives.
     page.page_ref_inc();
     assert_eq!(free(a), Err(FreeError::BadRefcount(2)));
@@ -480,9 +482,26 @@ fn pcp_high_orders() {
         head.page_ref_inc();
         assert_eq!(free(a, order), Err(FreeError::BadRefcount(2)));
         head.page_ref_dec();
+        // A page inside the block made to look like an allocated head of a
+        // smaller order: not aligned to that order, so refused.
+        let inner = map.pfn_to_page(Pfn(a.0 + 1)).unwrap();
+        inner.set_page_type(PageType::Allocated);
+        inner.set_head(order - 1);
+        inner.set_refcount(1);
+        if order > 1 {
+            assert_eq!(free(Pfn(a.0 + 1), order - 1), Err(FreeError::BadOrder));
+        }
+        inner.set_head(0);
+        inner.set_refcount(0);
+        inner.set_page_type(PageType::Tail);
         assert_eq!(pcp.count(), before);
         assert_eq!(free(a, order), Ok(()));
         assert_eq!(free(a, order), Err(FreeError::AlreadyFree));
+        // A page inside a block parked on the list is free already too.
+        assert_eq!(
+            free(Pfn(a.0 + (1 << order) - 1), 0),
+            Err(FreeError::AlreadyFree)
+        );
         let stats = zone.lock().check().unwrap();
         assert_eq!(pcp.check(&map), Ok(stats.pcp));
     }

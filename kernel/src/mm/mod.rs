@@ -2,8 +2,8 @@
 //! kernel heap.
 //!
 //! SMP: one lock per allocator (the zone lock here, the heap lock in
-//! `heap`); order-0 pages go through per-CPU lists that need no lock
-//! (`pcp`). Places that assume one CPU say so with an `SMP:` comment.
+//! `heap`); blocks of orders 0 to 3 go through per-CPU lists that need no
+//! lock (`pcp`). Places that assume one CPU say so with an `SMP:` comment.
 
 pub mod addr;
 pub mod buddy;
@@ -33,22 +33,31 @@ use page::Page;
 use pcp::{PcpList, PCP_MAX_ORDER};
 
 static MEMMAP: Once<MemMap<'static>> = Once::new();
-/// The zone lock. SMP: taken by every CPU for refills and merges; order-0
-/// traffic would move to per-CPU lists that need no lock.
+/// The zone lock. SMP: taken by every CPU for refills, drains and blocks
+/// above order 3; the per-CPU lists take the rest without it.
 static ZONE: Once<Mutex<BuddyAllocator<'static>>> = Once::new();
 
 const MAX_PCP: usize = crate::sclp::info::MAX_CPUS;
 
-/// Each CPU's order-0 list. A CPU reaches its own through the `PCP` slot of
-/// its lowcore (Linux s390 finds per-CPU data through the lowcore too), so
-/// the fast path costs one load to find it.
-static PCP: [PcpList<'static>; MAX_PCP] = [const { PcpList::new() }; MAX_PCP];
+/// Each CPU's lists. A CPU reaches its own through the `PCP` slot of its
+/// lowcore (Linux s390 finds per-CPU data through the lowcore too), so the
+/// fast path costs one load to find them.
+struct PerCpuLists([PcpList<'static>; MAX_PCP]);
+
+// SAFETY: `PcpList` is not `Sync` because only its owner may push and pop.
+// Element i is only changed by CPU i, which reaches it through its own
+// lowcore slot with interruptions masked (`with_pcp`); host tests, whose
+// threads all play CPU 0, take a flag first. Other CPUs only read
+// `count()`, an atomic load.
+unsafe impl Sync for PerCpuLists {}
+
+static PCP: PerCpuLists = PerCpuLists([const { PcpList::new() }; MAX_PCP]);
 
 /// What the `PCP` lowcore slot of CPU `cpu` holds: the address of its list.
 /// `smp` writes it into each secondary's lowcore before starting it.
 #[cfg(target_arch = "s390x")]
 pub fn pcp_slot_value(cpu: usize) -> u64 {
-    core::ptr::from_ref(&PCP[cpu % MAX_PCP]).expose_provenance() as u64
+    core::ptr::from_ref(&PCP.0[cpu % MAX_PCP]).expose_provenance() as u64
 }
 
 /// Set the boot CPU's `PCP` lowcore slot (first thing `start_kernel` does).
@@ -93,7 +102,7 @@ fn with_pcp<R>(f: impl FnOnce(&PcpList<'static>) -> R) -> Option<R> {
         {
             return None;
         }
-        let r = f(&PCP[0]);
+        let r = f(&PCP.0[0]);
         BUSY.store(0, Ordering::Release);
         Some(r)
     }
@@ -357,7 +366,9 @@ impl Pages {
     /// `(pfn, order)` must come from `into_raw` and no other handle to the
     /// block may exist.
     pub unsafe fn from_raw(pfn: Pfn, order: u32) -> Self {
-        // Indexing panics on a pfn outside the memmap: a broken contract.
+        // A pfn outside the memmap or an impossible order is a broken
+        // contract: stop rather than build a handle to the wrong block.
+        assert!(order <= MAX_ORDER, "Pages::from_raw: order {order}");
         Self::new(&memmap().pages()[pfn.0 as usize], order)
     }
 }
@@ -440,7 +451,8 @@ pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
     free_pages_slow(p)
 }
 
-#[cold]
+/// Everything but the inlined order-0 fast path: orders 1 to 3 through the
+/// per-CPU lists, larger ones and every refusal through the zone.
 #[inline(never)]
 fn free_pages_slow(p: Pages) -> Result<(), (Pages, FreeError)> {
     let pfn = p.pfn();
@@ -511,12 +523,12 @@ pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
     zone().lock().alloc_contig(n)
 }
 
-/// Pages in every CPU's order-0 list.
+/// Pages on every CPU's lists.
 pub fn nr_pcp_pages() -> u64 {
-    PCP.iter().map(PcpList::count).sum()
+    PCP.0.iter().map(PcpList::count).sum()
 }
 
-/// Free pages in the allocator (buddy lists and the per-CPU list).
+/// Free pages in the allocator (buddy lists and the per-CPU lists).
 pub fn nr_free_pages() -> u64 {
     zone().lock().nr_free_pages() + nr_pcp_pages()
 }
@@ -535,26 +547,30 @@ pub fn nr_managed_pages() -> u64 {
     zone().lock().nr_managed()
 }
 
-/// Return per-CPU pages to the buddy lists so they can merge.
+/// Return this CPU's listed blocks to the buddy lists so they can merge.
 pub fn drain_pcp() {
     let map = memmap();
     with_pcp(|pcp| pcp.drain(map, zone(), u64::MAX));
 }
 
-/// Run the allocator's consistency check, per-CPU list included.
+/// Run the allocator's consistency check, per-CPU lists included: this
+/// CPU's are walked entry by entry (another CPU's may be changing under
+/// us); every CPU's counts must add up to the listed pages the memmap
+/// shows.
 pub fn check() -> Result<CheckStats, CheckError> {
     let map = memmap();
     with_pcp(|pcp| {
         let stats = zone().lock().check()?;
-        match pcp.check(map) {
-            Ok(n) if n == stats.pcp => Ok(stats),
-            Ok(n) => Err(CheckError::Count {
-                order: 0,
-                counted: n,
+        pcp.check(map)
+            .map_err(|(order, pfn)| CheckError::ListEntry { order, pfn })?;
+        let counted = nr_pcp_pages();
+        if counted != stats.pcp {
+            return Err(CheckError::PcpCount {
+                counted,
                 recorded: stats.pcp,
-            }),
-            Err(pfn) => Err(CheckError::ListEntry { order: 0, pfn }),
+            });
         }
+        Ok(stats)
     })
     .unwrap_or(Err(CheckError::Loop { order: 0 }))
 }

@@ -47,7 +47,8 @@ pub enum PageType {
     Pcp = 2,
     /// Head of a block handed out by `alloc_pages` (generic arm, owner's use).
     Allocated = 3,
-    /// Any other page of an allocated block.
+    /// Any other page of an allocated block (or of a free block parked on a
+    /// per-CPU list, whose head is `Pcp`).
     Tail = 4,
     /// Never allocatable: lowcore, image, memmap, firmware.
     Reserved = 5,
@@ -114,7 +115,8 @@ pub struct BuddyArm {
 /// linked by the address of the next page's entry, so the allocator's fast
 /// path never converts between frame numbers and entries. Only `next` and
 /// the `mapping` alias (0, checked on free) mean anything; the other words
-/// keep whatever the last owner left until `alloc_pages` clears them.
+/// keep whatever the last owner left. `alloc_pages` clears `next` (which is
+/// `lru.next`) and `private`, as Linux's post_alloc_hook clears private.
 #[repr(C)]
 pub struct PcpArm {
     /// Aliases `lru.next`; null ends the list.
@@ -359,17 +361,13 @@ impl Page {
         unsafe { &self.union().words }
     }
 
-    /// Zero the union words (a page changing owner starts clean).
-    ///
-    /// Callers own the page (it is being allocated or freed), so nothing
-    /// else accesses these words meanwhile and one block clear (a single XC
-    /// on s390x) does instead of five atomic stores.
+    /// Zero the union words (a page changing owner starts clean). Atomic
+    /// stores, like every write to `struct page`: any CPU may read any
+    /// entry at any time (a misuse report reads a page it does not own).
     pub fn clear_union(&self) {
-        let words = core::ptr::from_ref(self.words()).cast::<u8>().cast_mut();
-        // SAFETY: the words are atomics (interior mutability), so writing
-        // through a pointer derived from `&self` is allowed; the caller owns
-        // the page, so the plain write races with nothing.
-        unsafe { core::ptr::write_bytes(words, 0, size_of::<PageUnion>()) };
+        for w in self.words() {
+            w.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The generic arm (an allocated page's owner words).

@@ -21,6 +21,7 @@
 //! paid for once at boot instead of on every call. Other CPUs only read
 //! `count`.
 
+use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -41,14 +42,20 @@ pub const NR_PCP_LISTS: usize = PCP_MAX_ORDER as usize + 1;
 
 /// One CPU's lists of blocks of a memmap that lives for `'a` (`'static`
 /// in the kernel, a simulated memmap in host tests).
+///
+/// Not `Sync`: push and pop are plain load-then-store sequences, right only
+/// for the one CPU that owns the lists. Sharing them takes an explicit
+/// promise (`mm`'s per-CPU array). Aligned to s390x's 256-byte cache line so
+/// CPUs' lists never share one.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(256))]
 pub struct PcpList<'a> {
     /// First head of each order (null: empty). Owner CPU only.
     heads: [AtomicPtr<Page>; NR_PCP_LISTS],
     /// Pages on all the lists. Written by the owner, read by anyone.
     count: AtomicU64,
     _memmap: PhantomData<&'a Page>,
+    _owner_only: PhantomData<Cell<()>>,
 }
 
 impl Default for PcpList<'_> {
@@ -63,6 +70,7 @@ impl<'a> PcpList<'a> {
             heads: [const { AtomicPtr::new(ptr::null_mut()) }; NR_PCP_LISTS],
             count: AtomicU64::new(0),
             _memmap: PhantomData,
+            _owner_only: PhantomData,
         }
     }
 
@@ -102,14 +110,17 @@ impl<'a> PcpList<'a> {
     }
 
     /// Take a block of `order` (at most `PCP_MAX_ORDER`): head Allocated,
-    /// refcount 1, union words clear (Linux's prep_new_page); flags and tails
-    /// are already those of an allocated block. `None` when the list is
-    /// empty: the caller refills it.
+    /// refcount 1, `mapping` (checked on free), `lru.next` and `private`
+    /// clear, as Linux's prep_new_page leaves a page; flags and tails are
+    /// already those of an allocated block. `None` when the list is empty:
+    /// the caller refills it.
     #[inline(always)]
     pub fn alloc(&self, order: u32) -> Option<&'a Page> {
         let page = self.pop(order)?;
-        // The union words keep the last owner's values until here.
-        page.clear_union();
+        // `lru.next` held the list link; `private` is the last owner's.
+        let arm = page.pcp();
+        arm.next.store(ptr::null_mut(), Ordering::Relaxed);
+        arm._private.store(0, Ordering::Relaxed);
         page.set_refcount(1);
         page.set_page_type(PageType::Allocated);
         Some(page)
@@ -137,11 +148,14 @@ impl<'a> PcpList<'a> {
 
     /// Free the block of `order` (1 to `PCP_MAX_ORDER`) headed by frame
     /// `pfn` of `map` if it passes every check `BuddyAllocator::free` makes:
-    /// the head's flags exactly those of an allocated block of this order,
-    /// refcount 1, mapping clear, every other page Tail. `false` leaves it
-    /// untouched.
+    /// `pfn` aligned to the order, the head's flags exactly those of an
+    /// allocated block of this order, refcount 1, mapping clear, every other
+    /// page Tail. `false` leaves it untouched.
     pub fn free_order(&self, map: &MemMap<'a>, pfn: Pfn, order: u32) -> bool {
         debug_assert!(order > 0 && order <= PCP_MAX_ORDER);
+        if !pfn.is_aligned_to_order(order) {
+            return false;
+        }
         let pages = map.pages();
         let Some(block) = pages.get(pfn.0 as usize..(pfn.0 + (1 << order)) as usize) else {
             return false;
@@ -276,11 +290,11 @@ impl<'a> PcpList<'a> {
             let Some(page) = self.pop(order) else {
                 break;
             };
-            // Every entry came from the memmap (`free` takes a `Pages`
-            // handle's page, `refill` memmap entries); `check` reports it
-            // if that ever breaks.
-            if let Some(pfn) = map.page_to_pfn(page) {
-                z.give_from_pcp(pfn.0, order);
+            // Every entry is a memmap entry: `free` takes a `Pages` handle's
+            // page, `free_order` and `refill` index the memmap.
+            match map.page_to_pfn(page) {
+                Some(pfn) => z.give_from_pcp(pfn.0, order),
+                None => debug_assert!(false, "per-CPU list entry outside the memmap"),
             }
             done += 1 << order;
         }
@@ -288,8 +302,9 @@ impl<'a> PcpList<'a> {
     }
 
     /// Walk the lists: every entry the Pcp head of a block of the list's
-    /// order in the memmap; the count right. Returns the pages counted.
-    pub fn check(&self, map: &MemMap<'_>) -> Result<u64, Pfn> {
+    /// order in the memmap; the count right. Returns the pages counted, or
+    /// the list order and the bad entry (`Pfn(u64::MAX)` for a wrong count).
+    pub fn check(&self, map: &MemMap<'_>) -> Result<u64, (u32, Pfn)> {
         let mut pages = 0;
         for (order, head) in self.heads.iter().enumerate() {
             let mut n = 0;
@@ -298,14 +313,14 @@ impl<'a> PcpList<'a> {
                 // Nothing is read through `cur` before it is known to be an
                 // entry of the memmap.
                 let Some(pfn) = map.entry_to_pfn(cur) else {
-                    return Err(Pfn(cur as u64));
+                    return Err((order as u32, Pfn(cur as u64)));
                 };
                 let page = &map.pages()[pfn.0 as usize];
                 if !page.has_type(PageType::Pcp)
                     || page.head_order() != order as u32
                     || n >= map.nr_pages()
                 {
-                    return Err(pfn);
+                    return Err((order as u32, pfn));
                 }
                 n += 1;
                 cur = page.pcp().next.load(Ordering::Relaxed);
@@ -313,7 +328,7 @@ impl<'a> PcpList<'a> {
             pages += n << order;
         }
         if pages != self.count() {
-            return Err(Pfn(u64::MAX));
+            return Err((0, Pfn(u64::MAX)));
         }
         Ok(pages)
     }
