@@ -402,23 +402,23 @@ fn alloc_pages_slow(order: u32, flags: AllocFlags) -> Option<Pages> {
         return None;
     }
     let map = memmap();
-    let p = if order <= PCP_MAX_ORDER {
-        // Refill this CPU's list (or use the zone directly if the list is
-        // busy: host tests only).
-        let r = with_pcp(|pcp| pcp.alloc_or_refill(map, zone(), order).ok());
-        match r {
-            Some(page) => Pages::new(page?, order),
-            None => {
-                let pfn = zone().lock().alloc(order, AllocFlags::empty()).ok()?;
-                Pages::new(&map.pages()[pfn.0 as usize], order)
-            }
-        }
+    // Orders the per-CPU lists keep: refill this CPU's list. The zone
+    // directly for larger orders, or when the list is busy (host tests).
+    // SMP: the zone lock; interruption handlers never allocate, so it
+    // cannot be taken recursively on one CPU.
+    let listed = if order <= PCP_MAX_ORDER {
+        with_pcp(|pcp| pcp.alloc_or_refill(map, zone(), order).ok())
     } else {
-        // SMP: the zone lock; interruption handlers never allocate, so it
-        // cannot be taken recursively on one CPU.
-        let pfn = zone().lock().alloc(order, AllocFlags::empty()).ok()?;
-        Pages::new(&map.pages()[pfn.0 as usize], order)
+        None
     };
+    let page = match listed {
+        Some(page) => page?,
+        None => {
+            let pfn = zone().lock().alloc(order, AllocFlags::empty()).ok()?;
+            &map.pages()[pfn.0 as usize]
+        }
+    };
+    let p = Pages::new(page, order);
     if flags.contains(AllocFlags::ZERO) {
         zero_block(&p);
     }
