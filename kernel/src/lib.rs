@@ -36,3 +36,5 @@ mod fault_tests;
 mod ktest_tests;
 #[cfg(target_os = "none")]
 mod smp_tests;
+#[cfg(target_os = "none")]
+mod tlb_tests;

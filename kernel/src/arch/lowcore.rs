@@ -94,6 +94,9 @@ pub const SECONDARY_PSW: usize = 0x5d0;
 /// This CPU's per-CPU page lists (`mm::pcp`), like Linux s390's lowcore
 /// percpu_offset: one load finds them.
 pub const PCP: usize = 0x5e0;
+/// LCTLGs this CPU made through `cr::lctlg` (QEMU purges its whole TLB on
+/// each: warm-TLB tests check that none happened inside their window).
+pub const LCTL_COUNT: usize = 0x5e8;
 /// Control registers 0-15 a secondary CPU starts with (128 bytes).
 pub const CR_SAVE: usize = 0x600;
 
@@ -110,6 +113,7 @@ const _: () = assert!(return_psw(5) + 16 <= KERNEL_STACK);
 const _: () = assert!(
     SCRATCH_PSW + 16 <= GUEST_CTX
         && SECONDARY_PSW + 16 <= PCP
-        && PCP + 8 <= CR_SAVE
+        && PCP + 8 <= LCTL_COUNT
+        && LCTL_COUNT + 8 <= CR_SAVE
         && CR_SAVE + 128 <= 0x1000
 );

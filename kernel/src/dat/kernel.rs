@@ -79,3 +79,55 @@ pub unsafe fn with_secondary<R>(asce: Asce, f: impl FnOnce() -> R) -> R {
     unsafe { hw::set_secondary_asce(saved) };
     r
 }
+
+/// Accesses through the secondary space inside a warm window (see
+/// `warm_secondary`): none of them loads a control register.
+pub struct Warm(());
+
+impl Warm {
+    pub fn load(&self, va: u64) -> Result<u64, crate::arch::pgm::ProgramCheck> {
+        hw::secondary_load_u64(va)
+    }
+
+    /// # Safety
+    /// Whatever frame `va` maps to must be the caller's to write.
+    pub unsafe fn store(&self, va: u64, v: u64) -> Result<(), crate::arch::pgm::ProgramCheck> {
+        // SAFETY: forwarded to the caller.
+        unsafe { hw::secondary_store_u64(va, v) }
+    }
+
+    pub fn lrag(&self, va: u64) -> (u32, u64) {
+        hw::secondary_lrag(va)
+    }
+}
+
+/// A warm window was cooled: `f` (or something it called, the console for
+/// one) loaded control registers this many times, and QEMU purged its TLB
+/// on each, so what `f` saw proves nothing about invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cooled(pub u64);
+
+/// Load `asce` as the secondary space once, run `f` (which accesses it
+/// through `Warm` and changes it through the public API, so the TLB keeps
+/// what the accesses put there), then put the kernel's back. Returns
+/// `Err(Cooled)` if any control register was loaded on this CPU while `f`
+/// ran: a test must not print or otherwise reload CRs inside the window.
+///
+/// # Safety
+/// `asce` must designate live tables for the duration of `f`, except
+/// where `f` tests what happens after they are freed, and the purge
+/// discipline makes the access fault or see the new tables.
+pub unsafe fn warm_secondary<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Cooled> {
+    let saved = hw::secondary_asce();
+    // SAFETY: forwarded to the caller.
+    unsafe { hw::set_secondary_asce(asce.raw()) };
+    let before = crate::arch::s390x::cr::lctl_count();
+    let r = f(&Warm(()));
+    let loads = crate::arch::s390x::cr::lctl_count() - before;
+    // SAFETY: the previous CR7 (the kernel's ASCE) is always valid.
+    unsafe { hw::set_secondary_asce(saved) };
+    if loads != 0 {
+        return Err(Cooled(loads));
+    }
+    Ok(r)
+}

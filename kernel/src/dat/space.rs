@@ -76,6 +76,59 @@ pub struct SpaceHooks {
     /// The PTE for `vmaddr` of space `space`, which had its PGSTE notify
     /// bit set, is about to change.
     pub pte_notify: fn(space: u64, vmaddr: u64),
+    /// The PTE for `vmaddr` in the shared page table at `pto` was just
+    /// invalidated with IPTE at the host address; purge what the TLBs hold
+    /// of it under every guest address that reaches it (see
+    /// `tlb::ipte_guest_alias`: QEMU's IPTE purges only its operand's
+    /// address).
+    pub pte_alias_purge: fn(space: u64, vmaddr: u64, pto: PhysAddr),
+    /// The segment entry for `vmaddr` of space `space` changed to `new`
+    /// (protection, say) and still points at the same PTE table: every gmap
+    /// segment linked to it must be changed the same way (IDTE first).
+    pub segment_change: fn(space: u64, vmaddr: u64, new: SegmentEntry),
+}
+
+/// What a hook may do. Hooks run with the space's owner lock held (the
+/// `HostMm` mutex) and, for `pte_notify` and `pte_alias_purge`, the page
+/// table's ptlock: they may take the gmap registry and gmap locks (the lock
+/// order is host, registry, gmap), issue invalidations and change gmap
+/// tables; they must not take a host lock, change the host's tables, wait
+/// for another CPU or allocate page tables. Debug builds check the first
+/// rule: while a hook runs on a CPU, `in_space_hook()` is true there, and
+/// the gmap code asserts it is false wherever it takes a host lock.
+static HOOK_DEPTH: [AtomicU64; crate::sclp::info::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::sclp::info::MAX_CPUS];
+
+fn this_cpu() -> usize {
+    #[cfg(target_arch = "s390x")]
+    {
+        crate::smp::cpu_nr() % crate::sclp::info::MAX_CPUS
+    }
+    #[cfg(not(target_arch = "s390x"))]
+    {
+        0
+    }
+}
+
+/// Whether this CPU is running a space hook (see `SpaceHooks`).
+pub fn in_space_hook() -> bool {
+    HOOK_DEPTH[this_cpu()].load(Ordering::Relaxed) != 0
+}
+
+struct HookScope(usize);
+
+impl HookScope {
+    fn enter() -> Self {
+        let cpu = this_cpu();
+        HOOK_DEPTH[cpu].fetch_add(1, Ordering::Relaxed);
+        HookScope(cpu)
+    }
+}
+
+impl Drop for HookScope {
+    fn drop(&mut self) {
+        HOOK_DEPTH[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 static HOOKS: Once<SpaceHooks> = Once::new();
@@ -361,6 +414,18 @@ impl AddressSpace {
         self.entry_addr(va, level)
     }
 
+    /// The region entry of `level` covering `va`, if the walk reaches its
+    /// table.
+    pub fn region_entry(&self, va: u64, level: Level) -> Option<RegionEntry> {
+        if level == Level::Segment {
+            return None;
+        }
+        self.entry_addr(va, level).map(|pa| {
+            // SAFETY: an entry of a live region table of this space.
+            RegionEntry::from_raw(unsafe { entry(pa) }.load(Ordering::Acquire))
+        })
+    }
+
     /// The real address of the segment entry covering `va`.
     pub fn segment_entry_addr(&self, va: u64) -> Option<PhysAddr> {
         self.entry_addr(va, Level::Segment)
@@ -519,6 +584,7 @@ impl AddressSpace {
         let old = unsafe { entry(pg) }.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel);
         if old & PGSTE_IN_BIT != 0 {
             if let Some(h) = HOOKS.get() {
+                let _scope = HookScope::enter();
                 (h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));
             }
         }
@@ -528,7 +594,36 @@ impl AddressSpace {
     fn unlink_before_free(&self, va: u64, pto: PhysAddr) {
         if self.pgste {
             if let Some(h) = HOOKS.get() {
+                let _scope = HookScope::enter();
                 (h.table_unlink)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), pto);
+            }
+        }
+    }
+
+    /// IPTE of the PTE for `va` in this space's page table `pto`, and, in
+    /// a space whose page tables gmaps share, the same purge under every
+    /// linked guest address (`tlb::ipte_guest_alias`).
+    ///
+    /// # Safety
+    /// `pto` is this space's live page table for `va`, and the caller may
+    /// change its entry for `va`.
+    unsafe fn ipte(&self, pto: PhysAddr, va: u64) {
+        // SAFETY: forwarded to the caller.
+        unsafe { tlb::ipte(pto, va) };
+        if self.pgste && tlb::IPTE_GUEST_ALIAS {
+            if let Some(h) = HOOKS.get() {
+                let _scope = HookScope::enter();
+                (h.pte_alias_purge)(self.id, va & !(PAGE_SIZE - 1), pto);
+            }
+        }
+    }
+
+    /// Tell the gmaps that the segment entry for `va` is now `new`.
+    fn segment_changed(&self, va: u64, new: SegmentEntry) {
+        if self.pgste {
+            if let Some(h) = HOOKS.get() {
+                let _scope = HookScope::enter();
+                (h.segment_change)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), new);
             }
         }
     }
@@ -651,10 +746,35 @@ impl AddressSpace {
         self.notify_before_change(va, pea);
         // IPTE before the entry changes: the TLB may hold it.
         // SAFETY: `pto` is this live page table.
-        unsafe { tlb::ipte(pto, va) };
+        unsafe { self.ipte(pto, va) };
         let new = old.validated().with_prot(prot);
         slot.store(new.raw(), Ordering::Release);
         Ok(())
+    }
+
+    /// Point the page at `va` at the frame at `pa`, keeping its protection
+    /// (a VMM replacing guest memory, say): notify, IPTE, then the new
+    /// entry. No table is allocated or freed, so this cannot fail half-way.
+    /// Returns the frame it mapped before.
+    pub fn remap(&self, va: u64, pa: PhysAddr) -> Result<PhysAddr, SpaceError> {
+        self.check_page(va)?;
+        let (Some(pto), Some(pea)) = (self.pte_table(va), self.pte_addr(va)) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: a PTE of a live table, under its lock.
+        let slot = unsafe { entry(pea) };
+        let old = Pte::from_raw(slot.load(Ordering::Acquire));
+        if !old.is_present() {
+            return Err(SpaceError::NotMapped);
+        }
+        let new = Pte::new(pa, old.prot())?;
+        self.notify_before_change(va, pea);
+        // IPTE before the entry changes: the TLB may hold the old frame.
+        // SAFETY: `pto` is this live page table.
+        unsafe { self.ipte(pto, va) };
+        slot.store(new.raw(), Ordering::Release);
+        Ok(old.frame())
     }
 
     /// Set or clear the DAT-protection bit of the segment entry covering
@@ -670,12 +790,12 @@ impl AddressSpace {
             return Err(SpaceError::NotMapped);
         }
         let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        let new = SegmentEntry::table(old.page_table(), protect)?;
         // SAFETY: `table` is the live segment table holding the entry.
         unsafe { tlb::idte(table, Level::Segment, va) };
-        slot.store(
-            SegmentEntry::table(old.page_table(), protect)?.raw(),
-            Ordering::Release,
-        );
+        slot.store(new.raw(), Ordering::Release);
+        // Linked gmap segments copied the old entry's bits: they change too.
+        self.segment_changed(va, new);
         Ok(())
     }
 
@@ -885,7 +1005,7 @@ impl AddressSpace {
                                     PhysAddr(pto.0 + pte_index(p) as u64 * 8),
                                 );
                                 // SAFETY: `pto` is this live page table.
-                                unsafe { tlb::ipte(pto, p) };
+                                unsafe { self.ipte(pto, p) };
                                 g.note_flush();
                                 pe.store(Pte::empty().raw(), Ordering::Release);
                                 st.pages += 1;

@@ -52,6 +52,23 @@ pub unsafe fn ipte(pto: PhysAddr, va: u64) {
     };
 }
 
+/// A named decision, for QEMU: after every IPTE of a PTE in a page table
+/// that gmaps share, issue one more IPTE of the same PTE at each guest
+/// address that reaches it (found through the gmaps' host-to-guest maps).
+///
+/// The Principles of Operation say IPTE purges every TLB entry formed
+/// through the PTE, whatever address or ASCE it was formed for, so on the
+/// architecture the second IPTE is redundant (the PTE is already invalid;
+/// IPTE of an invalid PTE is allowed). QEMU 7.2's IPTE purges only the
+/// entries for the virtual address in its second operand, so a gmap kept
+/// loaded would go on using the old translation of a page the host has
+/// changed: `qemu_deviations.ipte_purges_only_its_operand_address` shows the
+/// deviation and `tlb_warm.host_protect_seen_by_loaded_gmap` the guest store
+/// that succeeds on a read-only page without this. It costs one more IPTE
+/// per linked guest segment per host PTE change, and nothing where no gmap
+/// is linked. `x.py mutants` removes it (`no-ipte-guest-alias`).
+pub const IPTE_GUEST_ALIAS: bool = true;
+
 /// Invalidate the region or segment entry for `va` in the table of
 /// `level` at `table` (sets its I bit).
 ///
@@ -60,9 +77,14 @@ pub unsafe fn ipte(pto: PhysAddr, va: u64) {
 /// change.
 pub unsafe fn idte(table: PhysAddr, level: Level, va: u64) {
     IDTES.fetch_add(1, Ordering::Relaxed);
+    // A table that cannot be designated (misaligned) is not a table: the
+    // entry cannot be invalidated, and going on would leave a stale TLB
+    // entry behind, so this is a bug that ends the run.
     let designation = match Asce::new(table, level) {
         Ok(a) => a.idte_designation(),
-        Err(_) => return,
+        Err(e) => {
+            panic!("BUG: idte of a table that cannot be designated: {table:?} {level:?}: {e:?}")
+        }
     };
     #[cfg(target_arch = "s390x")]
     // SAFETY: forwarded to the caller. QEMU's IDTE handles every table type;

@@ -89,19 +89,30 @@ impl HostMm {
         self.space.protect(vmaddr, prot)
     }
 
-    /// Replace the frame at `vmaddr` with a new one (unmap, then populate).
+    /// Replace the frame at `vmaddr` with a new zeroed one, in place (the
+    /// page table stays, so linked gmaps stay linked and see the new frame
+    /// on their next access). The new frame is allocated first: if that
+    /// fails, nothing changed. Returns the new frame.
     pub fn remap(&mut self, vmaddr: u64) -> Result<PhysAddr, SpaceError> {
         let va = vmaddr & !(PAGE_SIZE - 1);
-        let old = self.frames.remove(&va);
-        // If this was the only page of its segment, the unmap frees the page
-        // table too (and the gmaps unlink it); populate builds a new one and
-        // the guests relink on their next fault.
-        let r = self.space.unmap(va);
-        if let Some(p) = old {
-            let _ = mm::free_pages(p);
+        if !self.frames.contains_key(&va) {
+            return Err(SpaceError::NotMapped);
         }
-        r?;
-        self.populate(va, true)
+        let p = mm::alloc_pages(0, AllocFlags::ZERO)?;
+        let pa = p.phys();
+        if let Err(e) = self.space.remap(va, pa) {
+            if let Err((_, fe)) = mm::free_pages(p) {
+                panic!("BUG: a frame allocated just now was refused: {fe:?}");
+            }
+            return Err(e);
+        }
+        if let Some(old) = self.frames.insert(va, p) {
+            // Nothing maps the old frame any more.
+            if let Err((_, fe)) = mm::free_pages(old) {
+                panic!("BUG: the replaced guest frame was refused: {fe:?}");
+            }
+        }
+        Ok(pa)
     }
 
     /// Pages populated.

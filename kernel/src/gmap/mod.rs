@@ -93,6 +93,8 @@ fn install_hooks() {
     space::set_hooks(SpaceHooks {
         table_unlink: gmap_unlink,
         pte_notify: notify::ptep_notify,
+        pte_alias_purge: gmap_pte_alias_purge,
+        segment_change: gmap_segment_change,
     });
 }
 
@@ -557,6 +559,54 @@ fn gmap_unlink(space_id: u64, vmaddr: u64, pte_table: PhysAddr) {
             g.unlink_gaddr(gseg);
         }
         g.host_to_guest.remove(&seg(vmaddr));
+    }
+}
+
+/// `tlb::IPTE_GUEST_ALIAS`: the host just invalidated its PTE for `vmaddr`
+/// in the page table `pto` with IPTE at the host address; purge the same
+/// PTE under every guest address of a gmap segment linked to that table.
+fn gmap_pte_alias_purge(space_id: u64, vmaddr: u64, pto: PhysAddr) {
+    for g in gmaps_of(space_id) {
+        let g = g.lock();
+        let Some(gseg) = g.host_to_guest.get(&seg(vmaddr)).copied() else {
+            continue;
+        };
+        let gaddr = gseg + (vmaddr - seg(vmaddr));
+        // SAFETY: `pto` is the host's live page table, which this gmap's
+        // segment for `gseg` points at (host_to_guest says so, and the host
+        // lock the caller holds keeps it linked); its PTE for `gaddr` is the
+        // one the host just invalidated (same index: segments are 1 MiB
+        // aligned in both spaces), so IPTE only purges TLB entries.
+        unsafe { tlb::ipte(pto, gaddr) };
+    }
+}
+
+/// The host changed the segment entry for `vmaddr` to `new` (same PTE
+/// table, other bits, e.g. protection): every gmap segment entry linked to
+/// it takes the new bits too, IDTE first (Linux keeps gmap segment entries
+/// in step with the host's pmd in gmap_pmdp_*).
+fn gmap_segment_change(space_id: u64, vmaddr: u64, new: SegmentEntry) {
+    for g in gmaps_of(space_id) {
+        let mut g = g.lock();
+        let Some(gseg) = g.host_to_guest.get(&seg(vmaddr)).copied() else {
+            continue;
+        };
+        let Ok(Some(ea)) = g.segment_entry(gseg, false) else {
+            continue;
+        };
+        // SAFETY: an entry of a live gmap segment table.
+        let slot = unsafe { entry(ea) };
+        let cur = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        if cur.is_invalid() || cur.page_table() != new.page_table() {
+            continue;
+        }
+        let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
+        // SAFETY: the live gmap segment table holding the entry.
+        unsafe { tlb::idte(table, Level::Segment, gseg) };
+        slot.store(
+            SegmentEntry::from_raw(new.hardware_bits()).raw(),
+            Ordering::Release,
+        );
     }
 }
 

@@ -32,6 +32,10 @@ pub fn stctg<const CR: u8>() -> u64 {
 /// DAT control changes how every following instruction is translated and
 /// which interruptions arrive.
 pub unsafe fn lctlg<const CR: u8>(v: u64) {
+    let lc = crate::arch::lowcore::LCTL_COUNT;
+    // SAFETY: LCTL_COUNT is this CPU's software slot in its lowcore, only
+    // written here, with interruptions disabled (kernel code always runs so).
+    unsafe { super::insn::lowcore_write_u64(lc, super::insn::lowcore_read_u64(lc) + 1) };
     // SAFETY: the caller vouches for the value; LCTLG reads one doubleword.
     unsafe {
         asm!("lctlg {cr},{cr},0({p})", cr = const CR, p = in(reg_addr) &v,
@@ -56,4 +60,11 @@ pub unsafe fn cr0_set(bits: u64) {
 pub unsafe fn cr0_clear(bits: u64) {
     // SAFETY: forwarded to the caller.
     unsafe { lctlg::<0>(stctg::<0>() & !bits) }
+}
+
+/// LCTLGs this CPU made through `lctlg` since it started. QEMU purges its
+/// whole TLB on every one (PLATFORM.md), so a test that wants a warm TLB
+/// checks this did not move inside its window.
+pub fn lctl_count() -> u64 {
+    super::insn::lowcore_read_u64(crate::arch::lowcore::LCTL_COUNT)
 }
