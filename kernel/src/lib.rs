@@ -35,6 +35,8 @@ mod fault_tests;
 #[cfg(all(test, not(target_arch = "s390x")))]
 mod ktest_tests;
 #[cfg(target_os = "none")]
+mod qemu_deviations;
+#[cfg(target_os = "none")]
 mod smp_tests;
 #[cfg(target_os = "none")]
 mod tlb_tests;
