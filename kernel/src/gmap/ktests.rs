@@ -8,11 +8,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use super::table::{self, GmapTableError};
-use super::{gmap_create, gmap_remove, Access, Gmap, GmapError, HostMm};
+use super::{gmap_create, gmap_remove, Access, Gmap, GmapCheckError, GmapError, HostMm};
 use crate::arch::pgm::{code, ProgramCheck};
 use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
 use crate::dat::kernel::with_secondary;
+use crate::dat::space::{SpaceCheck, SpaceCheckError};
 use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::{self, ptdesc};
 use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
@@ -54,6 +55,57 @@ fn h_store(h: &Arc<Mutex<HostMm>>, vmaddr: u64, v: u64) -> Result<(), ProgramChe
     let asce = h.lock().space().asce();
     // SAFETY: the host's frames are the test's.
     unsafe { with_secondary(asce, || hw::secondary_store_u64(vmaddr, v)) }
+}
+
+/// Everything a refused (or undone) operation must leave as it was: free
+/// pages, page-table and gmap-table pages, the gmap's own check, link
+/// counters and table pages, the host's check (mapped pages, tables) and
+/// frames, and for each watched guest segment its gmap segment entry, its
+/// translation and the PGSTE notify bits of its 256 host pages.
+#[derive(Debug, PartialEq, Eq)]
+struct State {
+    free: u64,
+    pagetables: u64,
+    gmap_tables: u64,
+    table_pages: u64,
+    check: Result<u64, GmapCheckError>,
+    links: (u64, u64),
+    host: Result<SpaceCheck, SpaceCheckError>,
+    frames: usize,
+    /// (segment entry, translation, notify bits) per watched segment.
+    segs: Vec<(u64, Result<u64, GmapError>, [u64; 4])>,
+}
+
+fn snapshot(h: &Arc<Mutex<HostMm>>, g: &Gmap, watch: &[u64]) -> State {
+    let mut segs = Vec::with_capacity(watch.len());
+    for &ga in watch {
+        let tr = g.gmap_translate(ga);
+        let mut bits = [0u64; 4];
+        if let Ok(vm) = tr {
+            let hm = h.lock();
+            for p in 0..256u64 {
+                if hm.space().pgste_notify(vm + p * 0x1000) {
+                    bits[p as usize / 64] |= 1 << (p % 64);
+                }
+            }
+        }
+        segs.push((g.segment_entry_value(ga).raw(), tr, bits));
+    }
+    mm::drain_pcp();
+    let hm = h.lock();
+    let (host, frames) = (hm.space().check(), hm.nr_frames());
+    drop(hm);
+    State {
+        free: mm::nr_free_pages(),
+        pagetables: ptdesc::nr_pagetable(),
+        gmap_tables: table::nr_gmap_table_pages(),
+        table_pages: g.table_pages(),
+        check: g.check(),
+        links: g.link_counts(),
+        host,
+        frames,
+        segs,
+    }
 }
 
 fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
@@ -180,6 +232,64 @@ fn freeing_a_host_pte_table_unlinks_and_fault_relinks() -> KResult {
     kassert!(g.gmap_fault(ga, Access::Read).is_ok());
     kassert_eq!(g_load(&g, ga), Ok(0));
     kassert_eq!(g.link_counts().0, links + 1);
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
+}
+
+/// One gmap never maps or links two guest segments to one host segment
+/// (Linux __gmap_link: -EEXIST): host_to_guest is single-valued, so freeing
+/// the host's PTE table could unlink only one of them and leave the other
+/// pointing at the freed table. Other gmaps may share the host segment.
+fn host_aliasing_within_a_gmap_is_refused() -> KResult {
+    let h = host()?;
+    let g = gmap(&h, (1 << 31) - 1)?;
+    let s = SEGMENT_SIZE;
+    let (ga, other) = (0x100_0000u64, 0x400_0000u64);
+    kassert_eq!(g.gmap_map_segment(VM_BASE, ga, 2 * s), Ok(()));
+    kassert_eq!(g.gmap_fault(ga, Access::Write), Ok(VM_BASE));
+    let watch = [ga, ga + s, other, other + s, other + 2 * s, other + 3 * s];
+    let before = snapshot(&h, &g, &watch);
+    kassert_eq!(before.check, Ok(1));
+    // The same host segment; host ranges overlapping the mapped one at its
+    // start, its end, and around it.
+    for (from, len) in [
+        (VM_BASE, s),
+        (VM_BASE + s, s),
+        (VM_BASE - s, 2 * s),
+        (VM_BASE + s, 2 * s),
+        (VM_BASE - s, 4 * s),
+    ] {
+        let r = g.gmap_map_segment(from, other, len);
+        kassert!(
+            r == Err(GmapError::HostAliased),
+            "host {:#x} + {:#x}: {:?}",
+            from,
+            len,
+            r
+        );
+    }
+    // Adjacent host ranges are not aliases.
+    kassert_eq!(g.gmap_map_segment(VM_BASE + 2 * s, other, s), Ok(()));
+    kassert_eq!(g.gmap_unmap_segment(other, s), Ok(()));
+    // Linking the host segment linked already to `ga` to another guest
+    // segment of this gmap, mapped to it or not.
+    kassert_eq!(g.gmap_link(other, VM_BASE), Err(GmapError::HostAliased));
+    kassert_eq!(
+        g.gmap_link(other + 0x5000, VM_BASE + 0x5000),
+        Err(GmapError::HostAliased)
+    );
+    kassert_eq!(snapshot(&h, &g, &watch), before);
+    // A second gmap may map and link the same host segment.
+    let g2 = gmap(&h, (1 << 31) - 1)?;
+    kassert_eq!(g2.gmap_map_segment(VM_BASE, other, s), Ok(()));
+    kassert_eq!(g2.gmap_fault(other, Access::Read), Ok(VM_BASE));
+    // The host frees the PTE table: every link to it goes, in both gmaps.
+    kassert_eq!(h.lock().unmap_range(VM_BASE, s), Ok(1));
+    kassert_eq!((g.check(), g2.check()), (Ok(0), Ok(0)));
+    kassert!(g.segment_entry_value(ga).is_invalid());
+    kassert!(g2.segment_entry_value(other).is_invalid());
+    kassert_eq!(gmap_remove(g2), Ok(()));
     kassert_eq!(gmap_remove(g), Ok(()));
     drop(h);
     Ok(())
@@ -373,6 +483,7 @@ ktest_suite!(
         hardware_translation_for_each_asce_type,
         host_changes_are_seen_by_every_linked_gmap,
         freeing_a_host_pte_table_unlinks_and_fault_relinks,
+        host_aliasing_within_a_gmap_is_refused,
         segment_gaddr_comes_from_the_gmap_table_descriptor,
         notifier_sees_exact_range_once_before_the_change,
         bad_input_is_refused_and_changes_nothing,

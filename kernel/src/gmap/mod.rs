@@ -4,6 +4,18 @@
 //! segment copies the host's segment entry, so the gmap segment points at
 //! the host's PTE table and one PTE change is seen by host and guests.
 //! Names follow Linux's arch/s390/mm/gmap.c where the concept is the same.
+//!
+//! Host aliasing is refused, not modelled: within one gmap a host segment
+//! backs at most one guest segment (`gmap_map_segment` refuses a host range
+//! overlapping one it maps already, `gmap_link` a host segment linked to
+//! another guest segment; both `HostAliased`). Linux's `__gmap_link` refuses
+//! the same (-EEXIST when the host_to_guest radix tree has the slot), and it
+//! keeps `host_to_guest` single-valued, so when the host frees a PTE table
+//! `gmap_unlink` finds the one guest segment pointing at it and nothing is
+//! left pointing at freed memory. A multi-valued reverse map would allow
+//! aliases, at the cost of a list per host segment to keep exact. Other
+//! gmaps of the same host may map the same host segment: each has its own
+//! reverse map.
 
 pub mod host;
 pub mod notify;
@@ -43,6 +55,12 @@ pub enum GmapError {
     AlreadyMapped,
     /// No guest-to-host mapping (or the host has no page table there).
     NotMapped,
+    /// The host range is mapped or linked already by another guest segment
+    /// of this gmap (Linux `__gmap_link`: -EEXIST).
+    HostAliased,
+    /// `gmap_link`: the guest segment is mapped, but not to that host
+    /// segment.
+    HostMismatch,
 }
 
 /// What a guest access wants (for `gmap_fault`).
@@ -256,8 +274,14 @@ impl Gmap {
         if host_end as u128 > g.host_limit {
             return Err(GmapError::OutOfRange);
         }
-        if g.guest_to_host.range(to..to + len).next().is_some() {
+        // `to + len` may be 2^64 (a range ending at the top of a region-first
+        // gmap): the range is inclusive.
+        if g.guest_to_host.range(to..=to + (len - 1)).next().is_some() {
             return Err(GmapError::AlreadyMapped);
+        }
+        // One host segment backs at most one guest segment of a gmap.
+        if g.guest_to_host.values().any(|&h| h >= from && h < host_end) {
+            return Err(GmapError::HostAliased);
         }
         let mut off = 0;
         while off < len {
@@ -302,7 +326,11 @@ impl Gmap {
 
     /// `__gmap_link`: make the gmap segment for `gaddr` point at the host's
     /// PTE table for `vmaddr` (copying the host segment entry's hardware
-    /// bits) and record host-to-guest. The host must have a page table there.
+    /// bits) and record host-to-guest. `vmaddr` must be in the host segment
+    /// `gaddr` is mapped to (`gmap_translate`), that host segment must not
+    /// be linked to another guest segment of this gmap (`HostAliased`, as
+    /// Linux's -EEXIST), and the host must have a page table there. Linking
+    /// a linked segment again changes nothing.
     pub fn gmap_link(&self, gaddr: u64, vmaddr: u64) -> Result<(), GmapError> {
         // Lock order: host, then gmap (the host's unlink and notify hooks
         // run with the host locked and take the gmap lock). Holding the
@@ -311,8 +339,19 @@ impl Gmap {
         let parent = self.parent();
         let host = parent.lock();
         let mut g = self.inner.lock();
-        if gaddr > g.limit {
+        if gaddr > g.limit || vmaddr as u128 >= g.host_limit {
             return Err(GmapError::OutOfRange);
+        }
+        if g.host_to_guest
+            .get(&seg(vmaddr))
+            .is_some_and(|&other| other != seg(gaddr))
+        {
+            return Err(GmapError::HostAliased);
+        }
+        match g.guest_to_host.get(&seg(gaddr)) {
+            None => return Err(GmapError::NotMapped),
+            Some(&h) if h != seg(vmaddr) => return Err(GmapError::HostMismatch),
+            Some(_) => {}
         }
         let host_seg = host.space().segment_entry(vmaddr);
         if host_seg.is_invalid() {
