@@ -13,7 +13,7 @@ use spin::Once;
 use super::entry::{
     pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE,
 };
-use super::gather::{tlb_gather_mmu, GatheredTable, MmuGather};
+use super::gather::{dat_bug, tlb_gather_mmu, GatheredTable, MmuGather};
 use super::table::{self, entry, PhysReader, PTE_TABLE_SIZE};
 use super::tlb;
 use super::walk::{self, Facilities, Fault, Translation};
@@ -198,7 +198,11 @@ impl AddressSpace {
     // -- growing the top ------------------------------------------------------
 
     /// `crst_table_upgrade`: add levels on top until `va` is covered. The old
-    /// top becomes entry 0 of the new one, so existing mappings stay.
+    /// top becomes entry 0 of the new one, so existing mappings stay, and
+    /// the old ASCE stays usable on a CPU that still has it loaded (its
+    /// tables are all still there: the old top is never freed here, even
+    /// when empty; Linux's `crst_table_upgrade` keeps it the same way and
+    /// then switches every CPU attached to the mm).
     fn upgrade_for(&mut self, va: u64) -> Result<(), SpaceError> {
         if va as u128 >= self.max_limit {
             return Err(SpaceError::OutOfRange);
@@ -208,30 +212,19 @@ impl AddressSpace {
             let Some(up) = old.level().upper() else {
                 return Err(SpaceError::OutOfRange);
             };
+            let entry0 = RegionEntry::table(up, old.origin())?;
             let top = table::crst_alloc(up)?;
-            let old_empty = table::crst_is_empty(old.origin(), old.level());
-            if !old_empty {
-                // SAFETY: the new table is ours; entry 0 covers the old range.
-                unsafe { entry(top) }.store(
-                    RegionEntry::table(up, old.origin())?.raw(),
-                    Ordering::Release,
-                );
-            }
+            // SAFETY: the new table is ours; entry 0 covers the old range.
+            unsafe { entry(top) }.store(entry0.raw(), Ordering::Release);
             self.asce = Asce::new(top, up)?;
-            // The ASCE changed: TLB entries of the old one must go.
-            tlb::flush_asce(old);
-            if old_empty {
-                // An empty old top is not worth a level: the new top starts
-                // empty instead (and a failed operation's undo finds entry 0
-                // empty).
-                table::crst_free(old.origin());
-            }
         }
         Ok(())
     }
 
     /// Undo upgrades of a failed operation: drop added top tables until the
-    /// ASCE is `old` again (each added top only has entry 0, pointing down).
+    /// ASCE is `old` again. Each added top may only have entry 0, pointing
+    /// down (the failed operation's tables below were undone already); a
+    /// top with more is a bug, reported, and kept.
     fn downgrade_to(&mut self, old: Asce) {
         while self.asce != old && self.asce.level() > old.level() {
             let top = self.asce.origin();
@@ -240,21 +233,26 @@ impl AddressSpace {
             };
             // SAFETY: entry 0 of the live top table.
             let e0 = RegionEntry::from_raw(unsafe { entry(top) }.load(Ordering::Acquire));
-            let below = if e0.is_invalid() {
-                // The old top was empty and freed by the upgrade: a new empty
-                // table of the lower level takes its place.
-                match table::crst_alloc(lower) {
-                    Ok(t) => t,
-                    Err(_) => return,
-                }
-            } else {
-                e0.next_origin()
-            };
-            let Ok(a) = Asce::new(below, lower) else {
+            let level = self.asce.level();
+            let rest_empty = (1..super::entry::CRST_ENTRIES as u64).all(|i| {
+                // SAFETY: entries of the live top table.
+                unsafe { entry(PhysAddr(top.0 + i * 8)) }.load(Ordering::Acquire)
+                    == RegionEntry::empty(level).raw()
+            });
+            let Ok(a) = Asce::new(e0.next_origin(), lower) else {
+                dat_bug(format_args!("downgrade: entry 0 of {top:?} is no table"));
                 return;
             };
+            if e0.is_invalid() || !rest_empty {
+                dat_bug(format_args!(
+                    "downgrade: top {top:?} holds more than the old top"
+                ));
+                return;
+            }
             let dropped = self.asce;
             self.asce = a;
+            // Nothing below changed, but the dropped top must not be
+            // reachable through any TLB once it is free.
             tlb::flush_asce(dropped);
             table::crst_free(top);
         }
@@ -362,6 +360,9 @@ impl AddressSpace {
     pub(super) fn pte_free_now(&mut self, pa: PhysAddr) {
         let page = pa.align_down(PAGE_SIZE);
         let Some(pt) = Self::frag_link(page.0) else {
+            dat_bug(format_args!(
+                "PTE table {pa:?} freed, but its page is no page table"
+            ));
             return;
         };
         if self.pgste {
@@ -376,11 +377,18 @@ impl AddressSpace {
                     return;
                 }
                 Some(0) => self.frag_list_del(page),
-                _ => return,
+                r => {
+                    dat_bug(format_args!("PTE table {pa:?} freed twice ({r:?})"));
+                    return;
+                }
             }
         }
         ptdesc::pagetable_pte_dtor(pt);
-        let _ = ptdesc::pagetable_free(pt);
+        if let Err(e) = ptdesc::pagetable_free(pt) {
+            dat_bug(format_args!(
+                "PTE table page {page:?} refused by the allocator: {e:?}"
+            ));
+        }
     }
 
     // -- walking ---------------------------------------------------------------
@@ -700,12 +708,18 @@ impl AddressSpace {
                 a + PAGE_SIZE
             };
         }
+        let old_asce = self.asce;
         let mut a = va;
         while a < end {
             if let Err(e) = self.map(a, PhysAddr(pa.0 + (a - va)), prot) {
+                // Undo the pages mapped so far (freeing the tables they
+                // needed), then any growth of the top they made.
                 if a > va {
-                    let _ = self.unmap_range(va, a - va);
+                    if let Err(ue) = self.unmap_range(va, a - va) {
+                        dat_bug(format_args!("map_range undo: unmap_range: {ue:?}"));
+                    }
                 }
+                self.downgrade_to(old_asce);
                 return Err(e);
             }
             a += PAGE_SIZE;
@@ -920,7 +934,7 @@ impl AddressSpace {
             self.unmap_level(top, self.asce.level(), va, end, &mut g, &mut stats);
         }
         stats.flushes = g.flushes;
-        stats.tables_freed = g.pending().len() as u64;
+        stats.tables_freed = g.pending() as u64;
         g.tlb_finish_mmu(self);
         Ok(stats)
     }
@@ -953,11 +967,9 @@ impl AddressSpace {
                         if table::crst_is_empty(child, lower) {
                             // SAFETY: `tbl` is live; its entry points at `child`.
                             unsafe { tlb::idte(tbl, level, va) };
-                            g.note_flush();
+                            g.note_invalidated(ea);
                             slot.store(RegionEntry::empty(level).raw(), Ordering::Release);
-                            if let Some(pt) = table::table_ptdesc(child) {
-                                let _ = g.tlb_remove_table(pt, GatheredTable::Crst(child, lower));
-                            }
+                            gather(g, child, GatheredTable::Crst(child, lower), ea);
                         }
                     }
                 }
@@ -983,7 +995,7 @@ impl AddressSpace {
                         // PTEs can then be cleared without an IPTE each.
                         // SAFETY: `tbl` is this live segment table.
                         unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_flush();
+                        g.note_invalidated(ea);
                         slot.store(SegmentEntry::empty().raw(), Ordering::Release);
                         for i in 0..PTRS_PER_PTE as u64 {
                             // SAFETY: PTEs of the now unreachable page table.
@@ -1019,17 +1031,15 @@ impl AddressSpace {
                         self.unlink_before_free(va, pto);
                         // SAFETY: `tbl` is this live segment table.
                         unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_flush();
+                        g.note_invalidated(ea);
                         slot.store(SegmentEntry::empty().raw(), Ordering::Release);
                     }
-                    if let Some(pt) = table::table_ptdesc(pto) {
-                        let kind = if self.pgste {
-                            GatheredTable::PtePgste(pto)
-                        } else {
-                            GatheredTable::Pte(pto)
-                        };
-                        let _ = g.tlb_remove_table(pt, kind);
-                    }
+                    let kind = if self.pgste {
+                        GatheredTable::PtePgste(pto)
+                    } else {
+                        GatheredTable::Pte(pto)
+                    };
+                    gather(g, pto, kind, ea);
                 }
             }
             a = next;
@@ -1064,6 +1074,19 @@ impl AddressSpace {
             }
         }
         table::crst_free(tbl);
+    }
+}
+
+/// Hand a table whose entry was just invalidated to the gather; a refusal
+/// is a bug in this file (the table stays allocated, unreachable: leaked
+/// rather than freed while a TLB might reach it), reported loudly.
+fn gather(g: &mut MmuGather, table: PhysAddr, t: GatheredTable, parent: PhysAddr) {
+    let r = match table::table_ptdesc(table) {
+        Some(pt) => g.tlb_remove_table(pt, t, parent),
+        None => Err(super::gather::GatherError::NotPageTable),
+    };
+    if let Err(e) = r {
+        super::gather::dat_bug(format_args!("{t:?} refused by mmu_gather: {e:?}"));
     }
 }
 

@@ -81,11 +81,19 @@ pub fn crst_alloc(level: Level) -> Result<PhysAddr, AllocError> {
 
 /// Free a CRST table (no entry of it may be reachable by the hardware).
 pub fn crst_free(pa: PhysAddr) {
-    if let Some(pt) = table_ptdesc(pa) {
-        ptdesc::pagetable_crst_dtor(pt);
-        // A table freed after its dtor passes the allocator's checks; an
-        // error would mean memmap corruption, which the allocator reports.
-        let _ = ptdesc::pagetable_free(pt);
+    let Some(pt) = table_ptdesc(pa) else {
+        super::gather::dat_bug(format_args!(
+            "CRST table {pa:?} freed, but it is no page table"
+        ));
+        return;
+    };
+    ptdesc::pagetable_crst_dtor(pt);
+    // A table freed after its dtor passes the allocator's checks; a refusal
+    // means memmap corruption: loud, never ignored.
+    if let Err(e) = ptdesc::pagetable_free(pt) {
+        super::gather::dat_bug(format_args!(
+            "CRST table {pa:?} refused by the allocator: {e:?}"
+        ));
     }
 }
 
