@@ -132,14 +132,67 @@ fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
     // The gaddr aliases `mapping`: freed without clearing it, the buddy
     // allocator's non-NULL-mapping check refuses the table...
     kassert_eq!(
-        table::free_table_as_is(t),
+        table::free_table_as_is(t, 77, Level::Segment),
         Err(GmapTableError::Free(mm::FreeError::NonNullMapping(
             0x8000_0000
         )))
     );
     kassert_eq!(t.gaddr(), 0x8000_0000);
     // ...and gmap_free_table, which clears it first, succeeds.
-    kassert_eq!(table::gmap_free_table(t), Ok(()));
+    kassert_eq!(table::gmap_free_table(t, 77, Level::Segment), Ok(()));
+    Ok(())
+}
+
+/// `gmap_free_table` frees a table only for the owner and level its
+/// descriptor names, whatever its guest address (every top table has
+/// gaddr 0, so the allocator's non-NULL-mapping check cannot tell); a
+/// refused free changes nothing, not even the gaddr it cleared; a second
+/// free finds no gmap table.
+fn table_free_checks_owner_and_level() -> KResult {
+    let gt = table::nr_gmap_table_pages();
+    for (level, other, gaddr) in [
+        (Level::Segment, Level::Region3, 0u64),
+        (Level::Segment, Level::Region1, 0x8000_0000),
+        (Level::Region3, Level::Segment, 0),
+        (Level::Region2, Level::Region3, 0x400_0000_0000),
+        (Level::Region1, Level::Region2, 0),
+    ] {
+        let t = table::gmap_alloc_table(77, level, gaddr).map_err(|_| Outcome::Fail)?;
+        kassert_eq!((t.owner(), t.level(), t.gaddr()), (77, Some(level), gaddr));
+        for (owner, lvl, want) in [
+            (78, level, GmapTableError::WrongOwner(77)),
+            (0, level, GmapTableError::WrongOwner(77)),
+            (78, other, GmapTableError::WrongOwner(77)),
+            (77, other, GmapTableError::WrongLevel(Some(level))),
+        ] {
+            kassert_eq!(table::gmap_free_table(t, owner, lvl), Err(want));
+            kassert_eq!(table::free_table_as_is(t, owner, lvl), Err(want));
+            kassert!(table::page_gmap_table(table::gmap_table_page(t)).is_ok());
+            kassert_eq!((t.owner(), t.level(), t.gaddr()), (77, Some(level), gaddr));
+            kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+        }
+        kassert_eq!(table::gmap_free_table(t, 77, level), Ok(()));
+        kassert_eq!(table::nr_gmap_table_pages(), gt);
+        kassert_matches!(
+            table::gmap_free_table(t, 77, level),
+            Err(GmapTableError::NotGmapTable(_))
+        );
+        kassert_eq!(table::nr_gmap_table_pages(), gt);
+    }
+    // The allocator refuses (a reference is held): the table stays as it
+    // was, gaddr included.
+    let t = table::gmap_alloc_table(77, Level::Segment, 0x8000_0000).map_err(|_| Outcome::Fail)?;
+    let page = table::gmap_table_page(t);
+    page.page_ref_inc();
+    kassert_eq!(
+        table::gmap_free_table(t, 77, Level::Segment),
+        Err(GmapTableError::Free(mm::FreeError::BadRefcount(2)))
+    );
+    kassert_eq!((t.owner(), t.gaddr()), (77, 0x8000_0000));
+    kassert!(table::page_gmap_table(page).is_ok());
+    page.page_ref_dec();
+    kassert_eq!(table::gmap_free_table(t, 77, Level::Segment), Ok(()));
+    kassert_eq!(table::nr_gmap_table_pages(), gt);
     Ok(())
 }
 
@@ -480,6 +533,7 @@ ktest_suite!(
     "gmap",
     [
         descriptor_is_distinct_and_gaddr_cleared_before_free,
+        table_free_checks_owner_and_level,
         hardware_translation_for_each_asce_type,
         host_changes_are_seen_by_every_linked_gmap,
         freeing_a_host_pte_table_unlinks_and_fault_relinks,

@@ -76,6 +76,15 @@ static NEXT_GMAP: AtomicU64 = AtomicU64::new(1);
 /// address the entry covers).
 type ParentEntry = (PhysAddr, Level, u64);
 
+/// One of a gmap's tables: where it is, its level, and the entry pointing
+/// at it (none for the top table).
+#[derive(Clone, Copy)]
+struct GmapTable {
+    pa: PhysAddr,
+    level: Level,
+    parent: Option<ParentEntry>,
+}
+
 pub(crate) struct GmapInner {
     id: u64,
     asce: Asce,
@@ -93,7 +102,7 @@ pub(crate) struct GmapInner {
     /// Every gmap table (real addresses), the top first, each with the
     /// entry that points at it (parent table, its level, a guest address it
     /// covers); the top has none.
-    tables: Vec<(PhysAddr, Option<ParentEntry>)>,
+    tables: Vec<GmapTable>,
     /// Counters: links made, unlinks done.
     links: u64,
     unlinks: u64,
@@ -151,7 +160,11 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
         host_limit,
         guest_to_host: BTreeMap::new(),
         host_to_guest: BTreeMap::new(),
-        tables: alloc::vec![(top.phys(), None)],
+        tables: alloc::vec![GmapTable {
+            pa: top.phys(),
+            level,
+            parent: None,
+        }],
         links: 0,
         unlinks: 0,
     }));
@@ -201,7 +214,11 @@ impl GmapInner {
                         .raw(),
                     Ordering::Release,
                 );
-                self.tables.push((pa, Some((tbl, level, gaddr))));
+                self.tables.push(GmapTable {
+                    pa,
+                    level: lower,
+                    parent: Some((tbl, level, gaddr)),
+                });
                 pa
             } else {
                 e.next_origin()
@@ -479,7 +496,10 @@ impl GmapInner {
         linked: &mut u64,
     ) -> Result<(), GmapCheckError> {
         let t = table::gmap_table_at(tbl).map_err(|_| GmapCheckError::Table(tbl))?;
-        if t.owner() != self.id || !self.tables.iter().any(|(pa, _)| *pa == tbl) {
+        if t.owner() != self.id
+            || t.level() != Some(level)
+            || !self.tables.iter().any(|t| t.pa == tbl && t.level == level)
+        {
             return Err(GmapCheckError::Table(tbl));
         }
         for i in 0..crate::dat::entry::CRST_ENTRIES as u64 {
@@ -522,7 +542,7 @@ impl GmapInner {
         // Tables added by a failed operation are empty: invalidate the entry
         // pointing at each (newest first), then free it.
         while self.tables.len() > n {
-            let Some((pa, parent)) = self.tables.pop() else {
+            let Some(GmapTable { pa, level, parent }) = self.tables.pop() else {
                 break;
             };
             if let Some((ptbl, plevel, gaddr)) = parent {
@@ -534,7 +554,7 @@ impl GmapInner {
                     .store(RegionEntry::empty(plevel).raw(), Ordering::Release);
             }
             if let Ok(t) = table::gmap_table_at(pa) {
-                let _ = gmap_free_table(t);
+                let _ = gmap_free_table(t, self.id, level);
             }
         }
     }
@@ -553,9 +573,10 @@ impl Drop for Gmap {
         // The ASCE is not loaded anywhere any more; purge what any TLB may
         // still hold of it before its tables go back.
         tlb::flush_asce(inner.asce);
-        for (pa, _) in inner.tables.drain(..) {
-            if let Ok(t) = table::gmap_table_at(pa) {
-                let _: Result<(), _> = gmap_free_table(t);
+        let id = inner.id;
+        for t in inner.tables.drain(..) {
+            if let Ok(d) = table::gmap_table_at(t.pa) {
+                let _: Result<(), _> = gmap_free_table(d, id, t.level);
             }
         }
         inner.host_to_guest.clear();

@@ -1,8 +1,11 @@
 //! The gmap table descriptor: a `struct page` overlay of its own for gmap
 //! region and segment tables, distinct from `PtDesc` (process page tables),
 //! as the seed discussion concluded. It records the guest address the table
-//! starts at (the seed's `_pt_s390_gaddr`, aliasing `mapping`) and its
-//! owner. Host PTE tables linked into a gmap stay `PtDesc`s.
+//! starts at (the seed's `_pt_s390_gaddr`, aliasing `mapping`), its owner
+//! and its level; `gmap_free_table` checks owner and level (the gaddr is 0
+//! for every top table, so the allocator's non-NULL-mapping check alone
+//! cannot tell a wrong table). Host PTE tables linked into a gmap stay
+//! `PtDesc`s.
 
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,7 +23,8 @@ pub struct GmapTableDesc {
     pub __page_flags: AtomicU64,
     /// Aliases `compound_head`: bit 0 must stay clear.
     pub _gt_pad_1: AtomicU64,
-    pub gt_list: AtomicU64,
+    /// Unused (Page's `gt_list`): a gmap keeps its tables in its own list.
+    pub _gt_pad_2: AtomicU64,
     /// Guest address the table starts at; aliases `mapping`, so it is
     /// cleared before the table is freed.
     pub _gt_s390_gaddr: AtomicU64,
@@ -53,6 +57,10 @@ pub enum GmapTableError {
     NoMemory,
     /// The allocator refused the free.
     Free(FreeError),
+    /// The descriptor names another owner (the gmap id it names).
+    WrongOwner(u64),
+    /// The descriptor names another level (the one it names).
+    WrongLevel(Option<Level>),
 }
 
 static NR_GMAP_TABLES: AtomicU64 = AtomicU64::new(0);
@@ -99,6 +107,12 @@ impl GmapTableDesc {
         self.gt_gmap.load(Ordering::Relaxed)
     }
 
+    /// The table's level, as its descriptor records it (`None`: not a level
+    /// value, the descriptor is corrupt).
+    pub fn level(&self) -> Option<Level> {
+        level_from_raw(self.gt_level.load(Ordering::Relaxed))
+    }
+
     pub fn phys(&self) -> PhysAddr {
         let page = gmap_table_page(self);
         mm::page_to_pfn(page).map_or(PhysAddr(0), |pfn| PhysAddr(pfn.0 * PAGE_SIZE))
@@ -120,7 +134,7 @@ pub fn gmap_alloc_table(
     page.set_page_type(PageType::GmapTable);
     let t = page_gmap_table(page)?;
     t._gt_pad_1.store(0, Ordering::Relaxed);
-    t.gt_list.store(0, Ordering::Relaxed);
+    t._gt_pad_2.store(0, Ordering::Relaxed);
     t._gt_s390_gaddr.store(gaddr, Ordering::Relaxed);
     t.gt_gmap.store(owner, Ordering::Relaxed);
     t.gt_level.store(level as u64, Ordering::Relaxed);
@@ -136,17 +150,54 @@ pub fn gmap_alloc_table(
     Ok(t)
 }
 
+fn level_from_raw(v: u64) -> Option<Level> {
+    match v {
+        0 => Some(Level::Segment),
+        1 => Some(Level::Region3),
+        2 => Some(Level::Region2),
+        3 => Some(Level::Region1),
+        _ => None,
+    }
+}
+
 /// `gmap_free_table`: clear the gaddr (it aliases `mapping`: "ensure it's
-/// set to NULL before freeing"), drop the tag, give the pages back.
-pub fn gmap_free_table(t: &GmapTableDesc) -> Result<(), GmapTableError> {
+/// set to NULL before freeing"), drop the tag, give the pages back. Only
+/// for the `owner` and `level` the descriptor names: a table of another
+/// gmap or level is refused (`WrongOwner`, `WrongLevel`), as is a page that
+/// is no gmap table (freed already, say); a refused free changes nothing
+/// (the gaddr is restored if the allocator refuses).
+pub fn gmap_free_table(t: &GmapTableDesc, owner: u64, level: Level) -> Result<(), GmapTableError> {
+    check_free(t, owner, level)?;
+    let gaddr = t.gaddr();
     t._gt_s390_gaddr.store(0, Ordering::Relaxed);
-    free_table_as_is(t)
+    free_table_pages(t).inspect_err(|_| t._gt_s390_gaddr.store(gaddr, Ordering::Relaxed))
 }
 
 /// Free without clearing the gaddr first: what the seed patch warns about.
 /// The buddy allocator's non-NULL-mapping check refuses it (unless the table
-/// starts at guest address 0). Kept for the test that shows it.
-pub fn free_table_as_is(t: &GmapTableDesc) -> Result<(), GmapTableError> {
+/// starts at guest address 0). Kept for the test that shows it; it checks
+/// owner and level as `gmap_free_table` does.
+pub fn free_table_as_is(t: &GmapTableDesc, owner: u64, level: Level) -> Result<(), GmapTableError> {
+    check_free(t, owner, level)?;
+    free_table_pages(t)
+}
+
+/// The checks before a free: a gmap table, of `owner`, of `level`.
+fn check_free(t: &GmapTableDesc, owner: u64, level: Level) -> Result<(), GmapTableError> {
+    let page = gmap_table_page(t);
+    if !page.has_type(PageType::GmapTable) {
+        return Err(GmapTableError::NotGmapTable(page.page_type()));
+    }
+    if t.owner() != owner {
+        return Err(GmapTableError::WrongOwner(t.owner()));
+    }
+    if t.level() != Some(level) {
+        return Err(GmapTableError::WrongLevel(t.level()));
+    }
+    Ok(())
+}
+
+fn free_table_pages(t: &GmapTableDesc) -> Result<(), GmapTableError> {
     let page = gmap_table_page(t);
     let pfn = mm::page_to_pfn(page).ok_or(GmapTableError::NotInMemmap)?;
     let tag = page.raw_page_type();
