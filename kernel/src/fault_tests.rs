@@ -93,12 +93,27 @@ fn space_map_survives_every_failed_allocation() -> KResult {
             Ok(())
         },
     )?;
+    // A range whose later pages need the top grown (it crosses 2 GiB): a
+    // failure after the growth must undo it too, not only the pages.
+    let k = sweep(
+        || AddressSpace::new(1 << 31, 1 << 42, false).map_err(|_| Outcome::Fail),
+        |s| {
+            s.map_range(0x7ff0_0000, PhysAddr(0), 3 << 20, Prot::ReadOnly)
+                .is_ok()
+        },
+        |s| {
+            kassert_eq!(s.asce().level(), Level::Segment);
+            kassert_eq!(s.lookup(0x7ff0_0000), None);
+            kassert_eq!(s.check().map(|c| (c.crst_tables, c.pte_tables)), Ok((1, 0)));
+            Ok(())
+        },
+    )?;
     crate::ktest::diag(format_args!(
-        "address-space map: {} + {} injected failures survived",
-        n, m
+        "address-space map: {} + {} + {} injected failures survived",
+        n, m, k
     ));
-    kassert!(n >= 4 && m >= 2);
-    TOTAL.lock().0 += n + m;
+    kassert!(n >= 4 && m >= 2 && k >= 3);
+    TOTAL.lock().0 += n + m + k;
     Ok(())
 }
 

@@ -715,7 +715,8 @@ impl AddressSpace {
                 // Undo the pages mapped so far (freeing the tables they
                 // needed), then any growth of the top they made.
                 if a > va {
-                    if let Err(ue) = self.unmap_range(va, a - va) {
+                    let keep = Some(old_asce.origin());
+                    if let Err(ue) = self.unmap_range_keeping(va, a - va, keep) {
                         dat_bug(format_args!("map_range undo: unmap_range: {ue:?}"));
                     }
                 }
@@ -925,13 +926,25 @@ impl AddressSpace {
     /// after the flush (mmu_gather). A segment covered whole costs one IDTE
     /// instead of an IPTE per page.
     pub fn unmap_range(&mut self, va: u64, len: u64) -> Result<UnmapStats, SpaceError> {
+        self.unmap_range_keeping(va, len, None)
+    }
+
+    /// `unmap_range`, but the CRST table `keep` stays even when it becomes
+    /// empty (a failed map_range keeps the top it started with, so that
+    /// undoing a growth of the top gives back the very same ASCE).
+    fn unmap_range_keeping(
+        &mut self,
+        va: u64,
+        len: u64,
+        keep: Option<PhysAddr>,
+    ) -> Result<UnmapStats, SpaceError> {
         let end = self.check_range(va, len)?;
         let mut g = tlb_gather_mmu();
         let mut stats = UnmapStats::default();
         let end = (end as u128).min(self.limit()) as u64;
         if va < end {
             let top = self.asce.origin();
-            self.unmap_level(top, self.asce.level(), va, end, &mut g, &mut stats);
+            self.unmap_level(top, self.asce.level(), va, end, keep, &mut g, &mut stats);
         }
         stats.flushes = g.flushes;
         stats.tables_freed = g.pending() as u64;
@@ -939,12 +952,14 @@ impl AddressSpace {
         Ok(stats)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn unmap_level(
         &mut self,
         tbl: PhysAddr,
         level: Level,
         start: u64,
         end: u64,
+        keep: Option<PhysAddr>,
         g: &mut MmuGather,
         st: &mut UnmapStats,
     ) {
@@ -963,8 +978,8 @@ impl AddressSpace {
                     let e = RegionEntry::from_raw(slot.load(Ordering::Acquire));
                     if !e.is_invalid() {
                         let child = e.next_origin();
-                        self.unmap_level(child, lower, va, next as u64, g, st);
-                        if table::crst_is_empty(child, lower) {
+                        self.unmap_level(child, lower, va, next as u64, keep, g, st);
+                        if keep != Some(child) && table::crst_is_empty(child, lower) {
                             // SAFETY: `tbl` is live; its entry points at `child`.
                             unsafe { tlb::idte(tbl, level, va) };
                             g.note_invalidated(ea);
