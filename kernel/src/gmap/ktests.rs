@@ -154,7 +154,7 @@ fn table_free_checks_owner_and_level() -> KResult {
         (Level::Segment, Level::Region3, 0u64),
         (Level::Segment, Level::Region1, 0x8000_0000),
         (Level::Region3, Level::Segment, 0),
-        (Level::Region2, Level::Region3, 0x400_0000_0000),
+        (Level::Region2, Level::Region3, 1 << 53),
         (Level::Region1, Level::Region2, 0),
     ] {
         let t = table::gmap_alloc_table(77, level, gaddr).map_err(|_| Outcome::Fail)?;
@@ -382,6 +382,94 @@ fn segment_gaddr_comes_from_the_gmap_table_descriptor() -> KResult {
     Ok(())
 }
 
+/// The guest address of an entry of a gmap table comes from the table's
+/// descriptor at every level: its gaddr plus the entry's index shifted by
+/// the level its descriptor names (Region1 53, Region2 42, Region3 31,
+/// Segment 20). `gmap_segment_gaddr` (Linux `__gmap_segment_gaddr`) takes
+/// segment-table entries only and refuses a region table's. Real gmaps of
+/// each ASCE type, with every index non-zero, the mapping used through DAT.
+fn entry_gaddr_at_every_level_of_each_asce_type() -> KResult {
+    let h = host()?;
+    let idx = |l: Level, i: u64| i << l.shift();
+    let deep = idx(Level::Region1, 0x5a5)
+        | idx(Level::Region2, 0x3c3)
+        | idx(Level::Region3, 0x2d2)
+        | idx(Level::Segment, 0x1e1);
+    let mut checked = 0;
+    for (limit, level) in [
+        ((1u64 << 31) - 1, Level::Segment),
+        ((1 << 42) - 1, Level::Region3),
+        ((1 << 53) - 1, Level::Region2),
+        (u64::MAX, Level::Region1),
+    ] {
+        let g = gmap(&h, limit)?;
+        kassert_eq!(g.asce().level(), level);
+        let ga = deep & limit;
+        kassert_eq!(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE), Ok(()));
+        kassert_eq!(
+            g.gmap_fault(ga + 0x3000, Access::Write),
+            Ok(VM_BASE + 0x3000)
+        );
+        kassert_eq!(g_store(&g, ga + 0x3008, ga), Ok(()));
+        kassert_eq!(h_load(&h, VM_BASE + 0x3008), Ok(ga));
+        let mut l = level;
+        loop {
+            let size = 1u64 << l.shift();
+            let ea = g.entry_addr(ga, l).ok_or(Outcome::Fail)?;
+            let va = crate::dat::table::phys_to_virt(ea);
+            kassert_eq!(table::gmap_table_entry_gaddr(va), Ok((l, ga & !(size - 1))));
+            // The next entry of the same table covers the next `size`.
+            let next = mm::addr::VirtAddr(va.0 + 8);
+            kassert_eq!(
+                table::gmap_table_entry_gaddr(next),
+                Ok((l, (ga & !(size - 1)) + size))
+            );
+            if l == Level::Segment {
+                kassert_eq!(super::segment_gaddr_of_entry(va), Ok(ga));
+            } else {
+                kassert_eq!(
+                    super::segment_gaddr_of_entry(va),
+                    Err(GmapTableError::NotSegmentTable(l))
+                );
+            }
+            kassert_eq!(
+                table::gmap_table_entry_gaddr(mm::addr::VirtAddr(va.0 + 4)),
+                Err(GmapTableError::Misaligned)
+            );
+            checked += 1;
+            match l.lower() {
+                Some(lower) => l = lower,
+                None => break,
+            }
+        }
+        kassert_eq!(g.check(), Ok(1));
+        kassert_eq!(gmap_remove(g), Ok(()));
+    }
+    kassert_eq!(checked, 1 + 2 + 3 + 4);
+    drop(h);
+    // What makes the sum exact: a table's gaddr is aligned to what a table
+    // of its level covers, so gmap_alloc_table refuses any other.
+    let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
+    for (level, gaddr) in [
+        (Level::Segment, 1u64 << 20),
+        (Level::Segment, 1 << 30),
+        (Level::Region3, 1 << 31),
+        (Level::Region2, 1 << 42),
+        (Level::Region1, 1 << 53),
+        (Level::Region1, !0xfffu64),
+    ] {
+        kassert_matches!(
+            table::gmap_alloc_table(77, level, gaddr),
+            Err(GmapTableError::Misaligned)
+        );
+    }
+    kassert_eq!(
+        (mm::nr_free_pages(), table::nr_gmap_table_pages()),
+        (free, gt)
+    );
+    Ok(())
+}
+
 /// A notifier call: (gmap, start, end, what the guest saw at that moment).
 type Note = (u64, u64, u64, Result<u64, ProgramCheck>);
 
@@ -539,6 +627,7 @@ ktest_suite!(
         freeing_a_host_pte_table_unlinks_and_fault_relinks,
         host_aliasing_within_a_gmap_is_refused,
         segment_gaddr_comes_from_the_gmap_table_descriptor,
+        entry_gaddr_at_every_level_of_each_asce_type,
         notifier_sees_exact_range_once_before_the_change,
         bad_input_is_refused_and_changes_nothing,
         teardown_returns_every_page,

@@ -193,9 +193,30 @@ impl GmapInner {
     /// The real address of the gmap segment entry for `gaddr`, allocating
     /// missing gmap region/segment tables if `alloc`.
     fn segment_entry(&mut self, gaddr: u64, alloc: bool) -> Result<Option<PhysAddr>, GmapError> {
+        self.entry_at(gaddr, Level::Segment, alloc)
+    }
+
+    /// The real address of the entry for `gaddr` in the gmap table of
+    /// `level` (`None` if `level` is above the top, or a table above it is
+    /// missing and not `alloc`), allocating missing gmap tables if `alloc`.
+    fn entry_at(
+        &mut self,
+        gaddr: u64,
+        stop: Level,
+        alloc: bool,
+    ) -> Result<Option<PhysAddr>, GmapError> {
+        if gaddr > self.limit {
+            return Err(GmapError::OutOfRange);
+        }
         let mut level = self.asce.level();
+        if stop > level {
+            return Ok(None);
+        }
         let mut tbl = self.asce.origin();
-        while let Some(lower) = level.lower() {
+        while level != stop {
+            let Some(lower) = level.lower() else {
+                return Ok(None);
+            };
             let ea = PhysAddr(tbl.0 + level.index(gaddr) as u64 * 8);
             // SAFETY: an entry of a live gmap table.
             let slot = unsafe { entry(ea) };
@@ -225,9 +246,7 @@ impl GmapInner {
             };
             level = lower;
         }
-        Ok(Some(PhysAddr(
-            tbl.0 + Level::Segment.index(gaddr) as u64 * 8,
-        )))
+        Ok(Some(PhysAddr(tbl.0 + stop.index(gaddr) as u64 * 8)))
     }
 
     /// Invalidate the gmap segment entry for `gaddr` if valid (IDTE) and
@@ -422,6 +441,17 @@ impl Gmap {
         self.inner.lock().segment_entry(gaddr, false).ok().flatten()
     }
 
+    /// The real address of the entry for `gaddr` in the gmap table of
+    /// `level`, if that table exists (`None` beyond the limit or above the
+    /// top table).
+    pub fn entry_addr(&self, gaddr: u64, level: Level) -> Option<PhysAddr> {
+        self.inner
+            .lock()
+            .entry_at(gaddr, level, false)
+            .ok()
+            .flatten()
+    }
+
     pub fn segment_entry_value(&self, gaddr: u64) -> SegmentEntry {
         self.segment_entry_addr(gaddr)
             .map_or(SegmentEntry::empty(), |ea| {
@@ -468,7 +498,8 @@ pub enum GmapCheckError {
 
 impl Gmap {
     /// Check the gmap's maps against its tables: every table reached is one
-    /// of its gmap tables; every linked segment (guest address from the
+    /// of its gmap tables, its descriptor naming this gmap, the level and
+    /// the guest address it is reached at; every linked segment (guest address from the
     /// table descriptor) is mapped guest-to-host, recorded host-to-guest,
     /// and points at the host's PTE table for that segment. Returns the
     /// number of linked segments.
@@ -478,7 +509,7 @@ impl Gmap {
         let host = parent.lock();
         let g = self.inner.lock();
         let mut linked = 0;
-        g.check_level(g.asce.origin(), g.asce.level(), &host, &mut linked)?;
+        g.check_level(g.asce.origin(), g.asce.level(), 0, &host, &mut linked)?;
         let recorded = g.host_to_guest.len() as u64;
         if recorded != linked {
             return Err(GmapCheckError::Count { linked, recorded });
@@ -492,12 +523,14 @@ impl GmapInner {
         &self,
         tbl: PhysAddr,
         level: Level,
+        base: u64,
         host: &HostMm,
         linked: &mut u64,
     ) -> Result<(), GmapCheckError> {
         let t = table::gmap_table_at(tbl).map_err(|_| GmapCheckError::Table(tbl))?;
         if t.owner() != self.id
             || t.level() != Some(level)
+            || t.gaddr() != base
             || !self.tables.iter().any(|t| t.pa == tbl && t.level == level)
         {
             return Err(GmapCheckError::Table(tbl));
@@ -510,7 +543,8 @@ impl GmapInner {
                 Some(lower) => {
                     let e = RegionEntry::from_raw(raw);
                     if !e.is_invalid() {
-                        self.check_level(e.next_origin(), lower, host, linked)?;
+                        let child = base + (i << level.shift());
+                        self.check_level(e.next_origin(), lower, child, host, linked)?;
                     }
                 }
                 None => {

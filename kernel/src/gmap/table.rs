@@ -10,7 +10,7 @@
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::dat::entry::{Level, RegionEntry, SegmentEntry, CRST_ENTRIES, SEGMENT_SHIFT};
+use crate::dat::entry::{Level, RegionEntry, SegmentEntry, CRST_ENTRIES};
 use crate::dat::table::{entry, phys_to_virt};
 use crate::mm::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::mm::page::{self, Page, PageType};
@@ -61,6 +61,11 @@ pub enum GmapTableError {
     WrongOwner(u64),
     /// The descriptor names another level (the one it names).
     WrongLevel(Option<Level>),
+    /// `gmap_segment_gaddr` of an entry of a region table (its level).
+    NotSegmentTable(Level),
+    /// An entry address that is not 8-byte aligned, or a table's guest
+    /// address not aligned to what a table of its level covers.
+    Misaligned,
 }
 
 static NR_GMAP_TABLES: AtomicU64 = AtomicU64::new(0);
@@ -120,12 +125,17 @@ impl GmapTableDesc {
 }
 
 /// `gmap_alloc_table`: a CRST table of `level` for gmap `owner` starting at
-/// guest address `gaddr`, every entry empty, tagged GmapTable.
+/// guest address `gaddr`, every entry empty, tagged GmapTable. `gaddr` must
+/// be aligned to what a table of `level` covers (2 GiB for a segment table,
+/// 4 TiB, 8 PiB, and 0 for a region-first table): `Misaligned` otherwise.
 pub fn gmap_alloc_table(
     owner: u64,
     level: Level,
     gaddr: u64,
 ) -> Result<&'static GmapTableDesc, GmapTableError> {
+    if (gaddr as u128) & (level.limit() - 1) != 0 {
+        return Err(GmapTableError::Misaligned);
+    }
     let p = mm::alloc_pages(2, AllocFlags::empty())
         .map_err(|_: AllocError| GmapTableError::NoMemory)?;
     let page = p.page();
@@ -219,14 +229,39 @@ fn free_table_pages(t: &GmapTableDesc) -> Result<(), GmapTableError> {
     }
 }
 
-/// Linux `__gmap_segment_gaddr`: the guest address a gmap segment-table
-/// entry maps, from the table's descriptor (never a process `PtDesc`).
-pub fn gmap_segment_gaddr(entry_va: VirtAddr) -> Result<u64, GmapTableError> {
+/// The guest address the entry at kernel address `entry_va` of a gmap
+/// table maps, and the table's level, both from the table's descriptor:
+/// its gaddr plus the entry's index shifted by its level's shift (each
+/// entry of a level-L table covers 2^shift(L) bytes). Refused for an
+/// address that is not 8-byte aligned or not in a gmap table.
+pub fn gmap_table_entry_gaddr(entry_va: VirtAddr) -> Result<(Level, u64), GmapTableError> {
+    if !entry_va.0.is_multiple_of(8) {
+        return Err(GmapTableError::Misaligned);
+    }
     let table_va = entry_va.align_down(4 * PAGE_SIZE);
     let page = mm::virt_to_page(table_va).ok_or(GmapTableError::NotInMemmap)?;
     let t = page_gmap_table(page)?;
+    let level = t.level().ok_or(GmapTableError::WrongLevel(None))?;
     let index = (entry_va.0 - table_va.0) / 8;
-    Ok(t.gaddr() + (index << SEGMENT_SHIFT))
+    // gmap_alloc_table keeps gaddr aligned to what the table covers, so
+    // the index bits are clear in it.
+    let gaddr = t
+        .gaddr()
+        .checked_add(index << level.shift())
+        .ok_or(GmapTableError::Misaligned)?;
+    Ok((level, gaddr))
+}
+
+/// Linux `__gmap_segment_gaddr`: the guest address a gmap segment-table
+/// entry maps, from the table's descriptor (never a process `PtDesc`).
+/// Its role is segment tables (Linux's pmd): an entry of a region table is
+/// refused (`NotSegmentTable`), not converted with the segment shift;
+/// `gmap_table_entry_gaddr` converts entries of every level.
+pub fn gmap_segment_gaddr(entry_va: VirtAddr) -> Result<u64, GmapTableError> {
+    match gmap_table_entry_gaddr(entry_va)? {
+        (Level::Segment, gaddr) => Ok(gaddr),
+        (level, _) => Err(GmapTableError::NotSegmentTable(level)),
+    }
 }
 
 /// The descriptor of the gmap table at real address `pa`.
