@@ -5,6 +5,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 
 use spin::Mutex;
 
@@ -13,10 +14,30 @@ use crate::dat::space::{AddressSpace, SpaceError};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, AllocFlags, Pages};
 
+/// Errors of `HostMm` operations that free frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostError {
+    /// The address space refused; nothing changed.
+    Space(SpaceError),
+    /// The range was unmapped (`unmapped` pages), but the allocator refused
+    /// `frames` of its frames (it printed a `BUG: Bad page state` line for
+    /// each); the host keeps them and tries again when it is dropped.
+    FreeRefused { frames: u64, unmapped: u64 },
+}
+
+impl From<SpaceError> for HostError {
+    fn from(e: SpaceError) -> Self {
+        HostError::Space(e)
+    }
+}
+
 pub struct HostMm {
     space: AddressSpace,
     /// Frames populated by faults, by host address.
     frames: BTreeMap<u64, Pages>,
+    /// Frames unmapped whose free the allocator refused: kept, freed again
+    /// when the host is dropped.
+    refused: Vec<Pages>,
 }
 
 impl HostMm {
@@ -26,6 +47,7 @@ impl HostMm {
         Ok(Arc::new(Mutex::new(HostMm {
             space,
             frames: BTreeMap::new(),
+            refused: Vec::new(),
         })))
     }
 
@@ -47,11 +69,24 @@ impl HostMm {
         let p = mm::alloc_pages(0, AllocFlags::ZERO)?;
         let pa = p.phys();
         if let Err(e) = self.space.map(va, pa, Prot::ReadWrite) {
-            let _ = mm::free_pages(p);
+            self.free_frame(p);
             return Err(e);
         }
         self.frames.insert(va, p);
         Ok(pa)
+    }
+
+    /// Give back a frame nothing maps; if the allocator refuses (it prints
+    /// a `BUG: Bad page state` line), keep it for a retry at drop. Returns
+    /// whether it was freed.
+    fn free_frame(&mut self, p: Pages) -> bool {
+        match mm::free_pages(p) {
+            Ok(()) => true,
+            Err((p, _)) => {
+                self.refused.push(p);
+                false
+            }
+        }
     }
 
     /// Populate `[vmaddr, vmaddr + len)`.
@@ -69,20 +104,32 @@ impl HostMm {
         self.frames.get_mut(&(vmaddr & !(PAGE_SIZE - 1)))
     }
 
-    /// Unmap `[vmaddr, vmaddr + len)` and free the frames populated there.
-    pub fn unmap_range(&mut self, vmaddr: u64, len: u64) -> Result<u64, SpaceError> {
+    /// Unmap `[vmaddr, vmaddr + len)` and free the frames populated there;
+    /// returns the pages unmapped. Refused like the space's unmap_range
+    /// (`Space`, nothing changed). If the allocator refuses frames, the
+    /// rest is still done and `FreeRefused` says how many (the host keeps
+    /// them and tries again when dropped).
+    pub fn unmap_range(&mut self, vmaddr: u64, len: u64) -> Result<u64, HostError> {
         let st = self.space.unmap_range(vmaddr, len)?;
-        let keys: alloc::vec::Vec<u64> = self
+        // The space checked that vmaddr + len does not overflow.
+        let keys: Vec<u64> = self
             .frames
             .range(vmaddr..vmaddr + len)
             .map(|(k, _)| *k)
             .collect();
+        let mut refused = 0;
         for k in keys {
             if let Some(p) = self.frames.remove(&k) {
-                let _ = mm::free_pages(p);
+                refused += u64::from(!self.free_frame(p));
             }
         }
-        Ok(st.pages)
+        match refused {
+            0 => Ok(st.pages),
+            frames => Err(HostError::FreeRefused {
+                frames,
+                unmapped: st.pages,
+            }),
+        }
     }
 
     pub fn protect(&mut self, vmaddr: u64, prot: Prot) -> Result<(), SpaceError> {
@@ -120,6 +167,11 @@ impl HostMm {
         self.frames.len()
     }
 
+    /// Frames unmapped whose free the allocator refused (kept until drop).
+    pub fn nr_refused_frames(&self) -> usize {
+        self.refused.len()
+    }
+
     pub fn segment_size() -> u64 {
         SEGMENT_SIZE
     }
@@ -128,14 +180,29 @@ impl HostMm {
 impl Drop for HostMm {
     fn drop(&mut self) {
         // The space is dropped after this (it unlinks every gmap first);
-        // the frames go back once nothing maps them.
+        // the frames go back once nothing maps them. No caller to tell of a
+        // failure: each is a BUG line (counted, see `report_bug`).
         let all = core::mem::take(&mut self.frames);
-        let _ = self.space.unmap_range(
-            0,
-            self.space.max_limit().min(u64::MAX as u128) as u64 & !(PAGE_SIZE - 1),
-        );
-        for (_, p) in all {
-            let _ = mm::free_pages(p);
+        let stuck = core::mem::take(&mut self.refused);
+        let id = self.space.id();
+        let len = self.space.max_limit().min(u64::MAX as u128) as u64 & !(PAGE_SIZE - 1);
+        if let Err(e) = self.space.unmap_range(0, len) {
+            super::report_bug(format_args!(
+                "host space {id} dropped: unmap of [0, {len:#x}) refused: {e:?}"
+            ));
+        }
+        let mut refused = 0;
+        for p in all.into_values().chain(stuck) {
+            if let Err((p, _)) = mm::free_pages(p) {
+                // Leaked on purpose: the allocator will not take it back.
+                let _leaked = p.into_raw();
+                refused += 1;
+            }
+        }
+        if refused != 0 {
+            super::report_bug(format_args!(
+                "host space {id} dropped: {refused} frames could not be freed; they stay allocated"
+            ));
         }
     }
 }

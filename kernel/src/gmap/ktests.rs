@@ -576,6 +576,121 @@ fn bad_input_is_refused_and_changes_nothing() -> KResult {
     Ok(())
 }
 
+/// A gmap region-first gmap with one linked segment (four tables), and the
+/// page of its segment table with a reference taken, so the allocator
+/// refuses to free it.
+fn gmap_with_a_pinned_table(
+    h: &Arc<Mutex<HostMm>>,
+) -> Result<(Gmap, &'static table::GmapTableDesc), Outcome> {
+    let g = gmap(h, u64::MAX)?;
+    let ga = 0x7ff0_0000_0000_0000u64;
+    kassert_ok(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE))?;
+    kassert_ok(g.gmap_fault(ga, Access::Write).map(|_| ()))?;
+    kassert_eq!(g.table_pages(), 16);
+    let ea = g.entry_addr(ga, Level::Segment).ok_or(Outcome::Fail)?;
+    let t = table::gmap_table_at(ea).map_err(|_| Outcome::Fail)?;
+    table::gmap_table_page(t).page_ref_inc();
+    Ok((g, t))
+}
+
+/// `gmap_remove` tears down itself and names what it could not free: the
+/// other tables go back, the refused one stays a gmap table (freed by hand
+/// once the reference is dropped).
+fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
+    mm::drain_pcp();
+    let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
+    let h = host()?;
+    let (g, t) = gmap_with_a_pinned_table(&h)?;
+    let id = g.id();
+    let bugs = super::nr_bug_reports();
+    kassert_eq!(gmap_remove(g), Err(GmapError::FreeRefused(1)));
+    kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+    kassert_eq!(super::nr_bug_reports(), bugs);
+    let page = table::gmap_table_page(t);
+    kassert!(table::page_gmap_table(page).is_ok());
+    page.page_ref_dec();
+    kassert_eq!(table::gmap_free_table(t, id, Level::Segment), Ok(()));
+    kassert_eq!(table::nr_gmap_table_pages(), gt);
+    drop(h);
+    mm::drain_pcp();
+    kassert_eq!(mm::nr_free_pages(), free);
+    Ok(())
+}
+
+/// Dropping a gmap whose table the allocator refuses has no caller to
+/// tell: it prints a BUG line and counts it (the runner fails the suite on
+/// an unexpected one; this test expects it).
+fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
+    let h = host()?;
+    let gt = table::nr_gmap_table_pages();
+    let (g, t) = gmap_with_a_pinned_table(&h)?;
+    let id = g.id();
+    let bugs = super::nr_bug_reports();
+    kassert_eq!(super::expect_bug_reports(1), 0);
+    drop(g);
+    let still_expected = super::expect_bug_reports(0);
+    kassert!(still_expected == 0, "Drop did not report the refused free");
+    kassert_eq!(super::nr_bug_reports(), bugs);
+    kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+    table::gmap_table_page(t).page_ref_dec();
+    kassert_eq!(table::gmap_free_table(t, id, Level::Segment), Ok(()));
+    kassert_eq!(table::nr_gmap_table_pages(), gt);
+    drop(h);
+    Ok(())
+}
+
+/// `HostMm::unmap_range` finishes the unmap and frees every frame it can,
+/// then reports the ones the allocator refused; the host keeps those and
+/// frees them when dropped. A drop that is still refused prints a BUG line.
+fn host_unmap_range_reports_a_refused_free() -> KResult {
+    mm::drain_pcp();
+    let free = mm::nr_free_pages();
+    let h = host()?;
+    kassert_eq!(h.lock().populate_range(VM_BASE, 3 * 0x1000), Ok(()));
+    let pinned = h.lock().frame(VM_BASE + 0x1000).map(|p| p.page());
+    let pinned = pinned.ok_or(Outcome::Fail)?;
+    pinned.page_ref_inc();
+    kassert_eq!(
+        h.lock().unmap_range(VM_BASE, 3 * 0x1000),
+        Err(super::host::HostError::FreeRefused {
+            frames: 1,
+            unmapped: 3
+        })
+    );
+    {
+        let hm = h.lock();
+        kassert_eq!(hm.space().check().map(|c| c.mapped_pages), Ok(0));
+        kassert_eq!((hm.nr_frames(), hm.nr_refused_frames()), (0, 1));
+    }
+    pinned.page_ref_dec();
+    drop(h);
+    mm::drain_pcp();
+    kassert_eq!(mm::nr_free_pages(), free);
+    // Still refused when the host goes: a BUG line, counted unless expected.
+    let h = host()?;
+    kassert_eq!(h.lock().populate(VM_BASE, true).map(|_| ()), Ok(()));
+    let pfn = h
+        .lock()
+        .frame(VM_BASE)
+        .map(|p| p.pfn())
+        .ok_or(Outcome::Fail)?;
+    let page = mm::pfn_to_page(pfn).ok_or(Outcome::Fail)?;
+    page.page_ref_inc();
+    let bugs = super::nr_bug_reports();
+    kassert_eq!(super::expect_bug_reports(1), 0);
+    drop(h);
+    let still_expected = super::expect_bug_reports(0);
+    kassert!(still_expected == 0, "HostMm::drop did not report");
+    kassert_eq!(super::nr_bug_reports(), bugs);
+    page.page_ref_dec();
+    // SAFETY: the frame the dropped host could not free; nothing maps it.
+    let p = unsafe { mm::Pages::from_raw(pfn, 0) };
+    kassert!(mm::free_pages(p).is_ok());
+    mm::drain_pcp();
+    kassert_eq!(mm::nr_free_pages(), free);
+    Ok(())
+}
+
 fn teardown_returns_every_page() -> KResult {
     mm::drain_pcp();
     let (free, pt, gt) = (
@@ -631,6 +746,9 @@ ktest_suite!(
         notifier_sees_exact_range_once_before_the_change,
         bad_input_is_refused_and_changes_nothing,
         teardown_returns_every_page,
+        gmap_remove_names_the_tables_it_could_not_free,
+        gmap_drop_reports_a_refused_free_loudly,
+        host_unmap_range_reports_a_refused_free,
     ]
 );
 

@@ -61,6 +61,10 @@ pub enum GmapError {
     /// `gmap_link`: the guest segment is mapped, but not to that host
     /// segment.
     HostMismatch,
+    /// `gmap_remove`: this many gmap tables could not be freed (the
+    /// allocator refused them and printed a `BUG: Bad page state` line for
+    /// each); they stay allocated. Everything else was torn down.
+    FreeRefused(u64),
 }
 
 /// What a guest access wants (for `gmap_fault`).
@@ -108,6 +112,43 @@ pub(crate) struct GmapInner {
     unlinks: u64,
 }
 
+/// BUG reports of the gmap code: a failure no caller can be told about (a
+/// refused free in a Drop or an undo path). Each prints a `BUG:` line; the
+/// ktest runner samples the count around every suite (a leak counter), so
+/// an unexpected report fails the suite that caused it.
+static BUG_REPORTS: AtomicU64 = AtomicU64::new(0);
+/// Reports a test provokes on purpose: printed, not counted.
+static BUGS_EXPECTED: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn report_bug(what: core::fmt::Arguments<'_>) {
+    let expected = BUGS_EXPECTED
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    crate::pr_info!(
+        "BUG: gmap: {}{}",
+        what,
+        if expected {
+            " (expected by a test)"
+        } else {
+            ""
+        }
+    );
+    if !expected {
+        BUG_REPORTS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Unexpected BUG reports since boot.
+pub fn nr_bug_reports() -> u64 {
+    BUG_REPORTS.load(Ordering::SeqCst)
+}
+
+/// Tests: the next `n` BUG reports are provoked on purpose (printed with a
+/// note, not counted). Returns how many were still expected before.
+pub fn expect_bug_reports(n: u64) -> u64 {
+    BUGS_EXPECTED.swap(n, Ordering::SeqCst)
+}
+
 /// Every live gmap, so the parent's hooks can find the ones it has.
 static GMAPS: Mutex<Vec<Weak<Mutex<GmapInner>>>> = Mutex::new(Vec::new());
 
@@ -116,7 +157,15 @@ pub struct Gmap {
     inner: Arc<Mutex<GmapInner>>,
 }
 
+/// Let the ktest runner check `nr_bug_reports` around every suite. Done by
+/// every `gmap_create`; a boot-time call makes the first suite that creates
+/// a gmap checked too.
+pub fn register_bug_counter() {
+    crate::ktest::set_leak_counter("gmap BUG reports", nr_bug_reports);
+}
+
 fn install_hooks() {
+    register_bug_counter();
     space::set_hooks(SpaceHooks {
         table_unlink: gmap_unlink,
         pte_notify: notify::ptep_notify,
@@ -587,35 +636,69 @@ impl GmapInner {
                 unsafe { entry(PhysAddr(ptbl.0 + plevel.index(gaddr) as u64 * 8)) }
                     .store(RegionEntry::empty(plevel).raw(), Ordering::Release);
             }
-            if let Ok(t) = table::gmap_table_at(pa) {
-                let _ = gmap_free_table(t, self.id, level);
+            // No caller to tell: the failed operation reports its own error.
+            if let Err(e) =
+                table::gmap_table_at(pa).and_then(|t| gmap_free_table(t, self.id, level))
+            {
+                report_bug(format_args!(
+                    "gmap {}: undo could not free the {level:?} table at {:#x}: {e:?}; it stays allocated",
+                    self.id, pa.0
+                ));
             }
         }
+    }
+
+    /// Free every gmap table and forget every mapping (the ASCE must be
+    /// loaded nowhere any more). Returns how many tables could not be freed
+    /// (the allocator or the descriptor check refused them): they stay
+    /// allocated, no longer this gmap's.
+    fn teardown(&mut self) -> u64 {
+        let tables = core::mem::take(&mut self.tables);
+        self.host_to_guest.clear();
+        self.guest_to_host.clear();
+        if tables.is_empty() {
+            return 0;
+        }
+        // Purge what any TLB may still hold of the ASCE before its tables
+        // go back.
+        tlb::flush_asce(self.asce);
+        let mut refused = 0;
+        for t in tables {
+            if table::gmap_table_at(t.pa)
+                .and_then(|d| gmap_free_table(d, self.id, t.level))
+                .is_err()
+            {
+                refused += 1;
+            }
+        }
+        refused
     }
 }
 
 /// `gmap_remove`: free every gmap table. Host PTE tables the gmap pointed
-/// at stay with the host. (Dropping a `Gmap` does the same.)
+/// at stay with the host. `FreeRefused(n)` if the allocator refused `n`
+/// tables (they stay allocated; the rest is torn down). Dropping a `Gmap`
+/// does the same teardown, but can only report a refusal as a BUG.
 pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
+    let refused = g.inner.lock().teardown();
     drop(g);
-    Ok(())
+    match refused {
+        0 => Ok(()),
+        n => Err(GmapError::FreeRefused(n)),
+    }
 }
 
 impl Drop for Gmap {
     fn drop(&mut self) {
         let mut inner = self.inner.lock();
-        // The ASCE is not loaded anywhere any more; purge what any TLB may
-        // still hold of it before its tables go back.
-        tlb::flush_asce(inner.asce);
+        let refused = inner.teardown();
         let id = inner.id;
-        for t in inner.tables.drain(..) {
-            if let Ok(d) = table::gmap_table_at(t.pa) {
-                let _: Result<(), _> = gmap_free_table(d, id, t.level);
-            }
-        }
-        inner.host_to_guest.clear();
-        inner.guest_to_host.clear();
         drop(inner);
+        if refused != 0 {
+            report_bug(format_args!(
+                "gmap {id} dropped: {refused} of its tables could not be freed; they stay allocated"
+            ));
+        }
         let me = Arc::downgrade(&self.inner);
         GMAPS
             .lock()
