@@ -575,6 +575,77 @@ fn removed_gmap_leaves_no_translation() -> KResult {
     Ok(())
 }
 
+/// mmu_gather refuses a table the entry still points at, one whose entry
+/// was not invalidated for this gather, a gmap table, and a table twice;
+/// nothing is gathered on a refusal, and what was gathered is freed.
+fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
+    use crate::dat::gather::{tlb_gather_mmu, GatherError, GatheredTable};
+    use crate::dat::table;
+    let mut s = space(1 << 31, 1 << 31, false)?;
+    let f = frame(0xa8)?;
+    kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
+    let (Some(pto), Some(ea), Some(ea2)) = (
+        s.pte_table(VA),
+        s.segment_entry_addr(VA),
+        s.segment_entry_addr(VA + SEGMENT_SIZE),
+    ) else {
+        return fail(format_args!("no page table at {VA:#x}"));
+    };
+    let Some(pt) = table::table_ptdesc(pto) else {
+        return fail(format_args!("{pto:?} has no ptdesc"));
+    };
+    let mut g = tlb_gather_mmu();
+    kassert_eq!(
+        g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
+        Err(GatherError::StillLinked)
+    );
+    kassert_eq!(
+        g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea2),
+        Err(GatherError::NotInvalidated)
+    );
+    let gt = crate::gmap::table::gmap_alloc_table(99, Level::Segment, 0)
+        .or_else(|e| fail(format_args!("gmap_alloc_table: {e:?}")))?;
+    g.note_invalidated(ea2);
+    kassert_eq!(
+        g.tlb_remove_table(pt, GatheredTable::Crst(gt.phys(), Level::Segment), ea2),
+        Err(GatherError::NotPageTable)
+    );
+    kassert_eq!(g.pending(), 0);
+    let t = table::crst_alloc(Level::Segment).or_else(|e| fail(format_args!("{e:?}")))?;
+    let Some(tpt) = table::table_ptdesc(t) else {
+        return fail(format_args!("{t:?} has no ptdesc"));
+    };
+    kassert_eq!(
+        g.tlb_remove_table(tpt, GatheredTable::Crst(t, Level::Segment), ea2),
+        Ok(())
+    );
+    kassert_eq!(
+        g.tlb_remove_table(tpt, GatheredTable::Crst(t, Level::Segment), ea2),
+        Err(GatherError::Duplicate)
+    );
+    kassert_eq!(g.pending(), 1);
+    g.tlb_finish_mmu(&mut s);
+    mm::drain_pcp();
+    kassert!(
+        table::table_ptdesc(t).is_none(),
+        "the gathered table was not freed"
+    );
+    kassert_eq!(s.lookup(VA).map(|(pa, _)| pa), Some(f.phys()));
+    kassert!(s.check().is_ok(), "{:?}", s.check());
+    let owner_level = crate::gmap::table::gmap_table_at(gt.phys()).map(|t| t.owner());
+    kassert_eq!(owner_level, Ok(99));
+    drop(s);
+    free_gmap_table(gt)?;
+    give_back(f)
+}
+
+fn free_gmap_table(gt: &crate::gmap::table::GmapTableDesc) -> KResult {
+    match crate::gmap::table::gmap_free_table(gt, 99, Level::Segment) {
+        Ok(()) => Ok(()),
+        Err(e) => fail(format_args!("gmap_free_table: {e:?}")),
+    }
+}
+
 ktest_suite!(
     TLB_WARM,
     "tlb_warm",
@@ -594,5 +665,6 @@ ktest_suite!(
         gmap_unmap_segment_faults_next_load,
         notifier_runs_before_the_change,
         removed_gmap_leaves_no_translation,
+        mmu_gather_refuses_what_the_tlb_may_reach,
     ]
 );
