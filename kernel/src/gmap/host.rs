@@ -10,7 +10,10 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::dat::entry::{Prot, SEGMENT_SIZE};
-use crate::dat::space::{AddressSpace, SpaceError};
+use core::sync::atomic::Ordering;
+
+use crate::dat::space::{AddressSpace, SpaceError, PGSTE_IN_BIT};
+use crate::dat::table::{entry, PTE_TABLE_SIZE};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, AllocFlags, Pages};
 
@@ -87,6 +90,29 @@ impl HostMm {
                 false
             }
         }
+    }
+
+    /// Undo a `populate` of the page at `vmaddr`: unmap it (the page table
+    /// goes too if that was its last page) and free its frame.
+    pub fn unpopulate(&mut self, vmaddr: u64) -> Result<(), HostError> {
+        self.unmap_range(vmaddr & !(PAGE_SIZE - 1), PAGE_SIZE)
+            .map(|_| ())
+    }
+
+    /// Clear the PGSTE notify bit of the page at `vmaddr` (undoing a
+    /// `pgste_set_notify`; the space has no call for it). Returns whether
+    /// it was set.
+    pub fn pgste_clear_notify(&mut self, vmaddr: u64) -> bool {
+        let Some(pte) = self.space.pte_addr(vmaddr & !(PAGE_SIZE - 1)) else {
+            return false;
+        };
+        if !self.space.has_pgste() {
+            return false;
+        }
+        // SAFETY: the PGSTE of a live whole-page table of this space (the
+        // upper half of a PGSTE space's page table), under the host lock.
+        let pgste = unsafe { entry(PhysAddr(pte.0 + PTE_TABLE_SIZE)) };
+        pgste.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel) & PGSTE_IN_BIT != 0
     }
 
     /// Populate `[vmaddr, vmaddr + len)`.

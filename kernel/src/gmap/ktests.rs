@@ -691,6 +691,112 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
     Ok(())
 }
 
+/// `gmap_protect_range` checks the whole range first (alignment, overflow,
+/// limit, every segment mapped), so only memory can run out afterwards;
+/// then it undoes what it did. Every allocation it makes is made to fail in
+/// turn, on a range over three segments of a region-first gmap: the last two
+/// pages of a linked segment (one page of it populated and notified
+/// already), a whole segment whose host page table exists but which is not
+/// linked, and the first pages of a segment neither side has, which needs a
+/// new gmap segment table and a new host page table. After each failure the
+/// state is the state before; without a failure every page has the notify
+/// bit and every segment is linked.
+fn protect_range_failure_changes_nothing() -> KResult {
+    use crate::mm::fail;
+    let s = SEGMENT_SIZE;
+    // Three segments around a 2 GiB boundary (a region-third entry each side).
+    let a = 0x0123_4560_8000_0000u64 - s;
+    let (b, c) = (a + s, a + 2 * s);
+    let (start, end) = (a + s - 0x2000, c + 0x3000);
+    let setup = || -> Result<(Arc<Mutex<HostMm>>, Gmap), Outcome> {
+        let h = host()?;
+        let g = gmap(&h, u64::MAX)?;
+        kassert_ok(g.gmap_map_segment(VM_BASE, a, 3 * s))?;
+        kassert_ok(g.gmap_fault(a, Access::Write).map(|_| ()))?;
+        kassert_ok(g.gmap_fault(a + 0x1000, Access::Write).map(|_| ()))?;
+        kassert_ok(g.gmap_protect_range(a + 0x1000, 0x1000))?;
+        kassert_ok(h.lock().populate(VM_BASE + s + 0x5000, true).map(|_| ()))?;
+        Ok((h, g))
+    };
+    let mut n = 1u64;
+    loop {
+        let (h, g) = setup()?;
+        let before = snapshot(&h, &g, &[a, b, c]);
+        kassert_eq!(before.check, Ok(1));
+        fail::fail_alloc_nth(n);
+        let r = g.gmap_protect_range(start, end - start);
+        let untouched = fail::pending();
+        fail::fail_alloc_off();
+        if untouched {
+            kassert_eq!(r, Ok(()));
+            let hm = h.lock();
+            let mut va = VM_BASE + s - 0x2000;
+            while va < VM_BASE + 2 * s + 0x3000 {
+                kassert!(hm.space().pgste_notify(va), "no notify bit at {:#x}", va);
+                va += 0x1000;
+            }
+            kassert!(hm.space().pgste_notify(VM_BASE + 0x1000));
+            kassert!(!hm.space().pgste_notify(VM_BASE));
+            drop(hm);
+            kassert_eq!(g.check(), Ok(3));
+            break;
+        }
+        kassert!(
+            r == Err(GmapError::NoMemory),
+            "allocation {} failed: {:?}",
+            n,
+            r
+        );
+        let after = snapshot(&h, &g, &[a, b, c]);
+        kassert!(
+            after == before,
+            "allocation {} failed:\nbefore {:?}\nafter  {:?}",
+            n,
+            before,
+            after
+        );
+        kassert_eq!(gmap_remove(g), Ok(()));
+        drop(h);
+        n += 1;
+    }
+    // 2 + 255 + 3 frames, a host page table, a gmap segment table.
+    kassert!(n > 260, "only {} allocations", n - 1);
+    crate::ktest::diag(format_args!(
+        "gmap_protect_range: {} injected failures changed nothing",
+        n - 1
+    ));
+    Ok(())
+}
+
+/// `gaddr + len` of a range ending at (or past) the top of a region-first
+/// gmap: refused when it overflows, nothing changed; the last page itself
+/// can be protected.
+fn protect_range_at_the_top_of_the_address_space() -> KResult {
+    let h = host()?;
+    let g = gmap(&h, u64::MAX)?;
+    let top = 0u64.wrapping_sub(SEGMENT_SIZE);
+    kassert_eq!(g.gmap_map_segment(VM_BASE, top, SEGMENT_SIZE), Ok(()));
+    let page = 0u64.wrapping_sub(0x1000);
+    let before = snapshot(&h, &g, &[top]);
+    for (ga, len) in [
+        (page, 0x2000u64),
+        (top, 2 * SEGMENT_SIZE),
+        (page, !0xfffu64),
+    ] {
+        kassert_eq!(g.gmap_protect_range(ga, len), Err(GmapError::OutOfRange));
+    }
+    kassert_eq!(snapshot(&h, &g, &[top]), before);
+    kassert_eq!(g.gmap_protect_range(page, 0x1000), Ok(()));
+    kassert!(h
+        .lock()
+        .space()
+        .pgste_notify(VM_BASE + SEGMENT_SIZE - 0x1000));
+    kassert_eq!(g.check(), Ok(1));
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
+}
+
 fn teardown_returns_every_page() -> KResult {
     mm::drain_pcp();
     let (free, pt, gt) = (
@@ -749,6 +855,8 @@ ktest_suite!(
         gmap_remove_names_the_tables_it_could_not_free,
         gmap_drop_reports_a_refused_free_loudly,
         host_unmap_range_reports_a_refused_free,
+        protect_range_failure_changes_nothing,
+        protect_range_at_the_top_of_the_address_space,
     ]
 );
 

@@ -189,6 +189,27 @@ pub fn gmap_level(limit: u64) -> Level {
     }
 }
 
+/// Lock a gmap's host (the first lock of the lock order; never from a
+/// space hook, which runs with the host locked already).
+fn lock_host(parent: &Arc<Mutex<HostMm>>) -> spin::MutexGuard<'_, HostMm> {
+    debug_assert!(
+        !space::in_space_hook(),
+        "BUG: gmap takes a host lock inside a space hook"
+    );
+    parent.lock()
+}
+
+/// A host error as the gmap reports it.
+fn space_error(e: space::SpaceError) -> GmapError {
+    match e {
+        space::SpaceError::NoMemory => GmapError::NoMemory,
+        space::SpaceError::Misaligned => GmapError::Misaligned,
+        space::SpaceError::OutOfRange => GmapError::OutOfRange,
+        space::SpaceError::AlreadyMapped => GmapError::AlreadyMapped,
+        space::SpaceError::NotMapped => GmapError::NotMapped,
+    }
+}
+
 /// `gmap_create`: a gmap for guest addresses `0..=limit` over `parent`.
 pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, GmapError> {
     install_hooks();
@@ -298,6 +319,83 @@ impl GmapInner {
         Ok(Some(PhysAddr(tbl.0 + stop.index(gaddr) as u64 * 8)))
     }
 
+    fn translate(&self, gaddr: u64) -> Result<u64, GmapError> {
+        if gaddr > self.limit {
+            return Err(GmapError::OutOfRange);
+        }
+        self.guest_to_host
+            .get(&seg(gaddr))
+            .map(|h| h + (gaddr - seg(gaddr)))
+            .ok_or(GmapError::NotMapped)
+    }
+
+    /// `__gmap_link` under the host lock (`host`) and the gmap lock: see
+    /// `Gmap::gmap_link`. Returns whether it linked the segment (false: it
+    /// was linked already, nothing changed).
+    fn link(&mut self, host: &HostMm, gaddr: u64, vmaddr: u64) -> Result<bool, GmapError> {
+        if gaddr > self.limit || vmaddr as u128 >= self.host_limit {
+            return Err(GmapError::OutOfRange);
+        }
+        if self
+            .host_to_guest
+            .get(&seg(vmaddr))
+            .is_some_and(|&other| other != seg(gaddr))
+        {
+            return Err(GmapError::HostAliased);
+        }
+        match self.guest_to_host.get(&seg(gaddr)) {
+            None => return Err(GmapError::NotMapped),
+            Some(&h) if h != seg(vmaddr) => return Err(GmapError::HostMismatch),
+            Some(_) => {}
+        }
+        let host_seg = host.space().segment_entry(vmaddr);
+        if host_seg.is_invalid() {
+            return Err(GmapError::NotMapped);
+        }
+        let tables_before = self.tables.len();
+        let ea = match self.segment_entry(gaddr, true) {
+            Ok(Some(ea)) => ea,
+            Ok(None) => return Err(GmapError::NotMapped),
+            Err(e) => {
+                self.free_tables_from(tables_before);
+                return Err(e);
+            }
+        };
+        // SAFETY: an entry of a live gmap segment table.
+        let slot = unsafe { entry(ea) };
+        let cur = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        let new = SegmentEntry::from_raw(host_seg.hardware_bits());
+        if !cur.is_invalid() && cur.page_table() == new.page_table() {
+            return Ok(false);
+        }
+        if !cur.is_invalid() {
+            // Linked to another host table: relink (IDTE first).
+            self.unlink_gaddr(gaddr);
+        }
+        // Invalid → valid needs no invalidation.
+        slot.store(new.raw(), Ordering::Release);
+        self.host_to_guest.insert(seg(vmaddr), seg(gaddr));
+        self.links += 1;
+        Ok(true)
+    }
+
+    /// Undo a link `link` just made (a failed operation): the entry goes
+    /// (IDTE first), and so do its reverse mapping and its count.
+    fn undo_link(&mut self, gseg: u64, hseg: u64) {
+        if let Ok(Some(ea)) = self.segment_entry(gseg, false) {
+            // SAFETY: an entry of a live gmap segment table.
+            let slot = unsafe { entry(ea) };
+            if !SegmentEntry::from_raw(slot.load(Ordering::Acquire)).is_invalid() {
+                let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
+                // SAFETY: the live gmap segment table holding the entry.
+                unsafe { tlb::idte(table, Level::Segment, gseg) };
+                slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+            }
+        }
+        self.host_to_guest.remove(&hseg);
+        self.links -= 1;
+    }
+
     /// Invalidate the gmap segment entry for `gaddr` if valid (IDTE) and
     /// forget its host link.
     fn unlink_gaddr(&mut self, gaddr: u64) {
@@ -399,14 +497,7 @@ impl Gmap {
 
     /// `gmap_translate`: the host address of guest address `gaddr`.
     pub fn gmap_translate(&self, gaddr: u64) -> Result<u64, GmapError> {
-        let g = self.inner.lock();
-        if gaddr > g.limit {
-            return Err(GmapError::OutOfRange);
-        }
-        g.guest_to_host
-            .get(&seg(gaddr))
-            .map(|h| h + (gaddr - seg(gaddr)))
-            .ok_or(GmapError::NotMapped)
+        self.inner.lock().translate(gaddr)
     }
 
     /// `__gmap_link`: make the gmap segment for `gaddr` point at the host's
@@ -422,66 +513,23 @@ impl Gmap {
         // host lock also keeps its PTE table from being freed until the
         // gmap entry points at it.
         let parent = self.parent();
-        let host = parent.lock();
-        let mut g = self.inner.lock();
-        if gaddr > g.limit || vmaddr as u128 >= g.host_limit {
-            return Err(GmapError::OutOfRange);
-        }
-        if g.host_to_guest
-            .get(&seg(vmaddr))
-            .is_some_and(|&other| other != seg(gaddr))
-        {
-            return Err(GmapError::HostAliased);
-        }
-        match g.guest_to_host.get(&seg(gaddr)) {
-            None => return Err(GmapError::NotMapped),
-            Some(&h) if h != seg(vmaddr) => return Err(GmapError::HostMismatch),
-            Some(_) => {}
-        }
-        let host_seg = host.space().segment_entry(vmaddr);
-        if host_seg.is_invalid() {
-            return Err(GmapError::NotMapped);
-        }
-        let tables_before = g.tables.len();
-        let ea = match g.segment_entry(gaddr, true) {
-            Ok(Some(ea)) => ea,
-            Ok(None) => return Err(GmapError::NotMapped),
-            Err(e) => {
-                g.free_tables_from(tables_before);
-                return Err(e);
-            }
-        };
-        // SAFETY: an entry of a live gmap segment table.
-        let slot = unsafe { entry(ea) };
-        let cur = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
-        let new = SegmentEntry::from_raw(host_seg.hardware_bits());
-        if cur.is_invalid() {
-            // Invalid → valid needs no invalidation.
-            slot.store(new.raw(), Ordering::Release);
-            g.host_to_guest.insert(seg(vmaddr), seg(gaddr));
-            g.links += 1;
-        } else if cur.page_table() != new.page_table() {
-            // Linked to another host table: relink (IDTE first).
-            g.unlink_gaddr(gaddr);
-            slot.store(new.raw(), Ordering::Release);
-            g.host_to_guest.insert(seg(vmaddr), seg(gaddr));
-            g.links += 1;
-        }
-        Ok(())
+        let host = lock_host(&parent);
+        let r = self.inner.lock().link(&host, gaddr, vmaddr);
+        r.map(|_| ())
     }
 
     /// `gmap_fault`: resolve a guest access to `gaddr`: translate to the
     /// host address, populate the host page if missing, link the segment.
-    /// Returns the host address.
+    /// Returns the host address. A host page populated stays populated if
+    /// the link then fails (as a VMM's memory would).
     pub fn gmap_fault(&self, gaddr: u64, access: Access) -> Result<u64, GmapError> {
-        let vmaddr = self.gmap_translate(gaddr)?;
         let parent = self.parent();
-        parent
-            .lock()
-            .populate(vmaddr & !0xfff, access == Access::Write)
-            .map_err(|_| GmapError::NoMemory)?;
-        self.gmap_link(gaddr, vmaddr)?;
-        Ok(vmaddr)
+        let mut host = lock_host(&parent);
+        let vmaddr = self.inner.lock().translate(gaddr)?;
+        host.populate(vmaddr & !0xfff, access == Access::Write)
+            .map_err(space_error)?;
+        let r = self.inner.lock().link(&host, gaddr, vmaddr);
+        r.map(|_| vmaddr)
     }
 
     /// The real address of the gmap segment entry for `gaddr`, if the
@@ -512,21 +560,130 @@ impl Gmap {
     /// `gmap_protect_range` for notification: every page of the guest
     /// range is faulted in and linked, and its host PTE gets the PGSTE
     /// notify bit: the next host change of it calls the notifiers first.
+    ///
+    /// The whole range is checked first, nothing changed on a refusal:
+    /// page alignment and a non-zero length (`Misaligned`), `gaddr + len`
+    /// overflowing or passing the limit (`OutOfRange`), a segment not mapped
+    /// guest-to-host (`NotMapped`), a host segment linked to another guest
+    /// segment (`HostAliased`). After that only memory can run out, while
+    /// host pages are populated and segments linked; the notify bits are set
+    /// last, when nothing can fail any more. On `NoMemory` everything done
+    /// is undone: the segments it linked are unlinked (their link count
+    /// taken back), gmap tables it allocated freed, host pages it populated
+    /// unmapped and freed (with any host page table that held only them).
+    /// (A segment linked to a stale host table, which `check` would report,
+    /// is relinked and, on failure, left unlinked.) Protecting a protected
+    /// page again is not an error.
     pub fn gmap_protect_range(&self, gaddr: u64, len: u64) -> Result<(), GmapError> {
         if len == 0 || gaddr & 0xfff != 0 || len & 0xfff != 0 {
             return Err(GmapError::Misaligned);
         }
-        let mut a = gaddr;
-        while a < gaddr + len {
-            let vmaddr = self.gmap_fault(a, Access::Read)?;
-            self.parent()
-                .lock()
-                .space_mut()
-                .pgste_set_notify(vmaddr)
-                .map_err(|_| GmapError::NotMapped)?;
-            a += 0x1000;
+        let last = gaddr.checked_add(len - 1).ok_or(GmapError::OutOfRange)?;
+        let parent = self.parent();
+        let mut host = lock_host(&parent);
+        let mut g = self.inner.lock();
+        if last > g.limit {
+            return Err(GmapError::OutOfRange);
         }
-        Ok(())
+        // Every segment mapped (the walk ends at the first that is not, so it
+        // is as long as the map at most), none host-aliased.
+        let mut gs = seg(gaddr);
+        loop {
+            let hs = *g.guest_to_host.get(&gs).ok_or(GmapError::NotMapped)?;
+            if g.host_to_guest.get(&hs).is_some_and(|&o| o != gs) {
+                return Err(GmapError::HostAliased);
+            }
+            if gs == seg(last) {
+                break;
+            }
+            gs += SEGMENT_SIZE;
+        }
+        let nsegs = ((seg(last) - seg(gaddr)) / SEGMENT_SIZE + 1) as usize;
+        let npages = ((last - gaddr) / 0x1000 + 1) as usize;
+        // (guest segment, host segment, linked here), and a bit per page for
+        // the pages populated and the notify bits set here.
+        let mut segs: Vec<(u64, u64, bool)> = Vec::new();
+        let mut populated: Vec<u64> = Vec::new();
+        let mut notified: Vec<u64> = Vec::new();
+        let words = npages.div_ceil(64);
+        segs.try_reserve_exact(nsegs)
+            .and_then(|()| populated.try_reserve_exact(words))
+            .and_then(|()| notified.try_reserve_exact(words))
+            .map_err(|_| GmapError::NoMemory)?;
+        populated.resize(words, 0);
+        notified.resize(words, 0);
+        for k in 0..nsegs as u64 {
+            let gs = seg(gaddr) + k * SEGMENT_SIZE;
+            let hs = *g.guest_to_host.get(&gs).ok_or(GmapError::NotMapped)?;
+            segs.push((gs, hs, false));
+        }
+        // The host address of the i-th page.
+        let vm_of = |segs: &[(u64, u64, bool)], i: usize| {
+            let a = gaddr + i as u64 * 0x1000;
+            segs[((seg(a) - seg(gaddr)) / SEGMENT_SIZE) as usize].1 + (a - seg(a))
+        };
+        let tables_before = g.tables.len();
+        // Populate, then link: only memory can fail here.
+        let mut r = Ok(());
+        for i in 0..npages {
+            let vm = vm_of(&segs, i);
+            if host.space().lookup(vm).is_none() {
+                if let Err(e) = host.populate(vm, false) {
+                    r = Err(space_error(e));
+                    break;
+                }
+                populated[i / 64] |= 1 << (i % 64);
+            }
+        }
+        if r.is_ok() {
+            for sg in segs.iter_mut() {
+                match g.link(&host, sg.0, sg.1) {
+                    Ok(new) => sg.2 = new,
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        // The notify bits last: every PTE exists now, under the host lock.
+        if r.is_ok() {
+            for i in 0..npages {
+                let vm = vm_of(&segs, i);
+                if host.space().pgste_notify(vm) {
+                    continue;
+                }
+                if let Err(e) = host.space_mut().pgste_set_notify(vm) {
+                    r = Err(space_error(e));
+                    break;
+                }
+                notified[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let Err(e) = r else {
+            return Ok(());
+        };
+        for i in (0..npages).filter(|i| notified[i / 64] & (1 << (i % 64)) != 0) {
+            host.pgste_clear_notify(vm_of(&segs, i));
+        }
+        for &(gs, hs, new) in segs.iter().rev() {
+            if new {
+                g.undo_link(gs, hs);
+            }
+        }
+        g.free_tables_from(tables_before);
+        // Unmapping may free a host page table: the unlink hook takes the
+        // gmap lock.
+        drop(g);
+        for i in (0..npages).filter(|i| populated[i / 64] & (1 << (i % 64)) != 0) {
+            let vm = vm_of(&segs, i);
+            if let Err(ue) = host.unpopulate(vm) {
+                report_bug(format_args!(
+                    "gmap_protect_range undo: host page {vm:#x} not given back: {ue:?}"
+                ));
+            }
+        }
+        Err(e)
     }
 }
 
