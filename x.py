@@ -4,6 +4,8 @@
     python3 x.py run            boot zdat in QEMU, stream the console
     python3 x.py test           host unit tests + in-kernel KTAP suites in QEMU
     python3 x.py gdb            QEMU halted at reset, gdb attached
+    python3 x.py mutants        mutation check: does a test fail when a piece of
+                                the TLB-invalidation discipline is removed?
     python3 x.py build | clean
 
 Every subcommand installs what it needs: the pinned toolchain (rustup), and
@@ -27,12 +29,220 @@ TARGET = "s390x-unknown-none-softfloat"
 BUILD_DIR = ROOT / "build"
 QEMU = "qemu-system-s390x"
 GDB = "gdb-multiarch"
-DEFAULT_TEST_MEMORY = ["64M", "128M", "1G", "4G"]
+# Odd sizes too: x.py test must pass at any -m from 64M to 16G in MiB steps
+# (65M and 333M give odd numbers of 1 MiB segments and of memmap pages).
+DEFAULT_TEST_MEMORY = ["64M", "65M", "128M", "333M", "1G", "4G"]
+# x.py test --full adds these (and 16G): a sweep from 64M to 16G, with odd MiB
+# counts and sizes just below and above powers of two.
+FULL_SWEEP_MEMORY = ["97M", "255M", "257M", "777M", "1023M", "1025M", "2047M", "2049M",
+                     "3071M", "4097M", "8191M", "12345M", "16383M", "16G"]
 # x.py test also boots these with 2 and 4 CPUs (the SMP stress suite).
 DEFAULT_SMP = [2, 4]
 SMP_MEMORY = ["128M"]
 DEFAULT_TIMEOUT = 600
 EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
+
+# ---------------------------------------------------------------------------
+# MUTANTS: `python3 x.py mutants` applies each of these to a copy of the tree,
+# one at a time, and checks that the QEMU suites then fail ("killed"). Each
+# removes one piece of the TLB-invalidation discipline. To add one, append a
+# dict:
+#   name     short id (for --only)
+#   why      one line: what discipline it removes
+#   file     path relative to the repo root
+#   find     exact text that must occur exactly once in that file (else the
+#            mutant is reported STALE: keep it in step with the code)
+#   replace  its replacement (it must still compile)
+#   smp      CPUs (default 1)             memory  QEMU -m (default "128M")
+#   filter   ktest.filter glob(s), a string or a list (default: whole suite)
+#   append   extra kernel command line (default none)
+
+MUTANTS = [
+    {
+        "name": "ipte-store",
+        "why": "IPTE becomes a plain store of the PTE's invalid bit: no TLB purge",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
+             options(nostack));""",
+        "replace": """\
+        let pte = (pto + ((va >> 12) & 0xff) * 8) as *mut u64;
+        core::ptr::write_volatile(pte, core::ptr::read_volatile(pte) | 0x400);""",
+    },
+    {
+        "name": "idte-store",
+        "why": "IDTE becomes a plain OR of the region/segment invalid bit: no TLB purge",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) designation, a = in(reg_addr) r2,
+             options(nostack));""",
+        "replace": """\
+        let index = match (designation >> 2) & 3 {
+            3 => (r2 >> 53) & 0x7ff,
+            2 => (r2 >> 42) & 0x7ff,
+            1 => (r2 >> 31) & 0x7ff,
+            _ => (r2 >> 20) & 0x7ff,
+        };
+        let entry = ((designation & !0xfff) + index * 8) as *mut u64;
+        core::ptr::write_volatile(entry, core::ptr::read_volatile(entry) | 0x20);""",
+    },
+    {
+        "name": "no-clear-by-asce",
+        "why": "IDTE clearing-by-ASCE does nothing: TLB entries of a dropped or regrown ASCE stay",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) asce, a = in(reg_addr) r2,
+             options(nostack));""",
+        "replace": """\
+        let _ = (asce, r2);""",
+    },
+    {
+        "name": "no-ipte-guest-alias",
+        "why": "the QEMU workaround: no second IPTE at linked guest addresses",
+        "file": "kernel/src/dat/tlb.rs",
+        "find": "pub const IPTE_GUEST_ALIAS: bool = true;",
+        "replace": "pub const IPTE_GUEST_ALIAS: bool = false;",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "protect-no-ipte",
+        "why": "AddressSpace::protect rewrites the PTE without invalidating it",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        unsafe { self.ipte(pto, va) };
+        let new = old.validated().with_prot(prot);""",
+        "replace": """\
+        let new = old.validated().with_prot(prot);""",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "unmap-page-no-ipte",
+        "why": "a partial unmap clears PTEs without IPTE",
+        "file": "kernel/src/dat/space.rs",
+        "find": "                                unsafe { self.ipte(pto, p) };",
+        "replace": "",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "remap-no-ipte",
+        "why": "AddressSpace::remap points the PTE at the new frame without IPTE",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        unsafe { self.ipte(pto, va) };
+        slot.store(new.raw(), Ordering::Release);
+        Ok(old.frame())""",
+        "replace": """\
+        slot.store(new.raw(), Ordering::Release);
+        Ok(old.frame())""",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "segment-unmap-no-idte",
+        "why": "a whole segment is unmapped without invalidating its segment entry",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "replace": """\
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "pte-table-freed-before-idte",
+        "why": "a whole segment's PTE table is freed before its segment entry is invalidated",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "replace": """\
+                        self.pte_free_now(pto);
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "filter": "tlb_warm,pte_fragments,dat*",
+    },
+    {
+        "name": "segment-protect-not-propagated",
+        "why": "host segment protection does not reach linked gmap segments",
+        "file": "kernel/src/dat/space.rs",
+        "find": "        self.segment_changed(va, new);\n",
+        "replace": "",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "no-gmap-unlink",
+        "why": "the host frees a PTE table without unlinking the gmap segments pointing at it",
+        "file": "kernel/src/dat/space.rs",
+        "find": "(h.table_unlink)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), pto);",
+        "replace": "let _ = (h, pto);",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "no-pte-notify",
+        "why": "a host PTE with the PGSTE notify bit changes without calling the notifiers",
+        "file": "kernel/src/dat/space.rs",
+        "find": "(h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));",
+        "replace": "let _ = h;",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "space-drop-no-purge",
+        "why": "a dropped address space frees its tables without clearing by ASCE",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        tlb::flush_asce(self.asce);
+        let (top, level) = (self.asce.origin(), self.asce.level());""",
+        "replace": """\
+        let (top, level) = (self.asce.origin(), self.asce.level());""",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "region-cspg-store",
+        "why": "a region entry is invalidated by a plain store instead of CSPG",
+        "file": "kernel/src/dat/tlb.rs",
+        "find": "crate::arch::s390x::dat::cspg(entry, old, old | super::entry::CRST_INVALID_BIT);",
+        "replace": "core::ptr::write_volatile(entry, old | super::entry::CRST_INVALID_BIT);",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "gather-takes-linked-table",
+        "why": "mmu_gather accepts a table its entry still points at",
+        "file": "kernel/src/dat/gather.rs",
+        "find": """\
+        if links(parent, t) {
+            return Err(GatherError::StillLinked);
+        }""",
+        "replace": "",
+        "filter": "tlb_warm",
+    },
+    {
+        "name": "map-range-keeps-growth",
+        "why": "a failed map_range keeps the top level an earlier page added",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+                self.downgrade_to(old_asce);
+                return Err(e);
+            }
+            a += PAGE_SIZE;""",
+        "replace": """\
+                let _ = old_asce;
+                return Err(e);
+            }
+            a += PAGE_SIZE;""",
+        "filter": "fault_injection",
+    },
+    # Append new mutants here.
+]
 
 
 def log(msg):
@@ -125,14 +335,29 @@ def kernel_cargo_args(release, features=()):
     return args
 
 
-def build(release=False, quiet=False, features=()):
+def build(release=False, quiet=False, features=(), root=ROOT, target_dir=None,
+          log_path=None):
+    """Build the kernel ELF from the tree at `root` (into `target_dir`, default
+    root/target). With `log_path`, cargo's output goes there and a failed
+    build returns None instead of ending x.py."""
     ensure_toolchain()
     cmd = ["cargo", "build"] + kernel_cargo_args(release, features)
     if quiet:
         cmd.append("--quiet")
-    run_checked(cmd)
-    elf = ROOT / "target" / TARGET / ("release" if release else "debug") / "zdat"
+    env = None
+    if target_dir is not None:
+        env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
+    if log_path is None:
+        run_checked(cmd, cwd=root, env=env)
+    else:
+        with open(log_path, "w") as out:
+            r = subprocess.run(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            return None
+    elf = Path(target_dir or root / "target") / TARGET / ("release" if release else "debug") / "zdat"
     if not elf.exists():
+        if log_path is not None:
+            return None
         die(f"build produced no kernel at {elf}")
     return elf
 
@@ -524,15 +749,16 @@ def miri_tests():
     return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--", "mm::"], stderr_tail=4000)
 
 
-def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False):
-    """Boot once with the KTAP suites; return (Ktap, Run, problems)."""
+def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False,
+                   log_dir=BUILD_DIR):
+    """Boot once with the KTAP suites; return (Ktap, Run, problems, log path)."""
     append = f"ktest.expect_mem={memory} ktest.expect_cpus={smp} mm.check"
     if filt:
         append += f" ktest.filter={filt}"
     if extra_append:
         append += " " + extra_append
-    BUILD_DIR.mkdir(exist_ok=True)
-    log_path = BUILD_DIR / f"test-{label}.log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"test-{label}.log"
     cmd = qemu_cmd(elf, memory, smp, append)
     if not quiet:
         log(f"[{label}] {shlex.join(cmd)}")
@@ -642,7 +868,9 @@ def cmd_test(args):
         elf = build(args.release, quiet=True)
         # Every memory size on one CPU, then the SMP runs (unless --smp
         # names one CPU count for all).
-        memory = list(args.memory) + (["16G"] if args.full and "16G" not in args.memory else [])
+        memory = list(args.memory)
+        if args.full:
+            memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
         if args.smp is None:
             plan = [(m, 1) for m in memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
         else:
@@ -734,6 +962,144 @@ def selftest(args):
     ok = all(c for _, c in checks)
     print(f"{sum(c for _, c in checks)} passed, {sum(not c for _, c in checks)} failed, 0 skipped")
     return 0 if ok else 1
+
+
+MUTANTS_DIR = BUILD_DIR / "mutants"
+
+
+def sync_tree(dst):
+    """Make `dst` a copy of the working tree as it is now: tracked and
+    untracked files, uncommitted edits included, not ignored ones (build/,
+    target/). Files whose content is already there are left alone, and
+    changed ones get a new mtime, so cargo rebuilds exactly what changed
+    (a copy that kept the source's older mtime could hide a change from
+    cargo, e.g. the file the previous run mutated last)."""
+    r = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"],
+                       cwd=ROOT, capture_output=True, check=True)
+    wanted = set()
+    for name in r.stdout.decode().split("\0"):
+        src = ROOT / name
+        if not name or not src.is_file():
+            continue  # deleted in the working tree, or a submodule
+        wanted.add(name)
+        out = dst / name
+        data = src.read_bytes()
+        if out.is_file() and out.read_bytes() == data:
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+        shutil.copymode(src, out)
+    for path in sorted(dst.rglob("*"), reverse=True):
+        rel = path.relative_to(dst).as_posix()
+        if path.is_file() and rel not in wanted:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def mutant_config(m):
+    filt = m.get("filter")
+    if isinstance(filt, (list, tuple)):
+        filt = ",".join(filt)
+    smp = m.get("smp", 1)
+    return (m.get("memory", "128M"), smp, filt or None, m.get("append", ""),
+            120 if smp > 1 else 60)
+
+
+def mutant_run(elf, config, label):
+    """Boot one configuration; return (passed, detail) where detail names
+    what failed: the first two failed cases, or crash/timeout/..."""
+    memory, smp, filt, append, timeout = config
+    k, r, probs, log_path = qemu_suite_run(elf, memory, smp, filt, timeout, label,
+                                           extra_append=append, quiet=True,
+                                           log_dir=MUTANTS_DIR / "logs")
+    failed = [f"{c[0]}.{c[1]}" for c in k.cases if c[2] == "fail"]
+    failed += [f"suite {s}" for s in suite_level_failures(k)]
+    if not failed and not probs:
+        return True, "", log_path
+    if r.timed_out:
+        detail = f"timeout after {timeout} s"
+    elif failed:
+        detail = "failed: " + ", ".join(failed[:2]) + (f" (+{len(failed) - 2} more)"
+                                                       if len(failed) > 2 else "")
+    elif k.status in (2, 3) or k.errors:
+        detail = {2: "crash (panic)", 3: "crash (unexpected interruption)"}.get(k.status, "crash")
+    else:
+        detail = probs[0]
+    return False, detail, log_path
+
+
+def cmd_mutants(args):
+    """Mutation check of the TLB-invalidation discipline: each mutant must
+    make the suites fail."""
+    mutants = MUTANTS
+    if args.list:
+        for m in mutants:
+            memory, smp, filt, append, _ = mutant_config(m)
+            where = f"-m {memory} --smp {smp}" + (f" filter {filt}" if filt else "") \
+                + (f" append {append!r}" if append else "")
+            print(f"{m['name']:24} {m['file']}  [{where}]\n{'':24} {m['why']}")
+        return 0
+    if args.only:
+        names = [n for n in args.only.split(",") if n]
+        known = {m["name"] for m in mutants}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            die(f"no such mutant: {', '.join(unknown)} (python3 x.py mutants --list)")
+        mutants = [m for m in mutants if m["name"] in names]
+    ensure_apt(QEMU, "qemu-system-misc")
+    start = time.monotonic()
+    src, target = MUTANTS_DIR / "src", MUTANTS_DIR / "target"
+    (MUTANTS_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    log(f"copying the working tree to {src.relative_to(ROOT)}")
+    sync_tree(src)
+    # The unmutated tree must pass every configuration the mutants use,
+    # or a "killed" would mean nothing.
+    build_log = MUTANTS_DIR / "logs" / "build-unmutated.log"
+    elf = build(quiet=True, root=src, target_dir=target, log_path=build_log)
+    if elf is None:
+        sys.stdout.write(build_log.read_text()[-4000:])
+        die(f"the unmutated tree does not build (log {build_log.relative_to(ROOT)})")
+    for config in dict.fromkeys(mutant_config(m) for m in mutants):
+        memory, smp, filt, append, _ = config
+        ok, detail, log_path = mutant_run(elf, config, "unmutated")
+        where = f"-m {memory} --smp {smp}" + (f" filter {filt}" if filt else "")
+        if not ok:
+            die(f"the unmutated tree fails ({where}): {detail}; fix that first "
+                f"(log {log_path.relative_to(ROOT)})")
+        log(f"unmutated tree passes ({where})")
+    killed = 0
+    bad = 0
+    for m in mutants:
+        path = src / m["file"]
+        why = f"({m['why']})"
+        original = path.read_text() if path.is_file() else None
+        count = original.count(m["find"]) if original is not None else 0
+        if count != 1:
+            what = "file missing" if original is None else f"`find` occurs {count} times"
+            print(f"{'STALE':13}  {m['name']}  {why}  {what} in {m['file']}", flush=True)
+            bad += 1
+            continue
+        try:
+            path.write_text(original.replace(m["find"], m["replace"]))
+            build_log = MUTANTS_DIR / "logs" / f"build-{m['name']}.log"
+            elf = build(quiet=True, root=src, target_dir=target, log_path=build_log)
+            if elf is None:
+                print(f"{'did not build':13}  {m['name']}  {why}  "
+                      f"log {build_log.relative_to(ROOT)}", flush=True)
+                bad += 1
+                continue
+            ok, detail, log_path = mutant_run(elf, mutant_config(m), m["name"])
+        finally:
+            path.write_text(original)
+        if ok:
+            print(f"{'SURVIVED':13}  {m['name']}  {why}", flush=True)
+            bad += 1
+        else:
+            print(f"{'killed':13}  {m['name']}  {why}  {detail}", flush=True)
+            killed += 1
+    print(f"killed {killed} of {len(mutants)} in {time.monotonic() - start:.0f} s", flush=True)
+    return 1 if bad else 0
 
 
 def cmd_gdb(args):
@@ -838,7 +1204,8 @@ def main():
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
     sp.add_argument("--full", action="store_true",
-                    help="also boot with 16G (slow: the exhaustion tests walk 4M pages)")
+                    help="also boot a sweep of sizes up to 16G: " + ",".join(FULL_SWEEP_MEMORY)
+                    + " (slow: the exhaustion tests walk 4M pages at 16G)")
     sp.add_argument("--miri", action="store_true",
                     help="also run the struct page and buddy tests under Miri (installs "
                     "the miri component)")
@@ -847,6 +1214,20 @@ def main():
                     "program check, a panic, a stack overflow, a crash on CPU 1, a hang "
                     "and a truncated log must each be reported as failures")
     sp.set_defaults(func=cmd_test)
+
+    sp = sub.add_parser("mutants", help="mutation check: remove each piece of the "
+                        "TLB-invalidation discipline, the suites must fail",
+                        description="Copy the working tree to build/mutants/src, check the "
+                        "unmutated copy passes, then apply each entry of MUTANTS in x.py "
+                        "in turn, rebuild (debug, shared target dir build/mutants/target) "
+                        "and boot the suites. Each mutant is `killed` (some case failed, "
+                        "or a crash, hang or bad log), `SURVIVED`, `did not build` or "
+                        "`STALE` (its `find` text is not in the file exactly once). Exits "
+                        "non-zero unless every mutant is killed. Logs go to "
+                        "build/mutants/logs.")
+    sp.add_argument("--only", metavar="NAME[,NAME]", help="run only these mutants")
+    sp.add_argument("--list", action="store_true", help="list the mutants and stop")
+    sp.set_defaults(func=cmd_mutants)
 
     sp = sub.add_parser("gdb", help="boot halted with gdb-multiarch attached",
                         description="Start QEMU halted (-S) with a gdb stub, attach "
