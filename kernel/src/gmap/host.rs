@@ -93,10 +93,14 @@ impl HostMm {
     }
 
     /// Undo a `populate` of the page at `vmaddr`: unmap it (the page table
-    /// goes too if that was its last page) and free its frame.
+    /// goes too if that was its last page) and free its frame. A page this
+    /// host did not populate is refused (`NotMapped`).
     pub fn unpopulate(&mut self, vmaddr: u64) -> Result<(), HostError> {
-        self.unmap_range(vmaddr & !(PAGE_SIZE - 1), PAGE_SIZE)
-            .map(|_| ())
+        let va = vmaddr & !(PAGE_SIZE - 1);
+        if !self.frames.contains_key(&va) {
+            return Err(HostError::Space(SpaceError::NotMapped));
+        }
+        self.unmap_range(va, PAGE_SIZE).map(|_| ())
     }
 
     /// Clear the PGSTE notify bit of the page at `vmaddr` (undoing a
@@ -115,12 +119,41 @@ impl HostMm {
         pgste.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel) & PGSTE_IN_BIT != 0
     }
 
-    /// Populate `[vmaddr, vmaddr + len)`.
+    /// Populate `[vmaddr, vmaddr + len)`. Refused with nothing changed:
+    /// an unaligned address or length, or a zero length (`Misaligned`), a
+    /// range that overflows or passes the limit (`OutOfRange`). If memory
+    /// runs out, the pages populated by this call are given back.
     pub fn populate_range(&mut self, vmaddr: u64, len: u64) -> Result<(), SpaceError> {
-        let mut a = vmaddr;
-        while a < vmaddr + len {
-            self.populate(a, true)?;
-            a += PAGE_SIZE;
+        if len == 0 || vmaddr & (PAGE_SIZE - 1) != 0 || len & (PAGE_SIZE - 1) != 0 {
+            return Err(SpaceError::Misaligned);
+        }
+        let end = vmaddr.checked_add(len).ok_or(SpaceError::OutOfRange)?;
+        if end as u128 > self.space.max_limit() {
+            return Err(SpaceError::OutOfRange);
+        }
+        // A bit per page: populated by this call.
+        let npages = (len / PAGE_SIZE) as usize;
+        let mut mine: Vec<u64> = Vec::new();
+        mine.try_reserve_exact(npages.div_ceil(64))
+            .map_err(|_| SpaceError::NoMemory)?;
+        mine.resize(npages.div_ceil(64), 0);
+        for i in 0..npages {
+            let a = vmaddr + i as u64 * PAGE_SIZE;
+            if self.space.lookup(a).is_some() {
+                continue;
+            }
+            if let Err(e) = self.populate(a, true) {
+                for j in (0..i).filter(|j| mine[j / 64] & (1 << (j % 64)) != 0) {
+                    let va = vmaddr + j as u64 * PAGE_SIZE;
+                    if let Err(ue) = self.unpopulate(va) {
+                        super::report_bug(format_args!(
+                            "populate_range undo: host page {va:#x} not given back: {ue:?}"
+                        ));
+                    }
+                }
+                return Err(e);
+            }
+            mine[i / 64] |= 1 << (i % 64);
         }
         Ok(())
     }

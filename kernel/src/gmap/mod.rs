@@ -216,7 +216,16 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
     let id = NEXT_GMAP.fetch_add(1, Ordering::Relaxed);
     let level = gmap_level(limit);
     let top = gmap_alloc_table(id, level, 0).map_err(|_| GmapError::NoMemory)?;
-    let asce = Asce::new(top.phys(), level).map_err(|_| GmapError::NoMemory)?;
+    let asce = match Asce::new(top.phys(), level) {
+        Ok(a) => a,
+        Err(_) => {
+            // Cannot happen (a CRST is 16 KiB aligned); do not leak it.
+            if let Err(e) = gmap_free_table(top, id, level) {
+                report_bug(format_args!("gmap_create: top table not freed: {e:?}"));
+            }
+            return Err(GmapError::NoMemory);
+        }
+    };
     let (parent_id, host_limit) = {
         let h = parent.lock();
         (h.space().id(), h.space().max_limit())
@@ -299,12 +308,15 @@ impl GmapInner {
                 let t = gmap_alloc_table(self.id, lower, gaddr & !cover.wrapping_sub(1))
                     .map_err(|_| GmapError::NoMemory)?;
                 let pa = t.phys();
-                slot.store(
-                    RegionEntry::table(level, pa)
-                        .map_err(|_| GmapError::NoMemory)?
-                        .raw(),
-                    Ordering::Release,
-                );
+                let Ok(e) = RegionEntry::table(level, pa) else {
+                    // Cannot happen (a CRST is 16 KiB aligned); do not leak it.
+                    if let Err(e) = gmap_free_table(t, self.id, lower) {
+                        report_bug(format_args!("gmap: new table not freed: {e:?}"));
+                    }
+                    return Err(GmapError::NoMemory);
+                };
+                // Invalid → valid needs no invalidation.
+                slot.store(e.raw(), Ordering::Release);
                 self.tables.push(GmapTable {
                     pa,
                     level: lower,

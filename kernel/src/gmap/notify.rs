@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-/// Called with (gmap id, guest start, guest end) of the affected range.
+/// Called with (gmap id, guest start, guest end) of the affected page; `end`
+/// is exclusive, `start + 4 KiB`, except for the last page of a
+/// region-first gmap, where it saturates at `u64::MAX` (2^64 does not fit).
 pub type PteNotifier = fn(gmap: u64, start: u64, end: u64);
 
 static NOTIFIERS: Mutex<Vec<PteNotifier>> = Mutex::new(Vec::new());
@@ -29,7 +31,7 @@ pub(crate) fn ptep_notify(space: u64, vmaddr: u64) {
     let cbs: Vec<PteNotifier> = NOTIFIERS.lock().clone();
     for (gmap, gaddr) in guests {
         for cb in &cbs {
-            cb(gmap, gaddr, gaddr + 0x1000);
+            cb(gmap, gaddr, gaddr.saturating_add(0x1000));
         }
     }
 }

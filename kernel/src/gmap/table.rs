@@ -63,8 +63,9 @@ pub enum GmapTableError {
     WrongLevel(Option<Level>),
     /// `gmap_segment_gaddr` of an entry of a region table (its level).
     NotSegmentTable(Level),
-    /// An entry address that is not 8-byte aligned, or a table's guest
-    /// address not aligned to what a table of its level covers.
+    /// An entry address that is not 8-byte aligned, a table address that
+    /// is not 16 KiB aligned, or a table's guest address not aligned to
+    /// what a table of its level covers.
     Misaligned,
 }
 
@@ -264,9 +265,12 @@ pub fn gmap_segment_gaddr(entry_va: VirtAddr) -> Result<u64, GmapTableError> {
     }
 }
 
-/// The descriptor of the gmap table at real address `pa`.
+/// The descriptor of the gmap table at real address `pa` (its start: a
+/// table is 16 KiB aligned, `Misaligned` otherwise).
 pub fn gmap_table_at(pa: PhysAddr) -> Result<&'static GmapTableDesc, GmapTableError> {
-    let page = mm::virt_to_page(phys_to_virt(pa.align_down(4 * PAGE_SIZE)))
-        .ok_or(GmapTableError::NotInMemmap)?;
+    if !pa.0.is_multiple_of(4 * PAGE_SIZE) {
+        return Err(GmapTableError::Misaligned);
+    }
+    let page = mm::virt_to_page(phys_to_virt(pa)).ok_or(GmapTableError::NotInMemmap)?;
     page_gmap_table(page)
 }
