@@ -133,8 +133,14 @@ proptest! {
             for va in model.keys().copied().collect::<Vec<_>>() {
                 prop_assert!(s.unmap(va).is_ok());
             }
-            // Only the top table (4 pages) is left.
-            prop_assert_eq!(ptdesc::nr_pagetable() - tables0, 4);
+            // No PTE table is left, only CRST tables (4 pages each): the top
+            // and the old tops an upgrade kept as its entry 0 (an upgrade
+            // never frees the old top, which another CPU may have loaded),
+            // one per level at most.
+            let c = s.check().unwrap();
+            prop_assert_eq!((c.pte_tables, c.mapped_pages), (0, 0));
+            prop_assert!(c.crst_tables >= 1 && c.crst_tables <= 4);
+            prop_assert_eq!(ptdesc::nr_pagetable() - tables0, 4 * c.crst_tables);
         }
         prop_assert_eq!(ptdesc::nr_pagetable(), tables0);
         mm::drain_pcp();
