@@ -44,8 +44,15 @@ pub struct HostMm {
 }
 
 impl HostMm {
-    /// A host space covering `[0, limit)`.
+    /// A host space covering `[0, limit)`: `limit` a non-zero multiple of
+    /// the page size (`OutOfRange` for 0, `Misaligned` otherwise).
     pub fn new(limit: u64) -> Result<Arc<Mutex<HostMm>>, SpaceError> {
+        if limit == 0 {
+            return Err(SpaceError::OutOfRange);
+        }
+        if limit & (PAGE_SIZE - 1) != 0 {
+            return Err(SpaceError::Misaligned);
+        }
         let space = AddressSpace::new(limit as u128, limit as u128, true)?;
         Ok(Arc::new(Mutex::new(HostMm {
             space,

@@ -915,6 +915,16 @@ fn bad_input_changes_nothing() -> KResult {
             &|| hs(h.lock().unpopulate(VM_BASE + 0x1000)),
             H(HostError::Space(SpaceError::NotMapped)),
         ),
+        (
+            "HostMm::new: limit 0",
+            &|| sp(HostMm::new(0).map(|_| ())),
+            S(SpaceError::OutOfRange),
+        ),
+        (
+            "HostMm::new: limit not a page multiple",
+            &|| sp(HostMm::new(0x1800).map(|_| ())),
+            S(SpaceError::Misaligned),
+        ),
         // last: before the fix it was an overflow panic
         (
             "host populate_range: vmaddr + len overflows",
