@@ -43,11 +43,13 @@ use crate::mm::addr::PhysAddr;
 pub use host::HostMm;
 use table::{gmap_alloc_table, gmap_free_table, GmapTableDesc};
 
-/// Errors of gmap operations; the gmap is unchanged when one is returned.
+/// Errors of gmap operations; the gmap (and its host) is unchanged when one
+/// is returned (except `FreeRefused`, which names what a teardown left).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GmapError {
     NoMemory,
-    /// Not aligned to a segment (1 MiB), or a zero length.
+    /// Not aligned to a segment (1 MiB; a page for `gmap_protect_range`),
+    /// or a zero length.
     Misaligned,
     /// Beyond the gmap's limit (or the host's).
     OutOfRange,
