@@ -105,35 +105,17 @@ MUTANTS = [
         "filter": "tlb_warm",
     },
     {
-        "name": "protect-no-ipte",
-        "why": "AddressSpace::protect rewrites the PTE without invalidating it",
+        "name": "change-pte-no-ipte",
+        "why": "protect and remap rewrite a present PTE without invalidating it",
         "file": "kernel/src/dat/space.rs",
         "find": """\
-        unsafe { self.ipte(pto, va) };
-        let new = old.validated().with_prot(prot);""",
-        "replace": """\
-        let new = old.validated().with_prot(prot);""",
-        "filter": "tlb_warm",
-    },
-    {
-        "name": "unmap-page-no-ipte",
-        "why": "a partial unmap clears PTEs without IPTE",
-        "file": "kernel/src/dat/space.rs",
-        "find": "                                unsafe { self.ipte(pto, p) };",
-        "replace": "",
-        "filter": "tlb_warm",
-    },
-    {
-        "name": "remap-no-ipte",
-        "why": "AddressSpace::remap points the PTE at the new frame without IPTE",
-        "file": "kernel/src/dat/space.rs",
-        "find": """\
+        // SAFETY: `pto` is this live page table.
         unsafe { self.ipte(pto, va) };
         slot.store(new.raw(), Ordering::Release);
-        Ok(old.frame())""",
+        Ok(old)""",
         "replace": """\
         slot.store(new.raw(), Ordering::Release);
-        Ok(old.frame())""",
+        Ok(old)""",
         "filter": "tlb_warm",
     },
     {

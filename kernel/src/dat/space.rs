@@ -740,38 +740,16 @@ impl AddressSpace {
         walk::translate(&PhysReader, self.asce, va, fac, store)
     }
 
-    /// Change the protection of the page at `va`: IPTE, then the new entry.
-    /// Only the PTE changes, under its table's lock: `&self` is enough
-    /// while nobody frees tables (see `SharedSpace`).
-    pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
-        self.check_page(va)?;
-        let Some(pea) = self.pte_addr(va) else {
-            return Err(SpaceError::NotMapped);
-        };
-        let Some(pto) = self.pte_table(va) else {
-            return Err(SpaceError::NotMapped);
-        };
-        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
-        // SAFETY: a PTE of a live table, under its lock.
-        let slot = unsafe { entry(pea) };
-        let old = Pte::from_raw(slot.load(Ordering::Acquire));
-        if !old.is_present() {
-            return Err(SpaceError::NotMapped);
-        }
-        self.notify_before_change(va, pea);
-        // IPTE before the entry changes: the TLB may hold it.
-        // SAFETY: `pto` is this live page table.
-        unsafe { self.ipte(pto, va) };
-        let new = old.validated().with_prot(prot);
-        slot.store(new.raw(), Ordering::Release);
-        Ok(())
-    }
-
-    /// Point the page at `va` at the frame at `pa`, keeping its protection
-    /// (a VMM replacing guest memory, say): notify, IPTE, then the new
-    /// entry. No table is allocated or freed, so this cannot fail half-way.
-    /// Returns the frame it mapped before.
-    pub fn remap(&self, va: u64, pa: PhysAddr) -> Result<PhysAddr, SpaceError> {
+    /// Change the present PTE for `va` to `f(old)`, under its table's lock:
+    /// notify, IPTE (the TLB may hold the old entry), then the new entry.
+    /// Only the PTE changes: `&self` is enough while nobody frees tables
+    /// (see `SharedSpace`). Returns the old entry; nothing changes if `f`
+    /// refuses.
+    fn change_pte(
+        &self,
+        va: u64,
+        f: impl FnOnce(Pte) -> Result<Pte, SpaceError>,
+    ) -> Result<Pte, SpaceError> {
         self.check_page(va)?;
         let (Some(pto), Some(pea)) = (self.pte_table(va), self.pte_addr(va)) else {
             return Err(SpaceError::NotMapped);
@@ -783,13 +761,26 @@ impl AddressSpace {
         if !old.is_present() {
             return Err(SpaceError::NotMapped);
         }
-        let new = Pte::new(pa, old.prot())?;
+        let new = f(old)?;
         self.notify_before_change(va, pea);
-        // IPTE before the entry changes: the TLB may hold the old frame.
         // SAFETY: `pto` is this live page table.
         unsafe { self.ipte(pto, va) };
         slot.store(new.raw(), Ordering::Release);
-        Ok(old.frame())
+        Ok(old)
+    }
+
+    /// Change the protection of the page at `va`.
+    pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
+        self.change_pte(va, |old| Ok(old.validated().with_prot(prot)))
+            .map(|_| ())
+    }
+
+    /// Point the page at `va` at the frame at `pa`, keeping its protection
+    /// (a VMM replacing guest memory, say). No table is allocated or freed,
+    /// so this cannot fail half-way. Returns the frame it mapped before.
+    pub fn remap(&self, va: u64, pa: PhysAddr) -> Result<PhysAddr, SpaceError> {
+        self.change_pte(va, |old| Ok(Pte::new(pa, old.prot())?))
+            .map(|old| old.frame())
     }
 
     /// Set or clear the DAT-protection bit of the segment entry covering
