@@ -17,14 +17,10 @@ use crate::dat::entry::{Prot, Pte, SegmentEntry};
 use crate::dat::kernel::{warm_secondary, Cooled, Warm};
 use crate::dat::space::AddressSpace;
 use crate::dat::tlb;
+use crate::ktest::fixtures::{free_frame, tagged_frame};
 use crate::ktest::{KResult, Outcome};
-use crate::mm::{self, AllocFlags, Pages};
-use crate::{kassert, kassert_eq, ktest_suite};
 
-fn fail<T>(what: core::fmt::Arguments<'_>) -> Result<T, Outcome> {
-    crate::ktest::report_failure(file!(), line!(), what);
-    Err(Outcome::Fail)
-}
+use crate::{kassert, kassert_eq, kfail, ktest_suite};
 
 fn deviation(name: &str, what: core::fmt::Arguments<'_>) {
     crate::ktest::diag(format_args!("DEVIATION {name}: {what}"));
@@ -40,29 +36,12 @@ unsafe fn warm<R>(s: &AddressSpace, f: impl FnOnce(&Warm) -> R) -> Result<R, Out
     // SAFETY: forwarded to the caller.
     match unsafe { warm_secondary(s.asce(), f) } {
         Ok(r) => Ok(r),
-        Err(Cooled(n)) => fail(format_args!("{n} CR load(s) inside the warm window")),
-    }
-}
-
-fn frame(tag: u64) -> Result<Pages, Outcome> {
-    let mut p =
-        mm::alloc_pages(0, AllocFlags::empty()).or_else(|e| fail(format_args!("alloc: {e:?}")))?;
-    for (i, w) in p.as_mut_slice().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((tag << 32) | (i as u64 * 8)).to_be_bytes());
-    }
-    Ok(p)
-}
-
-fn give_back(p: Pages) -> KResult {
-    match mm::free_pages(p) {
-        Ok(()) => Ok(()),
-        Err((_, e)) => fail(format_args!("free_pages: {e:?}")),
+        Err(Cooled(n)) => kfail!("{n} CR load(s) inside the warm window"),
     }
 }
 
 fn space() -> Result<AddressSpace, Outcome> {
-    AddressSpace::new(1 << 31, 1 << 31, false)
-        .or_else(|e| fail(format_args!("AddressSpace::new: {e:?}")))
+    AddressSpace::new(1 << 31, 1 << 31, false).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
 }
 
 const S1: u64 = 0x10_0000;
@@ -77,10 +56,10 @@ const OFF: u64 = 0x3000;
 /// translates. zdat copes with `tlb::IPTE_GUEST_ALIAS`.
 fn ipte_purges_only_its_operand_address() -> KResult {
     let mut s = space()?;
-    let f = frame(0xd1)?;
+    let f = tagged_frame(0xd1)?;
     kassert_eq!(s.map(S1 + OFF, f.phys(), Prot::ReadWrite), Ok(()));
     let Some(pto) = s.pte_table(S1) else {
-        return fail(format_args!("no page table at {S1:#x}"));
+        return kfail!("no page table at {S1:#x}");
     };
     let alias = SegmentEntry::table(pto, false).unwrap_or(SegmentEntry::empty());
     // SAFETY: segment 2 had no page table; it borrows segment 1's until
@@ -113,13 +92,13 @@ fn ipte_purges_only_its_operand_address() -> KResult {
                 S2 + OFF
             ),
         ),
-        other => return fail(format_args!("neither outcome: {other:x?}")),
+        other => return kfail!("neither outcome: {other:x?}"),
     }
     // SAFETY: segment 2 lets go of segment 1's table (IDTE first).
     let r = unsafe { s.replace_segment_entry(S2, SegmentEntry::empty()) };
     kassert_eq!(r, Ok(()));
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// PoP (LCTLG): loading a control register does not by itself purge the
@@ -129,7 +108,7 @@ fn ipte_purges_only_its_operand_address() -> KResult {
 /// window that had one.
 fn lctlg_purges_the_tlb() -> KResult {
     let mut s = space()?;
-    let (a, b) = (frame(0xd2)?, frame(0xe2)?);
+    let (a, b) = (tagged_frame(0xd2)?, tagged_frame(0xe2)?);
     kassert_eq!(s.map(S1 + OFF, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
     let asce = s.asce();
@@ -149,7 +128,7 @@ fn lctlg_purges_the_tlb() -> KResult {
     // The window has exactly one LCTLG, on purpose.
     kassert_eq!(r, Err(Cooled(1)));
     let Some((before, set, stale, after)) = seen else {
-        return fail(format_args!("the window did not run"));
+        return kfail!("the window did not run");
     };
     kassert_eq!(before, Ok(0xd2 << 32));
     kassert_eq!(set, Ok(()));
@@ -162,11 +141,11 @@ fn lctlg_purges_the_tlb() -> KResult {
             format_args!("LCTLG of CR7 with the same ASCE purged a stale entry"),
         ),
         Ok(v) if v == 0xd2 << 32 => {}
-        other => return fail(format_args!("neither outcome: {other:x?}")),
+        other => return kfail!("neither outcome: {other:x?}"),
     }
     drop(s);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 /// PoP (LRAG): an invalid page-table entry gives cc 2 with the PTE's real
@@ -176,7 +155,7 @@ fn lctlg_purges_the_tlb() -> KResult {
 /// test against LRAG accepts QEMU's form and says so.
 fn lrag_cc3_on_invalid_entry() -> KResult {
     let mut s = space()?;
-    let f = frame(0xd3)?;
+    let f = tagged_frame(0xd3)?;
     kassert_eq!(s.map(S1, f.phys(), Prot::ReadWrite), Ok(()));
     let pte = s.pte_addr(S1 + OFF).map_or(0, |p| p.0);
     let ste = s.segment_entry_addr(S2).map_or(0, |p| p.0);
@@ -198,11 +177,11 @@ fn lrag_cc3_on_invalid_entry() -> KResult {
                 ),
             );
         } else {
-            return fail(format_args!("LRAG ({what}): neither outcome: {got:x?}"));
+            return kfail!("LRAG ({what}): neither outcome: {got:x?}");
         }
     }
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// PoP: with the IPTE-range/IDTE facilities a machine may or may not have
@@ -243,7 +222,7 @@ fn no_edat() -> KResult {
 /// difference: zdat's warm tests use addresses above 1 MiB.
 fn ipte_below_1mib_purges_everything() -> KResult {
     let mut s = space()?;
-    let (a, b) = (frame(0xd4)?, frame(0xe4)?);
+    let (a, b) = (tagged_frame(0xd4)?, tagged_frame(0xe4)?);
     kassert_eq!(s.map(0x1000, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(0x2000, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
@@ -260,7 +239,7 @@ fn ipte_below_1mib_purges_everything() -> KResult {
         })
     };
     let Ok((set, stale, p, after)) = r else {
-        return fail(format_args!("{r:x?}"));
+        return kfail!("{r:x?}");
     };
     kassert_eq!(set, Ok(()));
     kassert_eq!(p, Ok(()));
@@ -271,11 +250,11 @@ fn ipte_below_1mib_purges_everything() -> KResult {
             format_args!("IPTE of 0x1000 also purged the stale entry for 0x2000"),
         ),
         Ok(v) if v == 0xd4 << 32 => {}
-        other => return fail(format_args!("neither outcome: {other:x?}")),
+        other => return kfail!("neither outcome: {other:x?}"),
     }
     drop(s);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 /// PoP: IDTE purges the entries formed through the one segment entry.
@@ -283,7 +262,7 @@ fn ipte_below_1mib_purges_everything() -> KResult {
 /// hides a missing IPTE anywhere else. Allowed, so a difference.
 fn idte_purges_everything() -> KResult {
     let mut s = space()?;
-    let (a, b) = (frame(0xd5)?, frame(0xe5)?);
+    let (a, b) = (tagged_frame(0xd5)?, tagged_frame(0xe5)?);
     kassert_eq!(s.map(S1, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(S2, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
@@ -300,7 +279,7 @@ fn idte_purges_everything() -> KResult {
         })
     };
     let Ok((set, stale, p, after)) = r else {
-        return fail(format_args!("{r:x?}"));
+        return kfail!("{r:x?}");
     };
     kassert_eq!(set, Ok(()));
     kassert_eq!(p, Ok(()));
@@ -311,11 +290,11 @@ fn idte_purges_everything() -> KResult {
             format_args!("IDTE of the segment of {S1:#x} also purged the stale entry for {S2:#x}"),
         ),
         Ok(v) if v == 0xd5 << 32 => {}
-        other => return fail(format_args!("neither outcome: {other:x?}")),
+        other => return kfail!("neither outcome: {other:x?}"),
     }
     drop(s);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 ktest_suite!(

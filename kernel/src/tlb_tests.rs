@@ -25,14 +25,10 @@ use crate::dat::entry::{Asce, Level, Prot, RegionEntry, SEGMENT_SIZE};
 use crate::dat::kernel::{warm_secondary, Cooled, Warm};
 use crate::dat::space::AddressSpace;
 use crate::gmap::{gmap_create, notify, Access, Gmap, HostMm};
+use crate::ktest::fixtures::{free_frame, tagged_frame};
 use crate::ktest::{KResult, Outcome};
-use crate::mm::{self, AllocFlags, Pages};
-use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
-
-fn fail<T>(what: core::fmt::Arguments<'_>) -> Result<T, Outcome> {
-    crate::ktest::report_failure(file!(), line!(), what);
-    Err(Outcome::Fail)
-}
+use crate::mm;
+use crate::{kassert, kassert_eq, kassert_matches, kfail, ktest_suite};
 
 /// Run `f` in a warm window on `asce`; a window cooled by a CR load fails
 /// the case, since its accesses then prove nothing.
@@ -45,41 +41,24 @@ unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> 
     // SAFETY: forwarded to the caller.
     match unsafe { warm_secondary(asce, f) } {
         Ok(r) => Ok(r),
-        Err(Cooled(n)) => fail(format_args!(
-            "{n} control-register load(s) inside the warm window: QEMU purged its TLB"
-        )),
-    }
-}
-
-/// A frame whose doublewords say `tag` and their offset.
-fn frame(tag: u64) -> Result<Pages, Outcome> {
-    let mut p =
-        mm::alloc_pages(0, AllocFlags::empty()).or_else(|e| fail(format_args!("alloc: {e:?}")))?;
-    for (i, w) in p.as_mut_slice().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((tag << 32) | (i as u64 * 8)).to_be_bytes());
-    }
-    Ok(p)
-}
-
-fn give_back(p: Pages) -> KResult {
-    match mm::free_pages(p) {
-        Ok(()) => Ok(()),
-        Err((_, e)) => fail(format_args!("free_pages: {e:?}")),
+        Err(Cooled(n)) => {
+            kfail!("{n} control-register load(s) inside the warm window: QEMU purged its TLB")
+        }
     }
 }
 
 fn space(limit: u128, max: u128, pgste: bool) -> Result<AddressSpace, Outcome> {
-    AddressSpace::new(limit, max, pgste).or_else(|e| fail(format_args!("AddressSpace::new: {e:?}")))
+    AddressSpace::new(limit, max, pgste).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
 }
 
 /// The fault the architecture requires: `code`, and a TEID naming the page
 /// of `va`, the access and the secondary space.
 fn faulted(r: Result<u64, ProgramCheck>, want: u16, va: u64, access: TeidAccess) -> KResult {
     let Err(pc) = r else {
-        return fail(format_args!(
+        return kfail!(
             "{va:#x}: expected {} ({want:#x}), but the access succeeded: {r:x?} (a stale TLB entry)",
             crate::arch::pgm::code_name(want)
-        ));
+        );
     };
     kassert_eq!(pc.code, want);
     let t = Teid(pc.teid);
@@ -104,7 +83,7 @@ const VA: u64 = 0x50_0000;
 /// IPTE: a page made read-only faults on the next store.
 fn protect_faults_next_store() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let f = frame(0xa1)?;
+    let f = tagged_frame(0xa1)?;
     kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
     let sp = &s;
     // SAFETY: `s` lives across the window; the frame is the case's.
@@ -121,14 +100,14 @@ fn protect_faults_next_store() -> KResult {
     faulted(st(st2), code::PROTECTION, VA + 8, TeidAccess::Store)?;
     kassert_eq!(ld, Ok(1));
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// IPTE: one page unmapped from a table that keeps others faults on the
 /// next load; its neighbour still translates.
 fn unmap_page_faults_next_load() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let (a, b) = (frame(0xa2)?, frame(0xb2)?);
+    let (a, b) = (tagged_frame(0xa2)?, tagged_frame(0xb2)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(VA + 0x1000, b.phys(), Prot::ReadWrite), Ok(()));
     let asce = s.asce();
@@ -148,14 +127,14 @@ fn unmap_page_faults_next_load() -> KResult {
     faulted(l2, code::PAGE_TRANSLATION, VA, TeidAccess::Fetch)?;
     kassert_eq!(l3, Ok(0xb2 << 32));
     drop(s);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 /// IPTE: a remapped page serves the new frame on the next load.
 fn remap_serves_new_frame() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let (a, b) = (frame(0xa3)?, frame(0xb3)?);
+    let (a, b) = (tagged_frame(0xa3)?, tagged_frame(0xb3)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
     let sp = &s;
     let pb = b.phys();
@@ -171,15 +150,15 @@ fn remap_serves_new_frame() -> KResult {
     kassert_eq!(r, Ok(a.phys()));
     kassert_eq!(l2, Ok((0xb3 << 32) | 16));
     drop(s);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 /// IDTE: unmapping a whole segment invalidates its segment entry (no IPTE
 /// per page) and the next load takes a segment-translation exception.
 fn unmap_segment_faults_next_load() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let f = frame(0xa4)?;
+    let f = tagged_frame(0xa4)?;
     let seg = 0x30_0000;
     for i in 0..4 {
         kassert_eq!(s.map(seg + i * 0x4000, f.phys(), Prot::ReadWrite), Ok(()));
@@ -207,13 +186,13 @@ fn unmap_segment_faults_next_load() -> KResult {
         TeidAccess::Fetch,
     )?;
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// IDTE: segment protection applies to the next store of every page.
 fn protect_segment_faults_next_store() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let f = frame(0xa5)?;
+    let f = tagged_frame(0xa5)?;
     kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
     let asce = s.asce();
     let sp = &mut s;
@@ -233,14 +212,14 @@ fn protect_segment_faults_next_store() -> KResult {
     kassert_eq!(un, Ok(()));
     kassert_eq!(s3, Ok(()));
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// A region entry invalidated (IDTE for regions, or CSPG where the CPU has
 /// no IDTE for regions, as under QEMU) faults the next load below it.
 fn region_entry_invalidation_faults_next_load() -> KResult {
     let mut s = space(1 << 42, 1 << 42, false)?;
-    let f = frame(0xa6)?;
+    let f = tagged_frame(0xa6)?;
     let va = 0x2_0000_0000u64 + VA;
     kassert_eq!(s.map(va, f.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.asce().level(), Level::Region3);
@@ -262,13 +241,13 @@ fn region_entry_invalidation_faults_next_load() -> KResult {
     kassert_eq!(r, Ok(()));
     faulted(l2, code::REGION_THIRD_TRANSLATION, va, TeidAccess::Fetch)?;
     let Some(old) = old else {
-        return fail(format_args!("no region-third entry for {va:#x}"));
+        return kfail!("no region-third entry for {va:#x}");
     };
     // SAFETY: the original entry back (IDTE/CSPG first; it is invalid).
     let back = unsafe { s.replace_region_entry(va, Level::Region3, old) };
     kassert_eq!(back, Ok(()));
     drop(s);
-    give_back(f)
+    free_frame(f)
 }
 
 /// Clearing by ASCE: a space dropped while its ASCE is still in CR7 leaves
@@ -277,7 +256,7 @@ fn region_entry_invalidation_faults_next_load() -> KResult {
 /// tables: the next load must see them, not the old frame.
 fn dropped_space_leaves_no_translation() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let (a, b) = (frame(0xa7)?, frame(0xb7)?);
+    let (a, b) = (tagged_frame(0xa7)?, tagged_frame(0xb7)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
     let asce = s.asce();
     let pb = b.phys();
@@ -309,17 +288,17 @@ fn dropped_space_leaves_no_translation() -> KResult {
     }?;
     kassert_eq!(l1, Ok(0xa7 << 32));
     let Some((m, old_va, new_va)) = l2 else {
-        return fail(format_args!(
+        return kfail!(
             "the new space did not reuse the top table: {:?}",
             again.map(|n| n.asce())
-        ));
+        );
     };
     kassert_eq!(m, Ok(()));
     faulted(old_va, code::PAGE_TRANSLATION, VA, TeidAccess::Fetch)?;
     kassert_eq!(new_va, Ok(0xb7 << 32));
     drop(again);
-    give_back(a)?;
-    give_back(b)
+    free_frame(a)?;
+    free_frame(b)
 }
 
 // -- gmaps: host changes as a loaded gmap sees them --------------------------
@@ -329,14 +308,14 @@ const VM: u64 = 0x1000_0000;
 const G: u64 = 0x4000_0000;
 
 fn host() -> Result<Arc<Mutex<HostMm>>, Outcome> {
-    HostMm::new(HOST_LIMIT).or_else(|e| fail(format_args!("HostMm::new: {e:?}")))
+    HostMm::new(HOST_LIMIT).or_else(|e| kfail!("HostMm::new: {e:?}"))
 }
 
 /// A host with two populated pages in one segment, and a gmap mapping that
 /// segment at `G`, linked.
 fn linked_gmap() -> Result<(Arc<Mutex<HostMm>>, Gmap), Outcome> {
     let h = host()?;
-    let g = gmap_create(&h, (1 << 31) - 1).or_else(|e| fail(format_args!("gmap_create: {e:?}")))?;
+    let g = gmap_create(&h, (1 << 31) - 1).or_else(|e| kfail!("gmap_create: {e:?}"))?;
     kassert_eq!(g.gmap_map_segment(VM, G, SEGMENT_SIZE), Ok(()));
     for off in [0x1000u64, 0x2000] {
         kassert_eq!(g.gmap_fault(G + off, Access::Write), Ok(VM + off));
@@ -563,10 +542,10 @@ fn removed_gmap_leaves_no_translation() -> KResult {
     }?;
     kassert_eq!(l1, Ok(0));
     let Some((rm, l2)) = l2 else {
-        return fail(format_args!(
+        return kfail!(
             "the next gmap did not reuse the top table: {:?}",
             next.map(|n| n.asce())
-        ));
+        );
     };
     kassert_matches!(rm, Some(Ok(())));
     faulted(l2, code::SEGMENT_TRANSLATION, G + 0x1000, TeidAccess::Fetch)?;
@@ -582,17 +561,17 @@ fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
     use crate::dat::gather::{tlb_gather_mmu, GatherError, GatheredTable};
     use crate::dat::table;
     let mut s = space(1 << 31, 1 << 31, false)?;
-    let f = frame(0xa8)?;
+    let f = tagged_frame(0xa8)?;
     kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
     let (Some(pto), Some(ea), Some(ea2)) = (
         s.pte_table(VA),
         s.segment_entry_addr(VA),
         s.segment_entry_addr(VA + SEGMENT_SIZE),
     ) else {
-        return fail(format_args!("no page table at {VA:#x}"));
+        return kfail!("no page table at {VA:#x}");
     };
     let Some(pt) = table::table_ptdesc(pto) else {
-        return fail(format_args!("{pto:?} has no ptdesc"));
+        return kfail!("{pto:?} has no ptdesc");
     };
     let mut g = tlb_gather_mmu();
     kassert_eq!(
@@ -604,16 +583,16 @@ fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
         Err(GatherError::NotInvalidated)
     );
     let gt = crate::gmap::table::gmap_alloc_table(99, Level::Segment, 0)
-        .or_else(|e| fail(format_args!("gmap_alloc_table: {e:?}")))?;
+        .or_else(|e| kfail!("gmap_alloc_table: {e:?}"))?;
     g.note_invalidated(ea2);
     kassert_eq!(
         g.tlb_remove_table(pt, GatheredTable::Crst(gt.phys(), Level::Segment), ea2),
         Err(GatherError::NotPageTable)
     );
     kassert_eq!(g.pending(), 0);
-    let t = table::crst_alloc(Level::Segment).or_else(|e| fail(format_args!("{e:?}")))?;
+    let t = table::crst_alloc(Level::Segment).or_else(|e| kfail!("{e:?}"))?;
     let Some(tpt) = table::table_ptdesc(t) else {
-        return fail(format_args!("{t:?} has no ptdesc"));
+        return kfail!("{t:?} has no ptdesc");
     };
     kassert_eq!(
         g.tlb_remove_table(tpt, GatheredTable::Crst(t, Level::Segment), ea2),
@@ -636,13 +615,13 @@ fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
     kassert_eq!(owner_level, Ok(99));
     drop(s);
     free_gmap_table(gt)?;
-    give_back(f)
+    free_frame(f)
 }
 
 fn free_gmap_table(gt: &crate::gmap::table::GmapTableDesc) -> KResult {
     match crate::gmap::table::gmap_free_table(gt, 99, Level::Segment) {
         Ok(()) => Ok(()),
-        Err(e) => fail(format_args!("gmap_free_table: {e:?}")),
+        Err(e) => kfail!("gmap_free_table: {e:?}"),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::arch::s390x::{dat as hw, facility, insn};
 use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, ptdesc, AllocFlags, Pages};
-use crate::{kassert, kassert_eq, kassert_matches, kskip, ktest_suite};
+use crate::{kassert, kassert_eq, kassert_matches, kfail, kskip, ktest_suite};
 
 const NONE: Facilities = Facilities {
     edat1: false,
@@ -24,23 +24,11 @@ const NONE: Facilities = Facilities {
 };
 const R1_LIMIT: u128 = 1 << 64;
 
-fn fail<T>(what: core::fmt::Arguments<'_>) -> Result<T, Outcome> {
-    crate::ktest::report_failure(file!(), line!(), what);
-    Err(Outcome::Fail)
-}
-
 fn space(limit: u128, max: u128) -> Result<AddressSpace, Outcome> {
-    AddressSpace::new(limit, max, false).or_else(|e| fail(format_args!("AddressSpace::new: {e:?}")))
+    AddressSpace::new(limit, max, false).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
 }
 
-fn frame(tag: u64) -> Result<Pages, Outcome> {
-    let mut p =
-        mm::alloc_pages(0, AllocFlags::empty()).or_else(|e| fail(format_args!("alloc: {e:?}")))?;
-    for (i, w) in p.as_mut_slice().chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&((tag << 32) | (i as u64 * 8)).to_be_bytes());
-    }
-    Ok(p)
-}
+use crate::ktest::fixtures::tagged_frame as frame;
 
 fn give_back(p: Pages) {
     let _ = mm::free_pages(p);
@@ -428,7 +416,7 @@ fn hardware_matches_software_walker() -> KResult {
         match s.map(va, f.phys(), prot) {
             Ok(()) => mapped.push(va),
             Err(SpaceError::AlreadyMapped) => {}
-            Err(e) => return fail(format_args!("map {va:#x}: {e:?}")),
+            Err(e) => return kfail!("map {va:#x}: {e:?}"),
         }
     }
     let (mut ok, mut faults, mut lra_qemu, mut lra_pop, mut stores) =
@@ -522,9 +510,7 @@ fn hardware_matches_software_walker() -> KResult {
         })
     };
     if let Some((va, sw, hwr)) = mismatch {
-        return fail(format_args!(
-            "va {va:#x}: software {sw:x?}, hardware {hwr:x?}"
-        ));
+        return kfail!("va {va:#x}: software {sw:x?}, hardware {hwr:x?}");
     }
     kassert_eq!(ok + faults, DIFF_ADDRESSES);
     kassert!(

@@ -17,22 +17,17 @@ use crate::dat::space::{SpaceCheck, SpaceCheckError};
 use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::addr::PhysAddr;
 use crate::mm::{self, ptdesc};
-use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
+use crate::{kassert, kassert_eq, kassert_matches, kfail, ktest_suite};
 
 const HOST_LIMIT: u64 = 1 << 31;
 const VM_BASE: u64 = 0x1000_0000;
 
-fn fail<T>(what: core::fmt::Arguments<'_>) -> Result<T, Outcome> {
-    crate::ktest::report_failure(file!(), line!(), what);
-    Err(Outcome::Fail)
-}
-
 fn host() -> Result<Arc<Mutex<HostMm>>, Outcome> {
-    HostMm::new(HOST_LIMIT).or_else(|e| fail(format_args!("HostMm::new: {e:?}")))
+    HostMm::new(HOST_LIMIT).or_else(|e| kfail!("HostMm::new: {e:?}"))
 }
 
 fn gmap(h: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Outcome> {
-    gmap_create(h, limit).or_else(|e| fail(format_args!("gmap_create: {e:?}")))
+    gmap_create(h, limit).or_else(|e| kfail!("gmap_create: {e:?}"))
 }
 
 fn g_load(g: &Gmap, gaddr: u64) -> Result<u64, ProgramCheck> {
@@ -1332,7 +1327,7 @@ fn guest_setup(
 fn kassert_ok<E: core::fmt::Debug>(r: Result<(), E>) -> KResult {
     match r {
         Ok(()) => Ok(()),
-        Err(e) => fail(format_args!("{e:?}")),
+        Err(e) => kfail!("{e:?}"),
     }
 }
 

@@ -4,6 +4,8 @@
 //! central list. Cases return `KResult`; the assertion macros print a
 //! diagnostic with file:line and both values and end only the current case.
 
+#[cfg(target_os = "none")]
+pub mod fixtures;
 pub mod glob;
 pub mod ktap;
 mod runner;
@@ -212,4 +214,15 @@ macro_rules! kskip {
     ($reason:literal) => {
         return Err($crate::ktest::Outcome::Skip($reason))
     };
+}
+
+/// Report a failure of the running case at the caller's file:line, with a
+/// message, and evaluate to `Err(Outcome::Fail)` (of any `Result` type):
+/// `return kfail!("alloc: {e:?}");`, `.or_else(|e| kfail!("{e:?}"))`.
+#[macro_export]
+macro_rules! kfail {
+    ($($arg:tt)+) => {{
+        $crate::ktest::report_failure(file!(), line!(), format_args!($($arg)+));
+        Err($crate::ktest::Outcome::Fail)
+    }};
 }
