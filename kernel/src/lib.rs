@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod arch;
 #[cfg(target_arch = "s390x")]
 pub mod bench;
+pub mod bug;
 pub mod cmdline;
 pub mod console;
 pub mod dat;

@@ -6,7 +6,7 @@
 //! type and cannot be passed in.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use super::entry::{Level, RegionEntry, SegmentEntry};
 use super::table;
@@ -38,20 +38,10 @@ pub enum GatherError {
     Duplicate,
 }
 
-/// BUGs the page-table code found in itself (a refused gather, a refused
-/// free): each is printed as a `BUG:` line, and the test runner fails the
-/// suite in which the count moves.
-static DAT_BUGS: AtomicU64 = AtomicU64::new(0);
-
-pub fn nr_dat_bugs() -> u64 {
-    DAT_BUGS.load(Ordering::Relaxed)
-}
-
-/// Report a bug the page-table code found in itself: loud, counted, and
-/// never silently ignored.
+/// Report a bug the page-table code found in itself: a counted `BUG:`
+/// line (`crate::bug`), never silently ignored.
 pub fn dat_bug(what: core::fmt::Arguments<'_>) {
-    DAT_BUGS.fetch_add(1, Ordering::Relaxed);
-    crate::pr_info!("BUG: dat: {}", what);
+    crate::bug::report("dat", what);
 }
 
 pub struct MmuGather {

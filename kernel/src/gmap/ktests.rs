@@ -996,10 +996,10 @@ fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
     let h = host()?;
     let (g, t) = gmap_with_a_pinned_table(&h)?;
     let id = g.id();
-    let bugs = super::nr_bug_reports();
+    let bugs = crate::bug::nr_reports();
     kassert_eq!(gmap_remove(g), Err(GmapError::FreeRefused(1)));
     kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
-    kassert_eq!(super::nr_bug_reports(), bugs);
+    kassert_eq!(crate::bug::nr_reports(), bugs);
     let page = table::gmap_table_page(t);
     kassert!(table::page_gmap_table(page).is_ok());
     page.page_ref_dec();
@@ -1019,12 +1019,12 @@ fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
     let gt = table::nr_gmap_table_pages();
     let (g, t) = gmap_with_a_pinned_table(&h)?;
     let id = g.id();
-    let bugs = super::nr_bug_reports();
-    kassert_eq!(super::expect_bug_reports(1), 0);
+    let bugs = crate::bug::nr_reports();
+    kassert_eq!(crate::bug::expect_reports(1), 0);
     drop(g);
-    let still_expected = super::expect_bug_reports(0);
+    let still_expected = crate::bug::expect_reports(0);
     kassert!(still_expected == 0, "Drop did not report the refused free");
-    kassert_eq!(super::nr_bug_reports(), bugs);
+    kassert_eq!(crate::bug::nr_reports(), bugs);
     kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
     table::gmap_table_page(t).page_ref_dec();
     kassert_eq!(table::gmap_free_table(t, id, Level::Segment), Ok(()));
@@ -1070,12 +1070,12 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
         .ok_or(Outcome::Fail)?;
     let page = mm::pfn_to_page(pfn).ok_or(Outcome::Fail)?;
     page.page_ref_inc();
-    let bugs = super::nr_bug_reports();
-    kassert_eq!(super::expect_bug_reports(1), 0);
+    let bugs = crate::bug::nr_reports();
+    kassert_eq!(crate::bug::expect_reports(1), 0);
     drop(h);
-    let still_expected = super::expect_bug_reports(0);
+    let still_expected = crate::bug::expect_reports(0);
     kassert!(still_expected == 0, "HostMm::drop did not report");
-    kassert_eq!(super::nr_bug_reports(), bugs);
+    kassert_eq!(crate::bug::nr_reports(), bugs);
     page.page_ref_dec();
     // SAFETY: the frame the dropped host could not free; nothing maps it.
     let p = unsafe { mm::Pages::from_raw(pfn, 0) };

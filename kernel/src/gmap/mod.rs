@@ -114,41 +114,10 @@ pub(crate) struct GmapInner {
     unlinks: u64,
 }
 
-/// BUG reports of the gmap code: a failure no caller can be told about (a
-/// refused free in a Drop or an undo path). Each prints a `BUG:` line; the
-/// ktest runner samples the count around every suite (a leak counter), so
-/// an unexpected report fails the suite that caused it.
-static BUG_REPORTS: AtomicU64 = AtomicU64::new(0);
-/// Reports a test provokes on purpose: printed, not counted.
-static BUGS_EXPECTED: AtomicU64 = AtomicU64::new(0);
-
+/// A gmap failure no caller can be told about: a counted `BUG:` line
+/// (`crate::bug`).
 pub(crate) fn report_bug(what: core::fmt::Arguments<'_>) {
-    let expected = BUGS_EXPECTED
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    crate::pr_info!(
-        "BUG: gmap: {}{}",
-        what,
-        if expected {
-            " (expected by a test)"
-        } else {
-            ""
-        }
-    );
-    if !expected {
-        BUG_REPORTS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Unexpected BUG reports since boot.
-pub fn nr_bug_reports() -> u64 {
-    BUG_REPORTS.load(Ordering::SeqCst)
-}
-
-/// Tests: the next `n` BUG reports are provoked on purpose (printed with a
-/// note, not counted). Returns how many were still expected before.
-pub fn expect_bug_reports(n: u64) -> u64 {
-    BUGS_EXPECTED.swap(n, Ordering::SeqCst)
+    crate::bug::report("gmap", what);
 }
 
 /// Every live gmap, so the parent's hooks can find the ones it has.
@@ -159,15 +128,7 @@ pub struct Gmap {
     inner: Arc<Mutex<GmapInner>>,
 }
 
-/// Let the ktest runner check `nr_bug_reports` around every suite. Done by
-/// every `gmap_create`; a boot-time call makes the first suite that creates
-/// a gmap checked too.
-pub fn register_bug_counter() {
-    crate::ktest::set_leak_counter("gmap BUG reports", nr_bug_reports);
-}
-
 fn install_hooks() {
-    register_bug_counter();
     space::set_hooks(SpaceHooks {
         table_unlink: gmap_unlink,
         pte_notify: notify::ptep_notify,
