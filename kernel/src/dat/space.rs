@@ -574,6 +574,16 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Clear the notify bit of the PGSTE of the PTE for `va` (undoing
+    /// `pgste_set_notify`); returns whether it was set.
+    pub fn pgste_clear_notify(&mut self, va: u64) -> bool {
+        let Some(pg) = self.pte_addr(va).and_then(|p| self.pgste_addr(p)) else {
+            return false;
+        };
+        // SAFETY: the PGSTE of a live whole-page table of this space.
+        unsafe { entry(pg) }.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel) & PGSTE_IN_BIT != 0
+    }
+
     pub fn pgste_notify(&self, va: u64) -> bool {
         let Some(pg) = self.pte_addr(va).and_then(|p| self.pgste_addr(p)) else {
             return false;

@@ -10,10 +10,8 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::dat::entry::{Prot, SEGMENT_SIZE};
-use core::sync::atomic::Ordering;
 
-use crate::dat::space::{AddressSpace, SpaceError, PGSTE_IN_BIT};
-use crate::dat::table::{entry, PTE_TABLE_SIZE};
+use crate::dat::space::{AddressSpace, SpaceError};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, AllocFlags, Pages};
 
@@ -111,19 +109,9 @@ impl HostMm {
     }
 
     /// Clear the PGSTE notify bit of the page at `vmaddr` (undoing a
-    /// `pgste_set_notify`; the space has no call for it). Returns whether
-    /// it was set.
+    /// `pgste_set_notify`). Returns whether it was set.
     pub fn pgste_clear_notify(&mut self, vmaddr: u64) -> bool {
-        let Some(pte) = self.space.pte_addr(vmaddr & !(PAGE_SIZE - 1)) else {
-            return false;
-        };
-        if !self.space.has_pgste() {
-            return false;
-        }
-        // SAFETY: the PGSTE of a live whole-page table of this space (the
-        // upper half of a PGSTE space's page table), under the host lock.
-        let pgste = unsafe { entry(PhysAddr(pte.0 + PTE_TABLE_SIZE)) };
-        pgste.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel) & PGSTE_IN_BIT != 0
+        self.space.pgste_clear_notify(vmaddr)
     }
 
     /// Populate `[vmaddr, vmaddr + len)`. Refused with nothing changed:
@@ -214,16 +202,13 @@ impl HostMm {
         let p = mm::alloc_pages(0, AllocFlags::ZERO)?;
         let pa = p.phys();
         if let Err(e) = self.space.remap(va, pa) {
-            if let Err((_, fe)) = mm::free_pages(p) {
-                panic!("BUG: a frame allocated just now was refused: {fe:?}");
-            }
+            // A refused free is kept for the retry at drop, as elsewhere.
+            self.free_frame(p);
             return Err(e);
         }
         if let Some(old) = self.frames.insert(va, p) {
             // Nothing maps the old frame any more.
-            if let Err((_, fe)) = mm::free_pages(old) {
-                panic!("BUG: the replaced guest frame was refused: {fe:?}");
-            }
+            self.free_frame(old);
         }
         Ok(pa)
     }
