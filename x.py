@@ -119,6 +119,14 @@ MUTANTS = [
         "filter": "tlb_warm",
     },
     {
+        "name": "unmap-page-no-ipte",
+        "why": "a partial unmap clears PTEs without IPTE",
+        "file": "kernel/src/dat/space.rs",
+        "find": "                                unsafe { self.ipte(pto, p) };",
+        "replace": "",
+        "filter": "tlb_warm",
+    },
+    {
         "name": "segment-unmap-no-idte",
         "why": "a whole segment is unmapped without invalidating its segment entry",
         "file": "kernel/src/dat/space.rs",

@@ -10,7 +10,7 @@ use spin::Mutex;
 
 use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Asce, Prot};
-use crate::dat::kernel::with_secondary;
+use crate::dat::kernel::with_secondary_lctlg;
 use crate::dat::shared::SharedSpace;
 use crate::dat::space::AddressSpace;
 use crate::gmap::{self, Access, Gmap, HostMm};
@@ -203,7 +203,7 @@ fn reader() {
     let asce = Asce::from_raw(SPACE_ASCE.load(Ordering::Relaxed));
     // SAFETY: the space lives until every CPU is done.
     unsafe {
-        with_secondary(asce, || {
+        with_secondary_lctlg(asce, || {
             while !STOP_READERS.load(Ordering::Acquire) {
                 let s1 = SEQ.load(Ordering::Acquire);
                 let m = MAPPED.load(Ordering::Acquire);

@@ -68,12 +68,14 @@ pub fn asce() -> Option<Asce> {
 }
 
 /// Run `f` with `asce` as the secondary space (CR7), then put the kernel's
-/// back. Secondary-space probes (`arch::s390x::dat::secondary_*`) then
+/// back. The name says LCTLG because QEMU purges its whole TLB on each
+/// one: what `f` sees right after this call proves nothing about
+/// invalidation (use `warm_secondary` for that). Secondary-space probes (`arch::s390x::dat::secondary_*`) then
 /// reach `asce`'s addresses.
 ///
 /// # Safety
 /// `asce` must designate live tables for the duration of `f`.
-pub unsafe fn with_secondary<R>(asce: Asce, f: impl FnOnce() -> R) -> R {
+pub unsafe fn with_secondary_lctlg<R>(asce: Asce, f: impl FnOnce() -> R) -> R {
     let saved = hw::secondary_asce();
     // SAFETY: forwarded to the caller.
     unsafe { hw::set_secondary_asce(asce.raw()) };

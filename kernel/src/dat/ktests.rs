@@ -6,7 +6,7 @@
 use alloc::vec::Vec;
 
 use super::entry::{Level, Prot, Pte, SegmentEntry, SEGMENT_SIZE};
-use super::kernel::with_secondary;
+use super::kernel::with_secondary_lctlg;
 use super::space::{AddressSpace, SpaceError};
 use super::walk::Facilities;
 use super::{table, tlb};
@@ -35,19 +35,19 @@ fn give_back(p: Pages) {
 }
 
 /// Run `f` with `s` as the secondary space.
-fn in_space<R>(s: &AddressSpace, f: impl FnOnce() -> R) -> R {
+fn in_space_lctlg<R>(s: &AddressSpace, f: impl FnOnce() -> R) -> R {
     // SAFETY: `s` is borrowed for the whole call, so its tables stay live.
-    unsafe { with_secondary(s.asce(), f) }
+    unsafe { with_secondary_lctlg(s.asce(), f) }
 }
 
-fn load(s: &AddressSpace, va: u64) -> Result<u64, ProgramCheck> {
-    in_space(s, || hw::secondary_load_u64(va))
+fn load_lctlg(s: &AddressSpace, va: u64) -> Result<u64, ProgramCheck> {
+    in_space_lctlg(s, || hw::secondary_load_u64(va))
 }
 
 /// Store `v` at `va` of `s`; the frames tests map are their own.
-fn store(s: &AddressSpace, va: u64, v: u64) -> Result<(), ProgramCheck> {
+fn store_lctlg(s: &AddressSpace, va: u64, v: u64) -> Result<(), ProgramCheck> {
     // SAFETY: every frame the tests map writable is a page they allocated.
-    in_space(s, || unsafe { hw::secondary_store_u64(va, v) })
+    in_space_lctlg(s, || unsafe { hw::secondary_store_u64(va, v) })
 }
 
 fn kernel_runs_with_dat_in_home_space() -> KResult {
@@ -77,15 +77,15 @@ fn alias_in(limit: u128, vas: &[u64], level: Level) -> KResult {
     }
     for (i, &va) in vas.iter().enumerate() {
         let v = 0x5500 + i as u64;
-        kassert_eq!(store(&s, va + 0x80, v), Ok(()));
+        kassert_eq!(store_lctlg(&s, va + 0x80, v), Ok(()));
         for &other in vas {
-            kassert_eq!(load(&s, other + 0x80), Ok(v));
+            kassert_eq!(load_lctlg(&s, other + 0x80), Ok(v));
         }
         kassert_eq!(
             u64::from_be_bytes(f.as_mut_slice()[0x80..0x88].try_into().unwrap_or_default()),
             v
         );
-        let (cc, r) = in_space(&s, || hw::secondary_lrag(va + 0x80));
+        let (cc, r) = in_space_lctlg(&s, || hw::secondary_lrag(va + 0x80));
         kassert_eq!((cc, r), (0, f.phys().0 + 0x80));
     }
     drop(s);
@@ -144,19 +144,19 @@ fn translation_exceptions_with_code_and_teid() -> KResult {
     let f = frame(0xb2)?;
     let va = 0x20_0000_1230_0000u64;
     kassert_eq!(s.map(va, f.phys(), Prot::ReadWrite), Ok(()));
-    kassert_eq!(load(&s, va), Ok(0xb2 << 32));
+    kassert_eq!(load_lctlg(&s, va), Ok(0xb2 << 32));
     // Same page table, next page: page translation.
     expect_fault(
-        load(&s, va + 0x1000),
+        load_lctlg(&s, va + 0x1000),
         code::PAGE_TRANSLATION,
         va + 0x1000,
         TeidAccess::Fetch,
     )?;
-    let st = store(&s, va + 0x2008, 1).map(|()| 0);
+    let st = store_lctlg(&s, va + 0x2008, 1).map(|()| 0);
     expect_fault(st, code::PAGE_TRANSLATION, va + 0x2008, TeidAccess::Store)?;
     // Same segment table, next segment: segment translation.
     expect_fault(
-        load(&s, va + SEGMENT_SIZE),
+        load_lctlg(&s, va + SEGMENT_SIZE),
         code::SEGMENT_TRANSLATION,
         va + SEGMENT_SIZE,
         TeidAccess::Fetch,
@@ -164,21 +164,21 @@ fn translation_exceptions_with_code_and_teid() -> KResult {
     // Next region-third entry, next region-second entry, next region-first.
     let r3 = va + (1 << 31);
     expect_fault(
-        load(&s, r3),
+        load_lctlg(&s, r3),
         code::REGION_THIRD_TRANSLATION,
         r3,
         TeidAccess::Fetch,
     )?;
     let r2 = va + (1 << 42);
     expect_fault(
-        load(&s, r2),
+        load_lctlg(&s, r2),
         code::REGION_SECOND_TRANSLATION,
         r2,
         TeidAccess::Fetch,
     )?;
     let r1 = va + (1 << 53);
     expect_fault(
-        load(&s, r1),
+        load_lctlg(&s, r1),
         code::REGION_FIRST_TRANSLATION,
         r1,
         TeidAccess::Fetch,
@@ -202,10 +202,10 @@ fn asce_type_exception() -> KResult {
     let mut s = space(1 << 31, 1 << 31)?;
     let f = frame(0xc3)?;
     kassert_eq!(s.map(0x7fff_f000, f.phys(), Prot::ReadWrite), Ok(()));
-    kassert_eq!(load(&s, 0x7fff_f000), Ok(0xc3 << 32));
+    kassert_eq!(load_lctlg(&s, 0x7fff_f000), Ok(0xc3 << 32));
     // A segment-table ASCE covers 2 GiB: one byte further is ASCE-type.
     expect_fault(
-        load(&s, 0x8000_0000),
+        load_lctlg(&s, 0x8000_0000),
         code::ASCE_TYPE,
         0x8000_0000,
         TeidAccess::Fetch,
@@ -226,8 +226,8 @@ fn protection_exceptions() -> KResult {
     kassert_eq!(s.map(va, f.phys(), Prot::ReadOnly), Ok(()));
     // Reads work, stores are refused with a protection exception whose
     // TEID names the page, the store and (ESOP) DAT protection.
-    kassert_eq!(load(&s, va + 8), Ok((0xd4 << 32) | 8));
-    let r = store(&s, va + 8, 7);
+    kassert_eq!(load_lctlg(&s, va + 8), Ok((0xd4 << 32) | 8));
+    let r = store_lctlg(&s, va + 8, 7);
     kassert_matches!(r, Err(pc) if pc.code == code::PROTECTION);
     let Err(pc) = r else {
         return Err(Outcome::Fail);
@@ -237,21 +237,21 @@ fn protection_exceptions() -> KResult {
         kassert_eq!(Teid(pc.teid).access(), TeidAccess::Store);
         kassert_eq!(pc.teid & 0xc, 0x4);
     }
-    kassert_eq!(load(&s, va + 8), Ok((0xd4 << 32) | 8));
+    kassert_eq!(load_lctlg(&s, va + 8), Ok((0xd4 << 32) | 8));
     // Writable again through the API (IPTE, then the new entry).
     kassert_eq!(s.protect(va, Prot::ReadWrite), Ok(()));
-    kassert_eq!(store(&s, va + 8, 7), Ok(()));
-    kassert_eq!(load(&s, va + 8), Ok(7));
+    kassert_eq!(store_lctlg(&s, va + 8, 7), Ok(()));
+    kassert_eq!(load_lctlg(&s, va + 8), Ok(7));
     // Segment protection covers every page of the segment.
     kassert_eq!(s.protect_segment(va, true), Ok(()));
-    kassert_matches!(store(&s, va + 8, 9), Err(pc) if pc.code == code::PROTECTION);
+    kassert_matches!(store_lctlg(&s, va + 8, 9), Err(pc) if pc.code == code::PROTECTION);
     kassert_eq!(
         s.translate(va, NONE, true).map(|t| t.real),
         Err(code::PROTECTION)
     );
-    kassert_eq!(load(&s, va + 8), Ok(7));
+    kassert_eq!(load_lctlg(&s, va + 8), Ok(7));
     kassert_eq!(s.protect_segment(va, false), Ok(()));
-    kassert_eq!(store(&s, va + 8, 9), Ok(()));
+    kassert_eq!(store_lctlg(&s, va + 8, 9), Ok(()));
     drop(s);
     give_back(f);
     Ok(())
@@ -268,7 +268,7 @@ fn translation_specification_exception() -> KResult {
     // SAFETY: the entry still names the test's own frame.
     let r = unsafe { s.replace_pte(va, bad) };
     kassert_eq!(r, Ok(()));
-    kassert_matches!(load(&s, va), Err(pc) if pc.code == code::TRANSLATION_SPECIFICATION);
+    kassert_matches!(load_lctlg(&s, va), Err(pc) if pc.code == code::TRANSLATION_SPECIFICATION);
     kassert_eq!(
         s.translate(va, NONE, false).map(|t| t.real),
         Err(code::TRANSLATION_SPECIFICATION)
@@ -281,7 +281,7 @@ fn translation_specification_exception() -> KResult {
         )
     };
     kassert_eq!(r, Ok(()));
-    kassert_eq!(load(&s, va), Ok(0xe5 << 32));
+    kassert_eq!(load_lctlg(&s, va), Ok(0xe5 << 32));
     drop(s);
     give_back(f);
     Ok(())
@@ -314,7 +314,7 @@ fn change_without_invalidation_is_stale() -> KResult {
     let asce = sp.asce();
     // SAFETY: the space lives across the closure; both frames are ours.
     let (before, stale, r) = unsafe {
-        with_secondary(asce, || {
+        with_secondary_lctlg(asce, || {
             let before = hw::secondary_load_u64(va);
             let r = sp.set_pte_without_invalidation(va, pb);
             let stale = hw::secondary_load_u64(va);
@@ -344,7 +344,7 @@ fn changes_through_the_api_are_never_stale() -> KResult {
     let (pa, pb) = (a.phys(), b.phys());
     // SAFETY: the space lives across the closure; both frames are ours.
     let r = unsafe {
-        with_secondary(asce, || {
+        with_secondary_lctlg(asce, || {
             let mut seen = Vec::new();
             for round in 0..4 {
                 seen.push(hw::secondary_load_u64(va));
@@ -427,7 +427,7 @@ fn hardware_matches_software_walker() -> KResult {
     // SAFETY: the space lives across the closure; writable frames are ours
     // and stores write back the value just read.
     unsafe {
-        with_secondary(asce, || {
+        with_secondary_lctlg(asce, || {
             for _ in 0..DIFF_ADDRESSES {
                 let r = rng.next_u64();
                 let va = match r % 8 {
@@ -554,7 +554,7 @@ fn two_pte_tables_share_one_page() -> KResult {
     kassert_eq!(s.unmap(0x10_0000), Ok(f.phys()));
     kassert_eq!(pt.frag_count(), 1);
     kassert_eq!(ptdesc::nr_pagetable() - t0, 5);
-    kassert_eq!(load(&s, 0x20_0000), Ok(0x77 << 32));
+    kassert_eq!(load_lctlg(&s, 0x20_0000), Ok(0x77 << 32));
     kassert_eq!(s.unmap(0x20_0000), Ok(f.phys()));
     kassert_eq!(ptdesc::nr_pagetable() - t0, 4);
     drop(s);
@@ -581,7 +581,7 @@ fn map_and_unmap_1gib_leaves_no_table() -> KResult {
     kassert_eq!(ptdesc::nr_pagetable() - t1, segs.div_ceil(2));
     kassert_eq!(s.frag_list_len() as u64, segs % 2);
     kassert_eq!(
-        load(&s, 0x4000_0000 + len - 8),
+        load_lctlg(&s, 0x4000_0000 + len - 8),
         Ok(crate::arch::s390x::probe::load_u64(len - 8).unwrap_or(1))
     );
     let st = s.unmap_range(0x4000_0000, len);
@@ -625,7 +625,7 @@ fn unmap_frees_tables_only_after_the_flush() -> KResult {
     kassert_eq!(t_mapped - ptdesc::nr_pagetable(), 32);
     // Reads through the old range fault now.
     for off in [0, len / 2, len - 8] {
-        kassert_matches!(load(&s, base + off), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
+        kassert_matches!(load_lctlg(&s, base + off), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
     }
     // The freed table pages come back from the allocator (per-CPU list is
     // LIFO); garbage that looks like valid PTEs must not matter.
@@ -644,7 +644,7 @@ fn unmap_frees_tables_only_after_the_flush() -> KResult {
         reused.push(p);
     }
     for off in [0, 0x1000, len / 2, len - 8] {
-        kassert_matches!(load(&s, base + off), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
+        kassert_matches!(load_lctlg(&s, base + off), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
     }
     crate::ktest::diag(format_args!(
         "unmapping 64 MiB: {} flushes (IDTE per segment) instead of {} IPTEs; {} tables freed after them",
@@ -672,8 +672,8 @@ fn partial_unmap_counts_ipte_per_page() -> KResult {
         st.map(|st| (st.pages, st.flushes, st.tables_freed)),
         Ok((128, 128, 0))
     );
-    kassert_matches!(load(&s, 0x30_0000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
-    kassert!(load(&s, 0x38_0000).is_ok());
+    kassert_matches!(load_lctlg(&s, 0x30_0000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
+    kassert!(load_lctlg(&s, 0x38_0000).is_ok());
     drop(s);
     Ok(())
 }
@@ -766,7 +766,7 @@ fn edat1_large_segment() -> KResult {
     };
     kassert_eq!(s.translate(0x100_0008, fac, false).map(|t| t.real.0), Ok(8));
     kassert_eq!(
-        load(&s, 0x100_0008),
+        load_lctlg(&s, 0x100_0008),
         Ok(crate::arch::s390x::probe::load_u64(8).unwrap_or(1))
     );
     // SAFETY: back to the page table.
@@ -807,7 +807,7 @@ fn edat2_large_region() -> KResult {
     };
     kassert_eq!(s.translate(va + 8, fac, false).map(|t| t.real.0), Ok(8));
     kassert_eq!(
-        load(&s, va + 8),
+        load_lctlg(&s, va + 8),
         Ok(crate::arch::s390x::probe::load_u64(8).unwrap_or(1))
     );
     // SAFETY: the original entry.

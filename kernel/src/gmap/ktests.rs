@@ -12,7 +12,7 @@ use super::{gmap_create, gmap_remove, Access, Gmap, GmapCheckError, GmapError, H
 use crate::arch::pgm::{code, ProgramCheck};
 use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
-use crate::dat::kernel::with_secondary;
+use crate::dat::kernel::with_secondary_lctlg;
 use crate::dat::space::{SpaceCheck, SpaceCheckError};
 use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::addr::PhysAddr;
@@ -30,27 +30,27 @@ fn gmap(h: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Outcome> {
     gmap_create(h, limit).or_else(|e| kfail!("gmap_create: {e:?}"))
 }
 
-fn g_load(g: &Gmap, gaddr: u64) -> Result<u64, ProgramCheck> {
+fn g_load_lctlg(g: &Gmap, gaddr: u64) -> Result<u64, ProgramCheck> {
     // SAFETY: the gmap (and its host) outlive the call.
-    unsafe { with_secondary(g.asce(), || hw::secondary_load_u64(gaddr)) }
+    unsafe { with_secondary_lctlg(g.asce(), || hw::secondary_load_u64(gaddr)) }
 }
 
-fn g_store(g: &Gmap, gaddr: u64, v: u64) -> Result<(), ProgramCheck> {
+fn g_store_lctlg(g: &Gmap, gaddr: u64, v: u64) -> Result<(), ProgramCheck> {
     // SAFETY: guest memory is host frames the test populated.
-    unsafe { with_secondary(g.asce(), || hw::secondary_store_u64(gaddr, v)) }
+    unsafe { with_secondary_lctlg(g.asce(), || hw::secondary_store_u64(gaddr, v)) }
 }
 
 /// The host's view of `vmaddr` (through the host space in CR7).
-fn h_load(h: &Arc<Mutex<HostMm>>, vmaddr: u64) -> Result<u64, ProgramCheck> {
+fn h_load_lctlg(h: &Arc<Mutex<HostMm>>, vmaddr: u64) -> Result<u64, ProgramCheck> {
     let asce = h.lock().space().asce();
     // SAFETY: the host outlives the call.
-    unsafe { with_secondary(asce, || hw::secondary_load_u64(vmaddr)) }
+    unsafe { with_secondary_lctlg(asce, || hw::secondary_load_u64(vmaddr)) }
 }
 
-fn h_store(h: &Arc<Mutex<HostMm>>, vmaddr: u64, v: u64) -> Result<(), ProgramCheck> {
+fn h_store_lctlg(h: &Arc<Mutex<HostMm>>, vmaddr: u64, v: u64) -> Result<(), ProgramCheck> {
     let asce = h.lock().space().asce();
     // SAFETY: the host's frames are the test's.
-    unsafe { with_secondary(asce, || hw::secondary_store_u64(vmaddr, v)) }
+    unsafe { with_secondary_lctlg(asce, || hw::secondary_store_u64(vmaddr, v)) }
 }
 
 /// Everything a refused (or undone) operation must leave as it was: free
@@ -208,10 +208,10 @@ fn hardware_translation_for_each_asce_type() -> KResult {
         for off in [0u64, 0x1000, SEGMENT_SIZE + 0x5000] {
             kassert_eq!(g.gmap_fault(gbase + off, Access::Write), Ok(VM_BASE + off));
             let v = 0x6000_0000 + off + level as u64;
-            kassert_eq!(h_store(&h, VM_BASE + off + 8, v), Ok(()));
-            kassert_eq!(g_load(&g, gbase + off + 8), Ok(v));
-            kassert_eq!(g_store(&g, gbase + off + 16, !v), Ok(()));
-            kassert_eq!(h_load(&h, VM_BASE + off + 16), Ok(!v));
+            kassert_eq!(h_store_lctlg(&h, VM_BASE + off + 8, v), Ok(()));
+            kassert_eq!(g_load_lctlg(&g, gbase + off + 8), Ok(v));
+            kassert_eq!(g_store_lctlg(&g, gbase + off + 16, !v), Ok(()));
+            kassert_eq!(h_load_lctlg(&h, VM_BASE + off + 16), Ok(!v));
         }
         kassert_eq!(gmap_remove(g), Ok(()));
     }
@@ -233,29 +233,35 @@ fn host_changes_are_seen_by_every_linked_gmap() -> KResult {
     let host_pt = h.lock().space().pte_table(VM_BASE);
     kassert_eq!(Some(g1.segment_entry_value(a1).page_table()), host_pt);
     kassert_eq!(Some(g2.segment_entry_value(a2).page_table()), host_pt);
-    kassert_eq!(h_store(&h, VM_BASE + 0x1000, 41), Ok(()));
+    kassert_eq!(h_store_lctlg(&h, VM_BASE + 0x1000, 41), Ok(()));
     kassert_eq!(
-        (g_load(&g1, a1 + 0x1000), g_load(&g2, a2 + 0x1000)),
+        (
+            g_load_lctlg(&g1, a1 + 0x1000),
+            g_load_lctlg(&g2, a2 + 0x1000)
+        ),
         (Ok(41), Ok(41))
     );
     // Protect in the host: both guests' stores are refused.
     kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadOnly), Ok(()));
-    kassert_matches!(g_store(&g1, a1 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
-    kassert_matches!(g_store(&g2, a2 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
+    kassert_matches!(g_store_lctlg(&g1, a1 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
+    kassert_matches!(g_store_lctlg(&g2, a2 + 0x1000, 1), Err(pc) if pc.code == code::PROTECTION);
     kassert_eq!(h.lock().protect(VM_BASE + 0x1000, Prot::ReadWrite), Ok(()));
-    kassert_eq!(g_store(&g1, a1 + 0x1000, 42), Ok(()));
-    kassert_eq!(g_load(&g2, a2 + 0x1000), Ok(42));
+    kassert_eq!(g_store_lctlg(&g1, a1 + 0x1000, 42), Ok(()));
+    kassert_eq!(g_load_lctlg(&g2, a2 + 0x1000), Ok(42));
     // Remap in the host (a new, zeroed frame): both guests see it at once.
     let r = h.lock().remap(VM_BASE + 0x2000);
     kassert!(r.is_ok());
     kassert_eq!(
-        (g_load(&g1, a1 + 0x2000), g_load(&g2, a2 + 0x2000)),
+        (
+            g_load_lctlg(&g1, a1 + 0x2000),
+            g_load_lctlg(&g2, a2 + 0x2000)
+        ),
         (Ok(0), Ok(0))
     );
     // Unmap one page in the host (IPTE): both guests fault on it.
     kassert_eq!(h.lock().unmap_range(VM_BASE + 0x3000, 0x1000), Ok(1));
-    kassert_matches!(g_load(&g1, a1 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
-    kassert_matches!(g_load(&g2, a2 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
+    kassert_matches!(g_load_lctlg(&g1, a1 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
+    kassert_matches!(g_load_lctlg(&g2, a2 + 0x3000), Err(pc) if pc.code == code::PAGE_TRANSLATION);
     kassert_eq!(gmap_remove(g1), Ok(()));
     kassert_eq!(gmap_remove(g2), Ok(()));
     drop(h);
@@ -268,7 +274,7 @@ fn freeing_a_host_pte_table_unlinks_and_fault_relinks() -> KResult {
     let ga = 0x300_0000u64;
     kassert_eq!(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE), Ok(()));
     kassert!(g.gmap_fault(ga, Access::Write).is_ok());
-    kassert_eq!(g_store(&g, ga, 5), Ok(()));
+    kassert_eq!(g_store_lctlg(&g, ga, 5), Ok(()));
     kassert!(!g.segment_entry_value(ga).is_invalid());
     let (links, unlinks) = g.link_counts();
     // The host unmaps the whole segment: its PTE table is freed, and the
@@ -276,10 +282,10 @@ fn freeing_a_host_pte_table_unlinks_and_fault_relinks() -> KResult {
     kassert_eq!(h.lock().unmap_range(VM_BASE, SEGMENT_SIZE), Ok(1));
     kassert!(g.segment_entry_value(ga).is_invalid());
     kassert_eq!(g.link_counts(), (links, unlinks + 1));
-    kassert_matches!(g_load(&g, ga), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
+    kassert_matches!(g_load_lctlg(&g, ga), Err(pc) if pc.code == code::SEGMENT_TRANSLATION);
     // gmap_fault repopulates the host and relinks.
     kassert!(g.gmap_fault(ga, Access::Read).is_ok());
-    kassert_eq!(g_load(&g, ga), Ok(0));
+    kassert_eq!(g_load_lctlg(&g, ga), Ok(0));
     kassert_eq!(g.link_counts().0, links + 1);
     kassert_eq!(gmap_remove(g), Ok(()));
     drop(h);
@@ -406,8 +412,8 @@ fn entry_gaddr_at_every_level_of_each_asce_type() -> KResult {
             g.gmap_fault(ga + 0x3000, Access::Write),
             Ok(VM_BASE + 0x3000)
         );
-        kassert_eq!(g_store(&g, ga + 0x3008, ga), Ok(()));
-        kassert_eq!(h_load(&h, VM_BASE + 0x3008), Ok(ga));
+        kassert_eq!(g_store_lctlg(&g, ga + 0x3008, ga), Ok(()));
+        kassert_eq!(h_load_lctlg(&h, VM_BASE + 0x3008), Ok(ga));
         let mut l = level;
         loop {
             let size = 1u64 << l.shift();
@@ -476,7 +482,7 @@ fn record(gmap: u64, start: u64, end: u64) {
     // Read the guest page now: the change must not be visible yet.
     let asce = crate::dat::entry::Asce::from_raw(WATCHED_ASCE.load(Ordering::Relaxed));
     // SAFETY: the test's gmap is live while its host changes.
-    let v = unsafe { with_secondary(asce, || hw::secondary_load_u64(start)) };
+    let v = unsafe { with_secondary_lctlg(asce, || hw::secondary_load_u64(start)) };
     NOTES.lock().push((gmap, start, end, v));
 }
 
@@ -487,7 +493,7 @@ fn notifier_sees_exact_range_once_before_the_change() -> KResult {
     kassert_eq!(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE), Ok(()));
     for p in 0..3u64 {
         kassert!(g.gmap_fault(ga + p * 0x1000, Access::Write).is_ok());
-        kassert_eq!(g_store(&g, ga + p * 0x1000, 0x100 + p), Ok(()));
+        kassert_eq!(g_store_lctlg(&g, ga + p * 0x1000, 0x100 + p), Ok(()));
     }
     WATCHED_ASCE.store(g.asce().raw(), Ordering::Relaxed);
     NOTES.lock().clear();
@@ -537,7 +543,7 @@ fn notifier_at_the_top_of_the_address_space() -> KResult {
     let vm = VM_BASE + SEGMENT_SIZE - 0x1000;
     kassert_eq!(g.gmap_map_segment(VM_BASE, top, SEGMENT_SIZE), Ok(()));
     kassert_eq!(g.gmap_fault(page, Access::Write), Ok(vm));
-    kassert_eq!(g_store(&g, page, 0x5151), Ok(()));
+    kassert_eq!(g_store_lctlg(&g, page, 0x5151), Ok(()));
     kassert_eq!(g.gmap_protect_range(page, 0x1000), Ok(()));
     WATCHED_ASCE.store(g.asce().raw(), Ordering::Relaxed);
     NOTES.lock().clear();

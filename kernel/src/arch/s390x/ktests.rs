@@ -38,7 +38,7 @@ fn specification() -> KResult {
 
 fn addressing_beyond_memory() -> KResult {
     use crate::dat::entry::Prot;
-    use crate::dat::kernel::with_secondary;
+    use crate::dat::kernel::with_secondary_lctlg;
     use crate::dat::space::AddressSpace;
     use crate::mm::addr::PhysAddr;
     let end = machine::get().map_or(0, |m| m.memory);
@@ -56,7 +56,7 @@ fn addressing_beyond_memory() -> KResult {
         // SAFETY: the space is live for the closure; the store targets a
         // frame beyond memory, so nothing is written.
         let (r, w) = unsafe {
-            with_secondary(space.asce(), || {
+            with_secondary_lctlg(space.asce(), || {
                 (
                     dat::secondary_load_u64(va),
                     dat::secondary_store_u64(va, 0x5a5a),
