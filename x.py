@@ -231,6 +231,66 @@ MUTANTS = [
             a += PAGE_SIZE;""",
         "filter": "fault_injection",
     },
+    {
+        "name": "ipte-local-only",
+        "why": "IPTE with the local-clearing control: other CPUs keep their TLB entries",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
+             options(nostack));""",
+        "replace": """\
+        asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1", pto = in(reg_addr) pto,
+             va = in(reg_addr) va, options(nostack));""",
+        "smp": 2,
+        "filter": "smp",
+    },
+    {
+        "name": "change-pte-no-ptlock",
+        "why": "protect and remap change a PTE without its table's lock",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: a PTE of a live table, under its lock.
+        let slot = unsafe { entry(pea) };
+        let old = Pte::from_raw(slot.load(Ordering::Acquire));
+        if !old.is_present() {
+            return Err(SpaceError::NotMapped);
+        }
+        let new = f(old)?;""",
+        "replace": """\
+        // SAFETY: a PTE of a live table, under its lock.
+        let slot = unsafe { entry(pea) };
+        let old = Pte::from_raw(slot.load(Ordering::Acquire));
+        if !old.is_present() {
+            return Err(SpaceError::NotMapped);
+        }
+        let new = f(old)?;""",
+        "smp": 2,
+        "filter": "smp",
+    },
+    {
+        "name": "map-existing-no-ptlock",
+        "why": "a map into an existing page table checks and writes the PTE without its lock",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: the PTE of a live table of this space, under its lock.
+        let slot""",
+        "replace": """\
+        // SAFETY: the PTE of a live table of this space, under its lock.
+        let slot""",
+        "smp": 2,
+        "filter": "smp",
+    },
+    {
+        "name": "no-ipte-guest-alias-smp",
+        "why": "the QEMU workaround removed, as a guest running on another CPU meets it",
+        "file": "kernel/src/dat/tlb.rs",
+        "find": "pub const IPTE_GUEST_ALIAS: bool = true;",
+        "replace": "pub const IPTE_GUEST_ALIAS: bool = false;",
+        "smp": 2,
+        "filter": "smp.guest_*",
+    },
     # Append new mutants here.
 ]
 

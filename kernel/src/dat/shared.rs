@@ -22,7 +22,10 @@ pub struct SharedSpace {
 }
 
 impl SharedSpace {
-    pub fn new(space: AddressSpace) -> Self {
+    /// Share `space`. Its top is fixed from now on (`AddressSpace::fix_top`):
+    /// other CPUs may load its ASCE, so it never changes.
+    pub fn new(mut space: AddressSpace) -> Self {
+        space.fix_top();
         SharedSpace {
             inner: RwLock::new(space),
             writers: AtomicU32::new(0),
@@ -43,7 +46,7 @@ impl SharedSpace {
         g
     }
 
-    /// The ASCE (it changes only when a map grows the top, exclusively).
+    /// The ASCE (fixed: a shared space never grows its top).
     pub fn asce(&self) -> Asce {
         self.read().asce()
     }
@@ -60,6 +63,11 @@ impl SharedSpace {
 
     pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
         self.read().protect(va, prot)
+    }
+
+    /// Point a mapped page at another frame (shared lock + ptlock).
+    pub fn remap(&self, va: u64, pa: PhysAddr) -> Result<PhysAddr, SpaceError> {
+        self.read().remap(va, pa)
     }
 
     pub fn lookup(&self, va: u64) -> Option<(PhysAddr, Prot)> {

@@ -191,6 +191,16 @@ impl AddressSpace {
         self.max_limit
     }
 
+    /// Never grow the top again: addresses beyond what it covers now are
+    /// refused (`OutOfRange`). For spaces other CPUs may have loaded:
+    /// growing gives the space a new ASCE, which every CPU that has the old
+    /// one loaded would have to switch to first (Linux's
+    /// `__crst_table_upgrade` on each CPU of the mm); zdat refuses growth
+    /// there instead.
+    pub fn fix_top(&mut self) {
+        self.max_limit = self.limit();
+    }
+
     pub fn has_pgste(&self) -> bool {
         self.pgste
     }
