@@ -291,6 +291,26 @@ MUTANTS = [
         "smp": 2,
         "filter": "smp.guest_*",
     },
+    {
+        "name": "pte-table-freed-before-idte-smp",
+        "why": "the same, as a CPU reading through the space meets it (poisoned tables)",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "replace": """\
+                        self.pte_free_now(pto);
+                        // SAFETY: `tbl` is this live segment table.
+                        unsafe { tlb::idte(tbl, Level::Segment, va) };
+                        g.note_invalidated(ea);
+                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        for i in""",
+        "smp": 2,
+        "filter": "smp.map_unmap_while_another_cpu_reads",
+    },
     # Append new mutants here.
 ]
 

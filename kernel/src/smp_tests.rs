@@ -154,6 +154,7 @@ static STOP_READERS: AtomicBool = AtomicBool::new(false);
 static STALE: AtomicU64 = AtomicU64::new(0);
 static CHECKED_FAULTS: AtomicU64 = AtomicU64::new(0);
 static CHECKED_READS: AtomicU64 = AtomicU64::new(0);
+static POISONED: AtomicU64 = AtomicU64::new(0);
 const MAP_ROUNDS: u64 = 1_000;
 const TEST_VA: u64 = 0x40_0000;
 const MAGIC: u64 = 0x5ca1_ab1e_0000_0042;
@@ -206,10 +207,22 @@ fn reader() {
     // SAFETY: the space lives until every CPU is done.
     unsafe {
         with_secondary_lctlg(asce, || {
+            let mut n = 0u64;
             while !STOP_READERS.load(Ordering::Acquire) {
+                // Every other read walks the tables afresh (PTLB purges
+                // this CPU's TLB only, and loads no control register): a
+                // table freed before the entry pointing at it was
+                // invalidated reads as poison (debug builds).
+                n += 1;
+                if n.is_multiple_of(2) {
+                    hw::ptlb();
+                }
                 let s1 = SEQ.load(Ordering::Acquire);
                 let m = MAPPED.load(Ordering::Acquire);
                 let r = hw::secondary_load_u64(TEST_VA);
+                if r == Ok(crate::dat::table::POISON) {
+                    POISONED.fetch_add(1, Ordering::Relaxed);
+                }
                 let s2 = SEQ.load(Ordering::Acquire);
                 if s1 != s2 || s1 % 2 == 1 {
                     continue;
@@ -241,7 +254,7 @@ fn map_unmap_while_another_cpu_reads() -> KResult {
     let s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
     SPACE_ASCE.store(s.asce().raw(), Ordering::Relaxed);
     *SPACE.lock() = Some(Arc::new(SharedSpace::new(s)));
-    for a in [&STALE, &CHECKED_FAULTS, &CHECKED_READS] {
+    for a in [&STALE, &CHECKED_FAULTS, &CHECKED_READS, &POISONED] {
         a.store(0, Ordering::Relaxed);
     }
     STOP_READERS.store(false, Ordering::Relaxed);
@@ -255,9 +268,15 @@ fn map_unmap_while_another_cpu_reads() -> KResult {
             }
         }
     });
-    *SPACE.lock() = None;
-    let _ = mm::free_pages(f);
+    let space = SPACE.lock().take().ok_or(Outcome::Fail)?;
+    // What the mappers left: every page unmapped, the tables consistent.
+    let c = space.check();
+    kassert_eq!(c.map(|c| c.mapped_pages), Ok(0));
+    drop(space);
+    kassert!(mm::free_pages(f).is_ok());
     run_on_all(|_| mm::drain_pcp());
+    kassert!(mm::check().is_ok(), "{:?}", mm::check());
+    kassert_eq!(POISONED.load(Ordering::Relaxed), 0);
     kassert_eq!(STALE.load(Ordering::Relaxed), 0);
     kassert!(
         CHECKED_FAULTS.load(Ordering::Relaxed) > 0,

@@ -378,9 +378,14 @@ impl AddressSpace {
         if self.pgste {
             pt.frag_put(0);
             pt.frag_put(1);
+            table::poison_pte_table(page);
         } else {
             let half = ((pa.0 >> 11) & 1) as u32;
-            match pt.frag_put(half) {
+            let left = pt.frag_put(half);
+            if matches!(left, Some(0 | 1)) {
+                table::poison_pte_table(pa);
+            }
+            match left {
                 Some(1) => {
                     // The other half is still used: the page has room again.
                     self.frag_list_add(page);

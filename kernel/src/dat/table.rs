@@ -79,6 +79,94 @@ pub fn crst_alloc(level: Level) -> Result<PhysAddr, AllocError> {
     Ok(pa)
 }
 
+/// What a load through a freed page table reads in debug builds: freed
+/// tables are poisoned so that a walk of one (a table freed before the
+/// entry pointing at it was invalidated, seen from another CPU, say) maps
+/// a frame of this value, read-only, instead of whatever the table held.
+pub const POISON: u64 = 0x6b6b_6b6b_6b6b_6b6b;
+
+/// Debug builds on the machine: the poison frame, and a PTE table whose
+/// every entry maps it read-only (what poisoned segment entries point at).
+#[cfg(all(target_os = "none", debug_assertions))]
+mod poison {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use super::super::entry::{Prot, Pte, SegmentEntry, PTRS_PER_PTE};
+    use super::POISON;
+    use crate::mm::addr::PhysAddr;
+
+    #[repr(C, align(4096))]
+    struct Frame([u64; 512]);
+    static FRAME: Frame = Frame([POISON; 512]);
+
+    #[repr(C, align(2048))]
+    struct Table([AtomicU64; PTRS_PER_PTE]);
+    static TABLE: Table = Table([const { AtomicU64::new(0) }; PTRS_PER_PTE]);
+
+    /// A PTE mapping the poison frame read-only. The kernel image is
+    /// identity-mapped, so a static's address is its real address.
+    pub fn pte() -> u64 {
+        let pa = PhysAddr(core::ptr::addr_of!(FRAME) as u64);
+        Pte::new(pa, Prot::ReadOnly).map_or(0, |p| p.raw())
+    }
+
+    /// A read-only segment entry pointing at the poison PTE table.
+    pub fn segment_entry() -> u64 {
+        let pte = pte();
+        for e in &TABLE.0 {
+            e.store(pte, Ordering::Relaxed);
+        }
+        let pa = PhysAddr(core::ptr::addr_of!(TABLE) as u64);
+        SegmentEntry::table(pa, true).map_or(0, |e| e.raw())
+    }
+}
+
+/// Debug builds: overwrite the PTE table at `pa`, about to be freed, with
+/// entries mapping the poison frame read-only.
+pub fn poison_pte_table(pa: PhysAddr) {
+    #[cfg(all(target_os = "none", debug_assertions))]
+    {
+        let v = poison::pte();
+        for i in 0..PTRS_PER_PTE as u64 {
+            // SAFETY: the caller's table, unreachable and about to be freed.
+            unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(v, Ordering::Relaxed);
+        }
+    }
+    #[cfg(not(all(target_os = "none", debug_assertions)))]
+    let _ = pa;
+}
+
+/// Debug builds: overwrite the CRST table at `pa`, about to be freed:
+/// segment entries point at the poison PTE table, region entries are
+/// invalid.
+fn poison_crst(pa: PhysAddr, level: Level) {
+    #[cfg(all(target_os = "none", debug_assertions))]
+    {
+        let v = match level {
+            Level::Segment => poison::segment_entry(),
+            l => RegionEntry::empty(l).raw(),
+        };
+        for i in 0..CRST_ENTRIES as u64 {
+            // SAFETY: the caller's table, unreachable and about to be freed.
+            unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(v, Ordering::Relaxed);
+        }
+    }
+    #[cfg(not(all(target_os = "none", debug_assertions)))]
+    let _ = (pa, level);
+}
+
+/// The level a CRST table was built for, from its descriptor (the ctor
+/// records it).
+fn crst_level(pt: &PtDesc) -> Option<Level> {
+    match pt.crst_level() {
+        ptdesc::CRST_SEGMENT => Some(Level::Segment),
+        ptdesc::CRST_REGION3 => Some(Level::Region3),
+        ptdesc::CRST_REGION2 => Some(Level::Region2),
+        ptdesc::CRST_REGION1 => Some(Level::Region1),
+        _ => None,
+    }
+}
+
 /// Free a CRST table (no entry of it may be reachable by the hardware).
 pub fn crst_free(pa: PhysAddr) {
     let Some(pt) = table_ptdesc(pa) else {
@@ -87,6 +175,9 @@ pub fn crst_free(pa: PhysAddr) {
         ));
         return;
     };
+    if let Some(level) = crst_level(pt) {
+        poison_crst(pa, level);
+    }
     ptdesc::pagetable_crst_dtor(pt);
     // A table freed after its dtor passes the allocator's checks; a refusal
     // means memmap corruption: loud, never ignored.
