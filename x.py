@@ -918,9 +918,24 @@ def print_problem_log(r, label, log_path, elf=None):
     print("----")
 
 
+DEVIATION_LINE = re.compile(r"#\s+(DEVIATION|DIFFERENCE) ([\w-]+):")
+
+
+def deviations_named(lines):
+    """The `# DEVIATION name:` / `# DIFFERENCE name:` diagnostics of a run,
+    in order, each name once."""
+    names = []
+    for line in lines:
+        m = DEVIATION_LINE.search(line)
+        if m and m.group(2) not in names:
+            names.append(m.group(2))
+    return names
+
+
 def cmd_test(args):
     if args.selftest:
         return selftest(args)
+    deviations_seen = []
     passed = failed = skipped = 0
     problems = []
     if not args.qemu_only:
@@ -960,6 +975,10 @@ def cmd_test(args):
                 f = 1  # a crash, hang or broken log is a failure even with no failed case
             passed, failed, skipped = passed + p, failed + f, skipped + s
             log(f"[{label}] {p} passed, {f} failed, {s} skipped in {r.seconds:.2f} s")
+            named = deviations_named(r.lines)
+            if named and named != deviations_seen:
+                log(f"[{label}] QEMU deviations named (qemu_deviations suite): {', '.join(named)}")
+                deviations_seen = named
             for prob in probs:
                 problems.append(f"[{label}] {prob}")
             if probs or f:

@@ -241,6 +241,16 @@ fn bad_input_changes_nothing() {
         Err(SpaceError::NotMapped)
     );
     assert_eq!(
+        s.remap(0x1000, PhysAddr(0x5000)),
+        Err(SpaceError::NotMapped)
+    );
+    assert_eq!(
+        s.remap(0x1008, PhysAddr(0x5000)),
+        Err(SpaceError::Misaligned)
+    );
+    assert_eq!(s.protect_segment(0x1000, true), Err(SpaceError::NotMapped));
+    assert_eq!(s.unmap_range(0x1000, 0x1001), Err(SpaceError::Misaligned));
+    assert_eq!(
         s.map_range(0x1000, PhysAddr(0x5000), 0, Prot::ReadWrite),
         Err(SpaceError::Misaligned)
     );
@@ -257,6 +267,12 @@ fn bad_input_changes_nothing() {
         Err(SpaceError::AlreadyMapped)
     );
     assert_eq!(s.lookup(0x1000), None);
+    assert_eq!(s.lookup(0x3000), Some((PhysAddr(0x5000), Prot::ReadWrite)));
+    // A remap to a frame a PTE cannot hold changes nothing.
+    assert_eq!(
+        s.remap(0x3000, PhysAddr(0x5008)),
+        Err(SpaceError::Misaligned)
+    );
     assert_eq!(s.lookup(0x3000), Some((PhysAddr(0x5000), Prot::ReadWrite)));
     drop(s);
     assert_eq!(ptdesc::nr_pagetable(), tables0);
