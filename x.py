@@ -14,6 +14,7 @@ QEMU / gdb-multiarch (apt-get, when running as root).
 
 import argparse
 import os
+import fnmatch
 import re
 import shlex
 import shutil
@@ -56,6 +57,9 @@ EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 #   smp      CPUs (default 1)             memory  QEMU -m (default "128M")
 #   filter   ktest.filter glob(s), a string or a list (default: whole suite)
 #   append   extra kernel command line (default none)
+#   expect   glob(s) of suite.case names of which one must fail for the
+#            mutant to count as killed (else WRONG KILL: it was caught,
+#            but not by the case meant to catch it)
 
 MUTANTS = [
     {
@@ -68,6 +72,7 @@ MUTANTS = [
         "replace": """\
         let pte = (pto + ((va >> 12) & 0xff) * 8) as *mut u64;
         core::ptr::write_volatile(pte, core::ptr::read_volatile(pte) | 0x400);""",
+        "expect": ["tlb_warm.protect_faults_next_store"],
     },
     {
         "name": "idte-store",
@@ -85,16 +90,18 @@ MUTANTS = [
         };
         let entry = ((designation & !0xfff) + index * 8) as *mut u64;
         core::ptr::write_volatile(entry, core::ptr::read_volatile(entry) | 0x20);""",
+        "expect": ["tlb_warm.unmap_segment_faults_next_load"],
     },
     {
         "name": "no-clear-by-asce",
-        "why": "IDTE clearing-by-ASCE does nothing: TLB entries of a dropped or regrown ASCE stay",
+        "why": "IDTE clearing-by-ASCE does nothing: TLB entries of a dropped space or gmap stay",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
         asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) asce, a = in(reg_addr) r2,
              options(nostack));""",
         "replace": """\
         let _ = (asce, r2);""",
+        "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
     },
     {
         "name": "no-ipte-guest-alias",
@@ -103,6 +110,7 @@ MUTANTS = [
         "find": "pub const IPTE_GUEST_ALIAS: bool = true;",
         "replace": "pub const IPTE_GUEST_ALIAS: bool = false;",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.host_protect_seen_by_loaded_gmap"],
     },
     {
         "name": "change-pte-no-ipte",
@@ -117,6 +125,7 @@ MUTANTS = [
         slot.store(new.raw(), Ordering::Release);
         Ok(old)""",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.protect_faults_next_store", "tlb_warm.remap_serves_new_frame"],
     },
     {
         "name": "unmap-page-no-ipte",
@@ -125,41 +134,7 @@ MUTANTS = [
         "find": "                                unsafe { self.ipte(pto, p) };",
         "replace": "",
         "filter": "tlb_warm",
-    },
-    {
-        "name": "segment-unmap-no-idte",
-        "why": "a whole segment is unmapped without invalidating its segment entry",
-        "file": "kernel/src/dat/space.rs",
-        "find": """\
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
-        "replace": """\
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
-        "filter": "tlb_warm",
-    },
-    {
-        "name": "pte-table-freed-before-idte",
-        "why": "a whole segment's PTE table is freed before its segment entry is invalidated",
-        "file": "kernel/src/dat/space.rs",
-        "find": """\
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
-        "replace": """\
-                        self.pte_free_now(pto);
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
-        "filter": "tlb_warm,pte_fragments,dat*",
+        "expect": ["tlb_warm.unmap_page_faults_next_load"],
     },
     {
         "name": "segment-protect-not-propagated",
@@ -168,6 +143,7 @@ MUTANTS = [
         "find": "        self.segment_changed(va, new);\n",
         "replace": "",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.host_segment_protection_reaches_loaded_gmap"],
     },
     {
         "name": "no-gmap-unlink",
@@ -176,6 +152,24 @@ MUTANTS = [
         "find": "(h.table_unlink)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), pto);",
         "replace": "let _ = (h, pto);",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.host_unmap_segment_unlinks_loaded_gmap"],
+    },
+    {
+        "name": "notify-after-change",
+        "why": "the PTE notifier is called after the host PTE changed, not before",
+        "file": "kernel/src/dat/space.rs",
+        "find": """\
+        self.notify_before_change(va, pea);
+        // SAFETY: `pto` is this live page table.
+        unsafe { self.ipte(pto, va) };
+        slot.store(new.raw(), Ordering::Release);""",
+        "replace": """\
+        // SAFETY: `pto` is this live page table.
+        unsafe { self.ipte(pto, va) };
+        slot.store(new.raw(), Ordering::Release);
+        self.notify_before_change(va, pea);""",
+        "filter": "tlb_warm",
+        "expect": ["tlb_warm.notifier_runs_before_the_change"],
     },
     {
         "name": "no-pte-notify",
@@ -184,6 +178,7 @@ MUTANTS = [
         "find": "(h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));",
         "replace": "let _ = h;",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.notifier_runs_before_the_change"],
     },
     {
         "name": "space-drop-no-purge",
@@ -195,6 +190,7 @@ MUTANTS = [
         "replace": """\
         let (top, level) = (self.asce.origin(), self.asce.level());""",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.dropped_space_leaves_no_translation"],
     },
     {
         "name": "region-cspg-store",
@@ -203,17 +199,19 @@ MUTANTS = [
         "find": "crate::arch::s390x::dat::cspg(entry, old, old | super::entry::CRST_INVALID_BIT);",
         "replace": "core::ptr::write_volatile(entry, old | super::entry::CRST_INVALID_BIT);",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.region_entry_invalidation_faults_next_load"],
     },
     {
         "name": "gather-takes-linked-table",
         "why": "mmu_gather accepts a table its entry still points at",
         "file": "kernel/src/dat/gather.rs",
         "find": """\
-        if links(parent, t) {
+        if unsafe { links(parent, t) } {
             return Err(GatherError::StillLinked);
         }""",
         "replace": "",
         "filter": "tlb_warm",
+        "expect": ["tlb_warm.mmu_gather_refuses_what_the_tlb_may_reach"],
     },
     {
         "name": "map-range-keeps-growth",
@@ -230,6 +228,7 @@ MUTANTS = [
             }
             a += PAGE_SIZE;""",
         "filter": "fault_injection",
+        "expect": ["fault_injection.space_map_survives_every_failed_allocation"],
     },
     {
         "name": "ipte-local-only",
@@ -243,6 +242,7 @@ MUTANTS = [
              va = in(reg_addr) va, options(nostack));""",
         "smp": 2,
         "filter": "smp",
+        "expect": ["smp.cpus_race_map_protect_unmap_of_one_address"],
     },
     {
         "name": "change-pte-no-ptlock",
@@ -267,6 +267,7 @@ MUTANTS = [
         let new = f(old)?;""",
         "smp": 2,
         "filter": "smp",
+        "expect": ["smp.remap_and_protect_of_one_pte_lose_nothing"],
     },
     {
         "name": "map-existing-no-ptlock",
@@ -281,6 +282,7 @@ MUTANTS = [
         let slot""",
         "smp": 2,
         "filter": "smp",
+        "expect": ["smp.cpus_race_map_protect_unmap_of_one_address"],
     },
     {
         "name": "no-ipte-guest-alias-smp",
@@ -290,26 +292,35 @@ MUTANTS = [
         "replace": "pub const IPTE_GUEST_ALIAS: bool = false;",
         "smp": 2,
         "filter": "smp.guest_*",
+        "expect": ["smp.guest_store_faults_after_a_host_protect_on_another_cpu"],
+    },
+    {
+        "name": "gather-invalidate-no-idte",
+        "why": "unmap makes region and segment entries invalid without IDTE/CSPG",
+        "file": "kernel/src/dat/gather.rs",
+        "find": """\
+        // SAFETY: forwarded to the caller.
+        unsafe { tlb::idte(tbl, level, va) };""",
+        "replace": "",
+        "filter": "tlb_warm",
+        "expect": ["tlb_warm.unmap_segment_faults_next_load"],
     },
     {
         "name": "pte-table-freed-before-idte-smp",
-        "why": "the same, as a CPU reading through the space meets it (poisoned tables)",
+        "why": "a whole segment's PTE table freed before its IDTE, instead of through mmu_gather",
         "file": "kernel/src/dat/space.rs",
         "find": """\
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
+                        unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
+                        for i in 0..PTRS_PER_PTE as u64 {""",
         "replace": """\
                         self.pte_free_now(pto);
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-                        for i in""",
+                        unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
+                        a = next;
+                        continue;
+                        for i in 0..PTRS_PER_PTE as u64 {""",
         "smp": 2,
         "filter": "smp.map_unmap_while_another_cpu_reads",
+        "expect": ["smp.map_unmap_while_another_cpu_reads"],
     },
     # Append new mutants here.
 ]
@@ -1105,7 +1116,7 @@ def mutant_run(elf, config, label):
     failed = [f"{c[0]}.{c[1]}" for c in k.cases if c[2] == "fail"]
     failed += [f"suite {s}" for s in suite_level_failures(k)]
     if not failed and not probs:
-        return True, "", log_path
+        return True, "", log_path, failed
     if r.timed_out:
         detail = f"timeout after {timeout} s"
     elif failed:
@@ -1115,7 +1126,7 @@ def mutant_run(elf, config, label):
         detail = {2: "crash (panic)", 3: "crash (unexpected interruption)"}.get(k.status, "crash")
     else:
         detail = probs[0]
-    return False, detail, log_path
+    return False, detail, log_path, failed
 
 
 def cmd_mutants(args):
@@ -1149,9 +1160,9 @@ def cmd_mutants(args):
     if elf is None:
         sys.stdout.write(build_log.read_text()[-4000:])
         die(f"the unmutated tree does not build (log {build_log.relative_to(ROOT)})")
-    for config in dict.fromkeys(mutant_config(m) for m in mutants):
+    for i, config in enumerate(dict.fromkeys(mutant_config(m) for m in mutants)):
         memory, smp, filt, append, _ = config
-        ok, detail, log_path = mutant_run(elf, config, "unmutated")
+        ok, detail, log_path, _ = mutant_run(elf, config, f"unmutated-{i}")
         where = f"-m {memory} --smp {smp}" + (f" filter {filt}" if filt else "")
         if not ok:
             die(f"the unmutated tree fails ({where}): {detail}; fix that first "
@@ -1178,11 +1189,18 @@ def cmd_mutants(args):
                       f"log {build_log.relative_to(ROOT)}", flush=True)
                 bad += 1
                 continue
-            ok, detail, log_path = mutant_run(elf, mutant_config(m), m["name"])
+            ok, detail, log_path, failed = mutant_run(elf, mutant_config(m), m["name"])
         finally:
             path.write_text(original)
+        expect = m.get("expect", [])
         if ok:
             print(f"{'SURVIVED':13}  {m['name']}  {why}", flush=True)
+            bad += 1
+        elif expect and not any(fnmatch.fnmatch(f, e) for f in failed for e in expect):
+            # Killed, but not by the case meant to catch it: that case
+            # proves nothing about this piece of the discipline.
+            print(f"{'WRONG KILL':13}  {m['name']}  {why}  {detail}; expected "
+                  f"{', '.join(expect)} to fail", flush=True)
             bad += 1
         else:
             print(f"{'killed':13}  {m['name']}  {why}  {detail}", flush=True)

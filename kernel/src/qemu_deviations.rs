@@ -14,10 +14,10 @@
 use crate::arch::pgm::code;
 use crate::arch::s390x::{dat as hw, facility};
 use crate::dat::entry::{Prot, Pte, SegmentEntry};
-use crate::dat::kernel::{warm_secondary, Cooled, Warm};
+use crate::dat::kernel::{warm_secondary, Cooled};
 use crate::dat::space::AddressSpace;
 use crate::dat::tlb;
-use crate::ktest::fixtures::{free_frame, tagged_frame};
+use crate::ktest::fixtures::{free_frame, tagged_frame, warm};
 use crate::ktest::{KResult, Outcome};
 
 use crate::{kassert, kassert_eq, kfail, ktest_suite};
@@ -28,16 +28,6 @@ fn deviation(name: &str, what: core::fmt::Arguments<'_>) {
 
 fn difference(name: &str, what: core::fmt::Arguments<'_>) {
     crate::ktest::diag(format_args!("DIFFERENCE {name}: {what}"));
-}
-
-/// # Safety
-/// As `warm_secondary`.
-unsafe fn warm<R>(s: &AddressSpace, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
-    // SAFETY: forwarded to the caller.
-    match unsafe { warm_secondary(s.asce(), f) } {
-        Ok(r) => Ok(r),
-        Err(Cooled(n)) => kfail!("{n} CR load(s) inside the warm window"),
-    }
 }
 
 fn space() -> Result<AddressSpace, Outcome> {
@@ -68,7 +58,7 @@ fn ipte_purges_only_its_operand_address() -> KResult {
     kassert_eq!(r, Ok(()));
     // SAFETY: the space and both entries live across the window.
     let (a, b, c) = unsafe {
-        warm(&s, |w| {
+        warm(s.asce(), |w| {
             let a = (w.load(S1 + OFF), w.load(S2 + OFF));
             // The bare instruction, without the workaround.
             tlb::ipte(pto, S1 + OFF);
@@ -160,7 +150,7 @@ fn lrag_cc3_on_invalid_entry() -> KResult {
     let pte = s.pte_addr(S1 + OFF).map_or(0, |p| p.0);
     let ste = s.segment_entry_addr(S2).map_or(0, |p| p.0);
     // SAFETY: the space lives across the window.
-    let (p, sg) = unsafe { warm(&s, |w| (w.lrag(S1 + OFF), w.lrag(S2))) }?;
+    let (p, sg) = unsafe { warm(s.asce(), |w| (w.lrag(S1 + OFF), w.lrag(S2))) }?;
     for (what, got, cc, addr, pc) in [
         ("page", p, 2, pte, code::PAGE_TRANSLATION),
         ("segment", sg, 1, ste, code::SEGMENT_TRANSLATION),

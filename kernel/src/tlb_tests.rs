@@ -21,31 +21,14 @@ use spin::Mutex;
 
 use crate::arch::pgm::{code, ProgramCheck, Teid, TeidAccess};
 use crate::arch::s390x::facility;
-use crate::dat::entry::{Asce, Level, Prot, RegionEntry, SEGMENT_SIZE};
-use crate::dat::kernel::{warm_secondary, Cooled, Warm};
+use crate::dat::entry::{Level, Prot, RegionEntry, SEGMENT_SIZE};
+
 use crate::dat::space::AddressSpace;
 use crate::gmap::{gmap_create, notify, Access, Gmap, HostMm};
-use crate::ktest::fixtures::{free_frame, tagged_frame};
+use crate::ktest::fixtures::{free_frame, tagged_frame, warm, warm_ipte};
 use crate::ktest::{KResult, Outcome};
 use crate::mm;
 use crate::{kassert, kassert_eq, kassert_matches, kfail, ktest_suite};
-
-/// Run `f` in a warm window on `asce`; a window cooled by a CR load fails
-/// the case, since its accesses then prove nothing.
-///
-/// # Safety
-/// As `warm_secondary`: the tables `asce` designates stay live for the
-/// window, unless the case tests their teardown (the purge must then make
-/// the access fault or see the tables that replaced them).
-unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
-    // SAFETY: forwarded to the caller.
-    match unsafe { warm_secondary(asce, f) } {
-        Ok(r) => Ok(r),
-        Err(Cooled(n)) => {
-            kfail!("{n} control-register load(s) inside the warm window: QEMU purged its TLB")
-        }
-    }
-}
 
 fn space(limit: u128, max: u128, pgste: bool) -> Result<AddressSpace, Outcome> {
     AddressSpace::new(limit, max, pgste).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
@@ -88,7 +71,7 @@ fn protect_faults_next_store() -> KResult {
     let sp = &s;
     // SAFETY: `s` lives across the window; the frame is the case's.
     let (st1, prot, st2, ld) = unsafe {
-        warm(s.asce(), |w| {
+        warm_ipte(s.asce(), |w| {
             let st1 = w.store(VA + 8, 1);
             let prot = sp.protect(VA, Prot::ReadOnly);
             let st2 = w.store(VA + 8, 2);
@@ -115,7 +98,7 @@ fn unmap_page_faults_next_load() -> KResult {
     // SAFETY: the space lives across the window (its page table stays: the
     // other page keeps it).
     let (l1, un, l2, l3) = unsafe {
-        warm(asce, |w| {
+        warm_ipte(asce, |w| {
             let l1 = w.load(VA);
             let _ = w.load(VA + 0x1000);
             let un = sp.unmap(VA);
@@ -140,7 +123,7 @@ fn remap_serves_new_frame() -> KResult {
     let pb = b.phys();
     // SAFETY: the space lives across the window; both frames are the case's.
     let (l1, r, l2) = unsafe {
-        warm(s.asce(), |w| {
+        warm_ipte(s.asce(), |w| {
             let l1 = w.load(VA + 16);
             let r = sp.remap(VA, pb);
             (l1, r, w.load(VA + 16))
@@ -331,7 +314,7 @@ fn host_protect_seen_by_loaded_gmap() -> KResult {
     // SAFETY: the gmap and host live across the window; guest memory is
     // the host's frames, populated for this case.
     let (s1, p, s2, l) = unsafe {
-        warm(g.asce(), |w| {
+        warm_ipte(g.asce(), |w| {
             let s1 = w.store(G + 0x1000, 0x1111);
             let p = hh.lock().protect(VM + 0x1000, Prot::ReadOnly);
             let s2 = w.store(G + 0x1000, 0x2222);
@@ -354,7 +337,7 @@ fn host_unmap_page_seen_by_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above; the host's page table stays (the other page).
     let (l1, un, l2, l3) = unsafe {
-        warm(g.asce(), |w| {
+        warm_ipte(g.asce(), |w| {
             let l1 = w.load(G + 0x1000);
             let _ = w.load(G + 0x2000);
             let un = hh.lock().unmap_range(VM + 0x1000, 0x1000);
@@ -376,7 +359,7 @@ fn host_remap_seen_by_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above.
     let (s1, r, l2) = unsafe {
-        warm(g.asce(), |w| {
+        warm_ipte(g.asce(), |w| {
             let s1 = w.store(G + 0x1000, 0x5555);
             let r = hh.lock().remap(VM + 0x1000);
             (s1, r, w.load(G + 0x1000))
@@ -475,9 +458,11 @@ fn record_notify(_gmap: u64, start: u64, end: u64) {
     }
 }
 
-/// The PTE notifier runs before the host change (the guest still reads the
-/// old value from inside it), once; after the change the loaded gmap
-/// faults on its next store.
+/// The PTE notifier runs before the host change, once: the change is a
+/// remap to a zeroed frame, so a notifier that ran after it would read 0,
+/// not the guest's 0x7777, from inside. After the change the loaded gmap
+/// reads the new frame, and a second change (protect) calls no notifier:
+/// the bit was consumed; the store after it faults.
 fn notifier_runs_before_the_change() -> KResult {
     let (h, g) = linked_gmap()?;
     kassert_eq!(g.gmap_protect_range(G + 0x1000, 0x1000), Ok(()));
@@ -487,23 +472,23 @@ fn notifier_runs_before_the_change() -> KResult {
     let hh = h.clone();
     // SAFETY: as above.
     let r = unsafe {
-        warm(g.asce(), |w| {
+        warm_ipte(g.asce(), |w| {
             let s1 = w.store(G + 0x1000, 0x7777);
+            let r = hh.lock().remap(VM + 0x1000);
+            let l = w.load(G + 0x1000);
             let p = hh.lock().protect(VM + 0x1000, Prot::ReadOnly);
-            let s2 = w.store(G + 0x1000, 0x8888);
-            // A second change: the notify bit was consumed, no second call.
-            let p2 = hh.lock().protect(VM + 0x1000, Prot::ReadWrite);
-            (s1, p, s2, p2)
+            (s1, r, l, p, w.store(G + 0x1000, 0x8888))
         })
     };
     notify::gmap_unregister_pte_notifier(record_notify);
-    let (s1, p, s2, p2) = r?;
+    let (s1, r, l, p, s2) = r?;
     kassert_eq!(s1, Ok(()));
-    kassert_eq!(p, Ok(()));
+    kassert!(r.is_ok(), "remap: {:?}", r);
     kassert_eq!(NOTIFIED.load(Ordering::Relaxed), 1);
     kassert_eq!(SEEN_IN_NOTIFIER.load(Ordering::Relaxed), 0x7777);
+    kassert_eq!(l, Ok(0));
+    kassert_eq!(p, Ok(()));
     faulted(st(s2), code::PROTECTION, G + 0x1000, TeidAccess::Store)?;
-    kassert_eq!(p2, Ok(()));
     drop(g);
     drop(h);
     Ok(())
@@ -555,64 +540,84 @@ fn removed_gmap_leaves_no_translation() -> KResult {
 }
 
 /// mmu_gather refuses a table the entry still points at, one whose entry
-/// was not invalidated for this gather, a gmap table, and a table twice;
-/// nothing is gathered on a refusal, and what was gathered is freed.
+/// it did not invalidate, a page that is not a page table, and a table
+/// twice; nothing is gathered on a refusal, and what was gathered is freed.
 fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
     use crate::dat::gather::{tlb_gather_mmu, GatherError, GatheredTable};
     use crate::dat::table;
     let mut s = space(1 << 31, 1 << 31, false)?;
     let f = tagged_frame(0xa8)?;
+    let va2 = VA + SEGMENT_SIZE;
     kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
-    let (Some(pto), Some(ea), Some(ea2)) = (
+    kassert_eq!(s.map(va2, f.phys(), Prot::ReadWrite), Ok(()));
+    let (Some(pto), Some(pto2), Some(ea), Some(ea2)) = (
         s.pte_table(VA),
+        s.pte_table(va2),
         s.segment_entry_addr(VA),
-        s.segment_entry_addr(VA + SEGMENT_SIZE),
+        s.segment_entry_addr(va2),
     ) else {
-        return kfail!("no page table at {VA:#x}");
+        return kfail!("no page tables at {VA:#x} and {va2:#x}");
     };
-    let Some(pt) = table::table_ptdesc(pto) else {
-        return kfail!("{pto:?} has no ptdesc");
+    let (Some(pt), Some(pt2)) = (table::table_ptdesc(pto), table::table_ptdesc(pto2)) else {
+        return kfail!("{pto:?} or {pto2:?} has no ptdesc");
     };
-    let mut g = tlb_gather_mmu();
-    kassert_eq!(
-        g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
-        Err(GatherError::StillLinked)
-    );
-    kassert_eq!(
-        g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea2),
-        Err(GatherError::NotInvalidated)
-    );
+    let seg_table = crate::dat::table::table_of_entry(ea);
+    let mut g = tlb_gather_mmu(s.id());
+    // SAFETY: `ea` and `ea2` are the entries of the space's live segment
+    // table that point at (or pointed at) `pto` and `pto2`; the case owns
+    // the space.
+    unsafe {
+        // Still linked, and not invalidated by this gather.
+        kassert_eq!(
+            g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
+            Err(GatherError::StillLinked)
+        );
+        kassert_eq!(g.pending(), 0);
+        // The second segment's entry invalidated by the gather itself: its
+        // table may go, once.
+        let e = g.invalidate_entry(seg_table, Level::Segment, va2);
+        kassert_eq!(e, ea2);
+        kassert_eq!(
+            g.tlb_remove_table(pt2, GatheredTable::Pte(pto2), ea2),
+            Ok(())
+        );
+        kassert_eq!(
+            g.tlb_remove_table(pt2, GatheredTable::Pte(pto2), ea2),
+            Err(GatherError::Duplicate)
+        );
+        // The first table's entry is unlinked by hand, without the gather:
+        // not invalidated for it, so refused.
+        let r = s.replace_segment_entry(VA, crate::dat::entry::SegmentEntry::empty());
+        kassert_eq!(r, Ok(()));
+        kassert_eq!(
+            g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
+            Err(GatherError::NotInvalidated)
+        );
+    }
+    // A page that is no page table at all (a gmap table) is refused.
     let gt = crate::gmap::table::gmap_alloc_table(99, Level::Segment, 0)
         .or_else(|e| kfail!("gmap_alloc_table: {e:?}"))?;
-    g.note_invalidated(ea2);
-    kassert_eq!(
-        g.tlb_remove_table(pt, GatheredTable::Crst(gt.phys(), Level::Segment), ea2),
-        Err(GatherError::NotPageTable)
-    );
-    kassert_eq!(g.pending(), 0);
-    let t = table::crst_alloc(Level::Segment).or_else(|e| kfail!("{e:?}"))?;
-    let Some(tpt) = table::table_ptdesc(t) else {
-        return kfail!("{t:?} has no ptdesc");
-    };
-    kassert_eq!(
-        g.tlb_remove_table(tpt, GatheredTable::Crst(t, Level::Segment), ea2),
-        Ok(())
-    );
-    kassert_eq!(
-        g.tlb_remove_table(tpt, GatheredTable::Crst(t, Level::Segment), ea2),
-        Err(GatherError::Duplicate)
-    );
+    // SAFETY: as above.
+    let r = unsafe { g.tlb_remove_table(pt2, GatheredTable::Pte(gt.phys()), ea2) };
+    kassert_eq!(r, Err(GatherError::NotPageTable));
     kassert_eq!(g.pending(), 1);
     g.tlb_finish_mmu(&mut s);
     mm::drain_pcp();
-    kassert!(
-        table::table_ptdesc(t).is_none(),
-        "the gathered table was not freed"
-    );
+    kassert!(table::table_ptdesc(pto2).map(|p| p.frag_count()) != Some(2));
+    kassert_eq!(s.lookup(va2), None);
+    // The first table, unlinked by hand above, goes back the proper way:
+    // its entry again, then an unmap.
+    // SAFETY: the table `ea` pointed at, unchanged since.
+    let back = unsafe {
+        s.replace_segment_entry(
+            VA,
+            crate::dat::entry::SegmentEntry::table(pto, false)
+                .unwrap_or(crate::dat::entry::SegmentEntry::empty()),
+        )
+    };
+    kassert_eq!(back, Ok(()));
     kassert_eq!(s.lookup(VA).map(|(pa, _)| pa), Some(f.phys()));
     kassert!(s.check().is_ok(), "{:?}", s.check());
-    let owner_level = crate::gmap::table::gmap_table_at(gt.phys()).map(|t| t.owner());
-    kassert_eq!(owner_level, Ok(99));
     drop(s);
     free_gmap_table(gt)?;
     free_frame(f)

@@ -1,7 +1,10 @@
 //! mmu_gather, as Linux's tlb_gather_mmu / tlb_remove_table /
-//! tlb_remove_page_ptdesc / tlb_finish_mmu: an unmap collects the page
-//! tables it empties and frees them only after the flush that makes them
-//! unreachable, so the hardware can never walk a freed table. It takes
+//! tlb_finish_mmu: an unmap collects the page tables it empties and frees
+//! them only after the invalidation that makes them unreachable, so the
+//! hardware can never walk a freed table. The gather issues that
+//! invalidation itself (`invalidate_entry`) and takes a table only if its
+//! entry was invalidated by it and no longer points at it; the calls that
+//! name tables by address are `unsafe` and crate-internal. It takes
 //! process page tables (`PtDesc`) only: a gmap table descriptor is another
 //! type and cannot be passed in.
 
@@ -9,9 +12,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::entry::{Level, RegionEntry, SegmentEntry};
-use super::table;
+use super::{dat_bug, table, tlb};
 use crate::mm::addr::PhysAddr;
-use crate::mm::ptdesc::{self, PtDesc};
+use crate::mm::ptdesc::PtDesc;
 
 /// A table waiting to be freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,13 +41,9 @@ pub enum GatherError {
     Duplicate,
 }
 
-/// Report a bug the page-table code found in itself: a counted `BUG:`
-/// line (`crate::bug`), never silently ignored.
-pub fn dat_bug(what: core::fmt::Arguments<'_>) {
-    crate::bug::report("dat", what);
-}
-
 pub struct MmuGather {
+    /// The space whose tables these are (`AddressSpace::id`).
+    space: u64,
     /// Each table with the entry that pointed at it.
     tables: Vec<(GatheredTable, PhysAddr)>,
     /// Entries this gather invalidated (IDTE), by real address.
@@ -54,9 +53,10 @@ pub struct MmuGather {
     pub flushes: u64,
 }
 
-/// `tlb_gather_mmu`.
-pub fn tlb_gather_mmu() -> MmuGather {
+/// `tlb_gather_mmu` for the space with id `space`.
+pub fn tlb_gather_mmu(space: u64) -> MmuGather {
     MmuGather {
+        space,
         tables: Vec::new(),
         invalidated: Vec::new(),
         flushes: 0,
@@ -70,9 +70,11 @@ fn table_of(t: GatheredTable) -> PhysAddr {
 }
 
 /// Whether the entry at `parent` is valid and points at table `t`.
-fn links(parent: PhysAddr, t: GatheredTable) -> bool {
-    // SAFETY: `parent` is an entry of a live table of the caller's space
-    // (the gather is used under the space's exclusive lock).
+///
+/// # Safety
+/// `parent` is the real address of an entry of a live table.
+unsafe fn links(parent: PhysAddr, t: GatheredTable) -> bool {
+    // SAFETY: forwarded to the caller.
     let raw = unsafe { table::entry(parent) }.load(Ordering::Acquire);
     match t {
         GatheredTable::Crst(pa, _) => {
@@ -90,9 +92,14 @@ impl MmuGather {
     /// `tlb_remove_table`: free `t` once the TLB cannot reach it. The page
     /// must be a process page table (its `PtDesc` is the ticket), and
     /// `parent` the entry that pointed at it, which must no longer point at
-    /// it and must have been invalidated for this gather (`note_invalidated`).
-    /// Nothing is gathered on a refusal.
-    pub fn tlb_remove_table(
+    /// it and must have been invalidated by this gather
+    /// (`invalidate_entry`). Nothing is gathered on a refusal.
+    ///
+    /// # Safety
+    /// `parent` is the real address of the entry of a live table of this
+    /// gather's space that pointed at `t`, and the caller holds that space
+    /// exclusively.
+    pub(crate) unsafe fn tlb_remove_table(
         &mut self,
         pt: &PtDesc,
         t: GatheredTable,
@@ -109,7 +116,8 @@ impl MmuGather {
         if self.tables.iter().any(|(g, _)| table_of(*g) == pa) {
             return Err(GatherError::Duplicate);
         }
-        if links(parent, t) {
+        // SAFETY: forwarded to the caller.
+        if unsafe { links(parent, t) } {
             return Err(GatherError::StillLinked);
         }
         if !self.invalidated.contains(&parent) {
@@ -117,17 +125,6 @@ impl MmuGather {
         }
         self.tables.push((t, parent));
         Ok(())
-    }
-
-    /// `tlb_remove_page_ptdesc`: a whole table page.
-    pub fn tlb_remove_page_ptdesc(
-        &mut self,
-        pt: &PtDesc,
-        level: Level,
-        parent: PhysAddr,
-    ) -> Result<(), GatherError> {
-        let pa = ptdesc::ptdesc_phys(pt);
-        self.tlb_remove_table(pt, GatheredTable::Crst(pa, level), parent)
     }
 
     /// Tables waiting for the flush.
@@ -140,31 +137,70 @@ impl MmuGather {
         self.flushes += 1;
     }
 
-    /// Record that the region or segment entry at `entry` was invalidated
-    /// (IDTE or CSPG, which purge every TLB entry formed through it on
-    /// every CPU before they complete): tables it pointed at may be freed.
-    pub fn note_invalidated(&mut self, entry: PhysAddr) {
+    /// Invalidate the entry for `va` in the region or segment table `tbl`
+    /// of `level` (IDTE, or CSPG where IDTE for regions is missing, both of
+    /// which purge every TLB entry formed through it on every CPU before
+    /// they complete), then make it empty. Tables it pointed at may then be
+    /// gathered. Returns the entry's real address.
+    ///
+    /// # Safety
+    /// `tbl` is a live table of `level` of this gather's space, held
+    /// exclusively by the caller.
+    pub(crate) unsafe fn invalidate_entry(
+        &mut self,
+        tbl: PhysAddr,
+        level: Level,
+        va: u64,
+    ) -> PhysAddr {
+        let ea = PhysAddr(tbl.0 + level.index(va) as u64 * 8);
+        let empty = match level {
+            Level::Segment => SegmentEntry::empty().raw(),
+            l => RegionEntry::empty(l).raw(),
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { tlb::idte(tbl, level, va) };
+        // SAFETY: the entry of the caller's live table; invalid now.
+        unsafe { table::entry(ea) }.store(empty, Ordering::Release);
         self.flushes += 1;
-        self.invalidated.push(entry);
+        self.invalidated.push(ea);
+        ea
     }
 
     /// `tlb_finish_mmu`: every gathered table's entry was invalidated when
     /// it was gathered (zdat's IDTE/CSPG complete their purge on all CPUs
     /// before returning, so there is no batched flush left to issue); check
-    /// once more that none is linked again, then free them. Returns the
-    /// invalidations issued; a table that cannot be freed is a `dat_bug`.
-    pub fn tlb_finish_mmu(mut self, space: &mut super::space::AddressSpace) -> u64 {
-        for (t, parent) in core::mem::take(&mut self.tables) {
-            if links(parent, t) {
-                dat_bug(format_args!(
-                    "gathered table {:?} linked again: not freed",
-                    t
-                ));
+    /// once more that none is linked again, then free them, as tables of
+    /// `space`, which must be the gather's. Returns the invalidations
+    /// issued; a table that cannot be freed is a `dat_bug` (kept, never
+    /// freed while it may be reachable).
+    pub(crate) fn tlb_finish_mmu(mut self, space: &mut super::space::AddressSpace) -> u64 {
+        let tables = core::mem::take(&mut self.tables);
+        if space.id() != self.space {
+            dat_bug(format_args!(
+                "mmu_gather of space {} finished on space {}: {} tables not freed",
+                self.space,
+                space.id(),
+                tables.len()
+            ));
+            return self.flushes;
+        }
+        for (t, parent) in tables {
+            // SAFETY: `parent` was checked by tlb_remove_table to be an entry
+            // of a live table of this space, which the caller still holds.
+            if unsafe { links(parent, t) } {
+                dat_bug(format_args!("gathered table {t:?} linked again: not freed"));
                 continue;
             }
             match t {
-                GatheredTable::Pte(pa) | GatheredTable::PtePgste(pa) => space.pte_free_now(pa),
+                GatheredTable::Pte(pa) | GatheredTable::PtePgste(pa)
+                    if matches!(t, GatheredTable::PtePgste(_)) == space.has_pgste() =>
+                {
+                    space.pte_free_now(pa)
+                }
                 GatheredTable::Crst(pa, _) => table::crst_free(pa),
+                _ => dat_bug(format_args!(
+                    "{t:?} does not match its space's PTE tables: not freed"
+                )),
             }
         }
         self.flushes

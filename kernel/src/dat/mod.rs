@@ -1,6 +1,12 @@
 //! s390 dynamic address translation: entry formats, tables, the software
 //! walker, TLB invalidation, mmu_gather and address spaces.
 
+/// Report a bug the page-table code found in itself: a counted `BUG: dat:`
+/// line (`crate::bug`), never silently ignored.
+pub(crate) fn dat_bug(what: core::fmt::Arguments<'_>) {
+    crate::bug::report("dat", what);
+}
+
 pub mod entry;
 pub mod gather;
 #[cfg(target_arch = "s390x")]

@@ -10,10 +10,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
 
+use super::dat_bug;
 use super::entry::{
     pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE,
 };
-use super::gather::{dat_bug, tlb_gather_mmu, GatheredTable, MmuGather};
+use super::gather::{tlb_gather_mmu, GatheredTable, MmuGather};
 use super::table::{self, entry, PhysReader, PTE_TABLE_SIZE};
 use super::tlb;
 use super::walk::{self, Facilities, Fault, Translation};
@@ -376,8 +377,14 @@ impl AddressSpace {
             return;
         };
         if self.pgste {
-            pt.frag_put(0);
-            pt.frag_put(1);
+            // A whole-page table holds both halves: both must be in use.
+            let (lo, hi) = (pt.frag_put(0), pt.frag_put(1));
+            if lo != Some(1) || hi != Some(0) {
+                dat_bug(format_args!(
+                    "PTE table {pa:?} freed twice ({lo:?}, {hi:?})"
+                ));
+                return;
+            }
             table::poison_pte_table(page);
         } else {
             let half = ((pa.0 >> 11) & 1) as u32;
@@ -820,7 +827,7 @@ impl AddressSpace {
         if old.is_invalid() {
             return Err(SpaceError::NotMapped);
         }
-        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        let table = table::table_of_entry(ea);
         let new = SegmentEntry::table(old.page_table(), protect)?;
         // SAFETY: `table` is the live segment table holding the entry.
         unsafe { tlb::idte(table, Level::Segment, va) };
@@ -881,7 +888,7 @@ impl AddressSpace {
         let Some(ea) = self.segment_entry_addr(va) else {
             return Err(SpaceError::NotMapped);
         };
-        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        let table = table::table_of_entry(ea);
         // SAFETY: `table` is the live segment table holding the entry.
         unsafe { tlb::idte(table, Level::Segment, va) };
         // SAFETY: an entry of a live table of this space.
@@ -903,7 +910,7 @@ impl AddressSpace {
         let Some(ea) = self.entry_addr(va, level) else {
             return Err(SpaceError::NotMapped);
         };
-        let table = PhysAddr(ea.0 & !(super::entry::CRST_ENTRIES as u64 * 8 - 1));
+        let table = table::table_of_entry(ea);
         // SAFETY: `table` is the live table of `level` holding the entry.
         unsafe { tlb::idte(table, level, va) };
         // SAFETY: an entry of a live table of this space.
@@ -955,7 +962,7 @@ impl AddressSpace {
         keep: Option<PhysAddr>,
     ) -> Result<UnmapStats, SpaceError> {
         let end = self.check_range(va, len)?;
-        let mut g = tlb_gather_mmu();
+        let mut g = tlb_gather_mmu(self.id);
         let mut stats = UnmapStats::default();
         let end = (end as u128).min(self.limit()) as u64;
         if va < end {
@@ -996,10 +1003,9 @@ impl AddressSpace {
                         let child = e.next_origin();
                         self.unmap_level(child, lower, va, next as u64, keep, g, st);
                         if keep != Some(child) && table::crst_is_empty(child, lower) {
-                            // SAFETY: `tbl` is live; its entry points at `child`.
-                            unsafe { tlb::idte(tbl, level, va) };
-                            g.note_invalidated(ea);
-                            slot.store(RegionEntry::empty(level).raw(), Ordering::Release);
+                            // SAFETY: `tbl` is this space's live table of `level`,
+                            // held exclusively (`&mut self`).
+                            let ea = unsafe { g.invalidate_entry(tbl, level, va) };
                             gather(g, child, GatheredTable::Crst(child, lower), ea);
                         }
                     }
@@ -1024,10 +1030,9 @@ impl AddressSpace {
                         self.unlink_before_free(va, pto);
                         // One IDTE makes the whole page table unreachable; its
                         // PTEs can then be cleared without an IPTE each.
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        // SAFETY: `tbl` is this space's live segment table,
+                        // held exclusively.
+                        unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
                         for i in 0..PTRS_PER_PTE as u64 {
                             // SAFETY: PTEs of the now unreachable page table.
                             let pe = unsafe { entry(PhysAddr(pto.0 + i * 8)) };
@@ -1060,10 +1065,8 @@ impl AddressSpace {
                             continue;
                         }
                         self.unlink_before_free(va, pto);
-                        // SAFETY: `tbl` is this live segment table.
-                        unsafe { tlb::idte(tbl, Level::Segment, va) };
-                        g.note_invalidated(ea);
-                        slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+                        // SAFETY: as above.
+                        unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
                     }
                     let kind = if self.pgste {
                         GatheredTable::PtePgste(pto)
@@ -1113,11 +1116,13 @@ impl AddressSpace {
 /// rather than freed while a TLB might reach it), reported loudly.
 fn gather(g: &mut MmuGather, table: PhysAddr, t: GatheredTable, parent: PhysAddr) {
     let r = match table::table_ptdesc(table) {
-        Some(pt) => g.tlb_remove_table(pt, t, parent),
+        // SAFETY: `parent` is the entry of this space's live table that
+        // pointed at `table`, and the unmap holds the space exclusively.
+        Some(pt) => unsafe { g.tlb_remove_table(pt, t, parent) },
         None => Err(super::gather::GatherError::NotPageTable),
     };
     if let Err(e) = r {
-        super::gather::dat_bug(format_args!("{t:?} refused by mmu_gather: {e:?}"));
+        super::dat_bug(format_args!("{t:?} refused by mmu_gather: {e:?}"));
     }
 }
 

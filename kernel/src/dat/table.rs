@@ -53,6 +53,12 @@ impl TableReader for PhysReader {
     }
 }
 
+/// The region or segment table (16 KiB aligned) holding the entry at real
+/// address `ea`.
+pub fn table_of_entry(ea: PhysAddr) -> PhysAddr {
+    PhysAddr(ea.0 & !(CRST_ENTRIES as u64 * 8 - 1))
+}
+
 /// The descriptor of the table page holding real address `pa`.
 pub fn table_ptdesc(pa: PhysAddr) -> Option<&'static PtDesc> {
     ptdesc::virt_to_ptdesc(phys_to_virt(pa.align_down(PAGE_SIZE))).ok()
@@ -123,7 +129,7 @@ mod poison {
 
 /// Debug builds: overwrite the PTE table at `pa`, about to be freed, with
 /// entries mapping the poison frame read-only.
-pub fn poison_pte_table(pa: PhysAddr) {
+pub(super) fn poison_pte_table(pa: PhysAddr) {
     #[cfg(all(target_os = "none", debug_assertions))]
     {
         let v = poison::pte();
@@ -168,9 +174,9 @@ fn crst_level(pt: &PtDesc) -> Option<Level> {
 }
 
 /// Free a CRST table (no entry of it may be reachable by the hardware).
-pub fn crst_free(pa: PhysAddr) {
+pub(super) fn crst_free(pa: PhysAddr) {
     let Some(pt) = table_ptdesc(pa) else {
-        super::gather::dat_bug(format_args!(
+        super::dat_bug(format_args!(
             "CRST table {pa:?} freed, but it is no page table"
         ));
         return;
@@ -182,7 +188,7 @@ pub fn crst_free(pa: PhysAddr) {
     // A table freed after its dtor passes the allocator's checks; a refusal
     // means memmap corruption: loud, never ignored.
     if let Err(e) = ptdesc::pagetable_free(pt) {
-        super::gather::dat_bug(format_args!(
+        super::dat_bug(format_args!(
             "CRST table {pa:?} refused by the allocator: {e:?}"
         ));
     }

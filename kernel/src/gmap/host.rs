@@ -67,10 +67,21 @@ impl HostMm {
         &mut self.space
     }
 
-    /// Make sure the page at `vmaddr` is mapped: a new zeroed frame if not.
-    /// Returns the frame.
+    /// The page address `vmaddr` must be: page aligned and below the limit.
+    fn check_page(&self, vmaddr: u64) -> Result<u64, SpaceError> {
+        if vmaddr & (PAGE_SIZE - 1) != 0 {
+            return Err(SpaceError::Misaligned);
+        }
+        if vmaddr as u128 >= self.space.max_limit() {
+            return Err(SpaceError::OutOfRange);
+        }
+        Ok(vmaddr)
+    }
+
+    /// Make sure the page at `vmaddr` (page aligned) is mapped: a new
+    /// zeroed frame if not. Returns the frame.
     pub fn populate(&mut self, vmaddr: u64, _write: bool) -> Result<PhysAddr, SpaceError> {
-        let va = vmaddr & !(PAGE_SIZE - 1);
+        let va = self.check_page(vmaddr)?;
         if let Some((pa, _)) = self.space.lookup(va) {
             return Ok(pa);
         }
@@ -80,7 +91,15 @@ impl HostMm {
             self.free_frame(p);
             return Err(e);
         }
-        self.frames.insert(va, p);
+        if let Some(old) = self.frames.insert(va, p) {
+            // The space had no page here, yet the host kept a frame for it
+            // (someone unmapped it through `space_mut`): nothing maps the
+            // old frame, so it goes back, loudly.
+            super::report_bug(format_args!(
+                "host page {va:#x} had a frame the space did not map"
+            ));
+            self.free_frame(old);
+        }
         Ok(pa)
     }
 
@@ -101,7 +120,7 @@ impl HostMm {
     /// goes too if that was its last page) and free its frame. A page this
     /// host did not populate is refused (`NotMapped`).
     pub fn unpopulate(&mut self, vmaddr: u64) -> Result<(), HostError> {
-        let va = vmaddr & !(PAGE_SIZE - 1);
+        let va = self.check_page(vmaddr)?;
         if !self.frames.contains_key(&va) {
             return Err(HostError::Space(SpaceError::NotMapped));
         }
@@ -195,7 +214,7 @@ impl HostMm {
     /// on their next access). The new frame is allocated first: if that
     /// fails, nothing changed. Returns the new frame.
     pub fn remap(&mut self, vmaddr: u64) -> Result<PhysAddr, SpaceError> {
-        let va = vmaddr & !(PAGE_SIZE - 1);
+        let va = self.check_page(vmaddr)?;
         if !self.frames.contains_key(&va) {
             return Err(SpaceError::NotMapped);
         }

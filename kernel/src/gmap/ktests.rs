@@ -917,6 +917,36 @@ fn bad_input_changes_nothing() -> KResult {
             H(HostError::Space(SpaceError::NotMapped)),
         ),
         (
+            "host unpopulate: unaligned",
+            &|| hs(h.lock().unpopulate(VM_BASE + 0x10)),
+            H(HostError::Space(SpaceError::Misaligned)),
+        ),
+        (
+            "host unpopulate: past the limit",
+            &|| hs(h.lock().unpopulate(hl)),
+            H(HostError::Space(SpaceError::OutOfRange)),
+        ),
+        (
+            "host remap: unaligned",
+            &|| sp(h.lock().remap(VM_BASE + 0x10).map(|_| ())),
+            S(SpaceError::Misaligned),
+        ),
+        (
+            "host remap: not populated",
+            &|| sp(h.lock().remap(VM_BASE + 0x1000).map(|_| ())),
+            S(SpaceError::NotMapped),
+        ),
+        (
+            "host remap: past the limit",
+            &|| sp(h.lock().remap(hl).map(|_| ())),
+            S(SpaceError::OutOfRange),
+        ),
+        (
+            "host populate: unaligned",
+            &|| sp(h.lock().populate(VM_BASE + 0x10, true).map(|_| ())),
+            S(SpaceError::Misaligned),
+        ),
+        (
             "HostMm::new: limit 0",
             &|| sp(HostMm::new(0).map(|_| ())),
             S(SpaceError::OutOfRange),

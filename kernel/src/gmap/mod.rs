@@ -41,7 +41,7 @@ use crate::dat::table::entry;
 use crate::dat::tlb;
 use crate::mm::addr::PhysAddr;
 pub use host::HostMm;
-use table::{gmap_alloc_table, gmap_free_table, GmapTableDesc};
+use table::{gmap_alloc_table, gmap_free_table};
 
 /// Errors of gmap operations; the gmap (and its host) is unchanged when one
 /// is returned (except `FreeRefused`, which names what a teardown left).
@@ -190,7 +190,7 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
         }
     };
     let (parent_id, host_limit) = {
-        let h = parent.lock();
+        let h = lock_host(parent);
         (h.space().id(), h.space().max_limit())
     };
     let inner = Arc::new(Mutex::new(GmapInner {
@@ -354,18 +354,28 @@ impl GmapInner {
         Ok(true)
     }
 
+    /// If the gmap segment entry at `ea` (for `gaddr`) is valid, invalidate
+    /// it (IDTE: the TLBs may hold translations through it) and store
+    /// `new`. Returns whether it was valid.
+    fn replace_segment_entry(ea: PhysAddr, gaddr: u64, new: SegmentEntry) -> bool {
+        // SAFETY: an entry of a live gmap segment table (callers found it
+        // by walking this gmap's tables under its lock).
+        let slot = unsafe { entry(ea) };
+        if SegmentEntry::from_raw(slot.load(Ordering::Acquire)).is_invalid() {
+            return false;
+        }
+        let table = crate::dat::table::table_of_entry(ea);
+        // SAFETY: the live gmap segment table holding the entry.
+        unsafe { tlb::idte(table, Level::Segment, gaddr) };
+        slot.store(new.raw(), Ordering::Release);
+        true
+    }
+
     /// Undo a link `link` just made (a failed operation): the entry goes
     /// (IDTE first), and so do its reverse mapping and its count.
     fn undo_link(&mut self, gseg: u64, hseg: u64) {
         if let Ok(Some(ea)) = self.segment_entry(gseg, false) {
-            // SAFETY: an entry of a live gmap segment table.
-            let slot = unsafe { entry(ea) };
-            if !SegmentEntry::from_raw(slot.load(Ordering::Acquire)).is_invalid() {
-                let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
-                // SAFETY: the live gmap segment table holding the entry.
-                unsafe { tlb::idte(table, Level::Segment, gseg) };
-                slot.store(SegmentEntry::empty().raw(), Ordering::Release);
-            }
+            Self::replace_segment_entry(ea, gseg, SegmentEntry::empty());
         }
         self.host_to_guest.remove(&hseg);
         self.links -= 1;
@@ -377,14 +387,7 @@ impl GmapInner {
         let Ok(Some(ea)) = self.segment_entry(gaddr, false) else {
             return;
         };
-        // SAFETY: an entry of a live gmap segment table.
-        let slot = unsafe { entry(ea) };
-        let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
-        if !s.is_invalid() {
-            let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
-            // SAFETY: the live gmap segment table holding the entry.
-            unsafe { tlb::idte(table, Level::Segment, gaddr) };
-            slot.store(SegmentEntry::empty().raw(), Ordering::Release);
+        if Self::replace_segment_entry(ea, gaddr, SegmentEntry::empty()) {
             self.unlinks += 1;
         }
         self.host_to_guest.retain(|_, g| *g != seg(gaddr));
@@ -687,7 +690,7 @@ impl Gmap {
     pub fn check(&self) -> Result<u64, GmapCheckError> {
         // Host first, then gmap: the lock order of the whole subsystem.
         let parent = self.parent();
-        let host = parent.lock();
+        let host = lock_host(&parent);
         let g = self.inner.lock();
         let mut linked = 0;
         g.check_level(g.asce.origin(), g.asce.level(), 0, &host, &mut linked)?;
@@ -904,18 +907,11 @@ fn gmap_segment_change(space_id: u64, vmaddr: u64, new: SegmentEntry) {
             continue;
         };
         // SAFETY: an entry of a live gmap segment table.
-        let slot = unsafe { entry(ea) };
-        let cur = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
-        if cur.is_invalid() || cur.page_table() != new.page_table() {
+        let cur = SegmentEntry::from_raw(unsafe { entry(ea) }.load(Ordering::Acquire));
+        if cur.page_table() != new.page_table() {
             continue;
         }
-        let table = PhysAddr(ea.0 & !(crate::dat::entry::CRST_ENTRIES as u64 * 8 - 1));
-        // SAFETY: the live gmap segment table holding the entry.
-        unsafe { tlb::idte(table, Level::Segment, gseg) };
-        slot.store(
-            SegmentEntry::from_raw(new.hardware_bits()).raw(),
-            Ordering::Release,
-        );
+        GmapInner::replace_segment_entry(ea, gseg, SegmentEntry::from_raw(new.hardware_bits()));
     }
 }
 
@@ -942,6 +938,7 @@ pub fn segment_gaddr_of_entry(
 }
 
 /// The descriptor of the top table of `g` (tests).
-pub fn top_table(g: &Gmap) -> Option<&'static GmapTableDesc> {
+#[cfg(target_os = "none")]
+pub(crate) fn top_table(g: &Gmap) -> Option<&'static table::GmapTableDesc> {
     table::gmap_table_at(g.asce().origin()).ok()
 }

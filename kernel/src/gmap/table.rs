@@ -129,7 +129,7 @@ impl GmapTableDesc {
 /// guest address `gaddr`, every entry empty, tagged GmapTable. `gaddr` must
 /// be aligned to what a table of `level` covers (2 GiB for a segment table,
 /// 4 TiB, 8 PiB, and 0 for a region-first table): `Misaligned` otherwise.
-pub fn gmap_alloc_table(
+pub(crate) fn gmap_alloc_table(
     owner: u64,
     level: Level,
     gaddr: u64,
@@ -177,7 +177,11 @@ fn level_from_raw(v: u64) -> Option<Level> {
 /// gmap or level is refused (`WrongOwner`, `WrongLevel`), as is a page that
 /// is no gmap table (freed already, say); a refused free changes nothing
 /// (the gaddr is restored if the allocator refuses).
-pub fn gmap_free_table(t: &GmapTableDesc, owner: u64, level: Level) -> Result<(), GmapTableError> {
+pub(crate) fn gmap_free_table(
+    t: &GmapTableDesc,
+    owner: u64,
+    level: Level,
+) -> Result<(), GmapTableError> {
     check_free(t, owner, level)?;
     let gaddr = t.gaddr();
     t._gt_s390_gaddr.store(0, Ordering::Relaxed);
@@ -188,7 +192,12 @@ pub fn gmap_free_table(t: &GmapTableDesc, owner: u64, level: Level) -> Result<()
 /// The buddy allocator's non-NULL-mapping check refuses it (unless the table
 /// starts at guest address 0). Kept for the test that shows it; it checks
 /// owner and level as `gmap_free_table` does.
-pub fn free_table_as_is(t: &GmapTableDesc, owner: u64, level: Level) -> Result<(), GmapTableError> {
+#[cfg(target_os = "none")]
+pub(crate) fn free_table_as_is(
+    t: &GmapTableDesc,
+    owner: u64,
+    level: Level,
+) -> Result<(), GmapTableError> {
     check_free(t, owner, level)?;
     free_table_pages(t)
 }
@@ -267,7 +276,7 @@ pub fn gmap_segment_gaddr(entry_va: VirtAddr) -> Result<u64, GmapTableError> {
 
 /// The descriptor of the gmap table at real address `pa` (its start: a
 /// table is 16 KiB aligned, `Misaligned` otherwise).
-pub fn gmap_table_at(pa: PhysAddr) -> Result<&'static GmapTableDesc, GmapTableError> {
+pub(crate) fn gmap_table_at(pa: PhysAddr) -> Result<&'static GmapTableDesc, GmapTableError> {
     if !pa.0.is_multiple_of(4 * PAGE_SIZE) {
         return Err(GmapTableError::Misaligned);
     }

@@ -1,7 +1,11 @@
 //! Fixtures the in-kernel suites share: frames with a recognisable
-//! pattern, given back with the allocator's verdict checked.
+//! pattern, given back with the allocator's verdict checked, and warm-TLB
+//! windows.
 
 use super::{KResult, Outcome};
+use crate::dat::entry::Asce;
+use crate::dat::kernel::{warm_secondary, Cooled, Warm};
+use crate::dat::tlb;
 use crate::kfail;
 use crate::mm::{self, AllocFlags, Pages};
 
@@ -21,4 +25,43 @@ pub fn free_frame(p: Pages) -> KResult {
         Ok(()) => Ok(()),
         Err((_, e)) => kfail!("free_pages: {e:?}"),
     }
+}
+
+/// Run `f` in a warm window on `asce` (`dat::kernel::warm_secondary`); a
+/// window cooled by a control-register load fails the case, since its
+/// accesses then prove nothing about invalidation.
+///
+/// # Safety
+/// As `warm_secondary`: the tables `asce` designates stay live for the
+/// window, unless the case tests their teardown (the purge must then make
+/// the access fault or see the tables that replaced them).
+pub unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+    // SAFETY: forwarded to the caller.
+    match unsafe { warm_secondary(asce, f) } {
+        Ok(r) => Ok(r),
+        Err(Cooled(n)) => {
+            kfail!("{n} control-register load(s) inside the warm window: QEMU purged its TLB")
+        }
+    }
+}
+
+/// `warm`, for a case that judges IPTE: it also fails if an IDTE, CSPG,
+/// clearing by ASCE or PTLB ran in the window, because QEMU purges its
+/// whole TLB on each and would hide a missing IPTE.
+///
+/// # Safety
+/// As `warm`.
+pub unsafe fn warm_ipte<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+    let (_, idtes, purges) = tlb::flush_counts();
+    // SAFETY: forwarded to the caller.
+    let r = unsafe { warm(asce, f) }?;
+    let (_, idtes2, purges2) = tlb::flush_counts();
+    if (idtes2, purges2) != (idtes, purges) {
+        return kfail!(
+            "{} IDTE/CSPG and {} full purges inside an IPTE-judged window",
+            idtes2 - idtes,
+            purges2 - purges
+        );
+    }
+    Ok(r)
 }
