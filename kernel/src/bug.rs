@@ -33,7 +33,9 @@ pub fn nr_reports() -> u64 {
 }
 
 /// Tests: the next `n` reports are provoked on purpose. Returns how many
-/// were still expected before.
+/// were still expected before. The allowance is global, not per CPU: a
+/// report on any CPU uses it up, so tests that provoke reports run while
+/// the other CPUs are idle.
 pub fn expect_reports(n: u64) -> u64 {
     EXPECTED.swap(n, Ordering::SeqCst)
 }

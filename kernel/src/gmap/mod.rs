@@ -35,7 +35,13 @@ use spin::Mutex;
 
 use crate::dat::entry::{Asce, Level, RegionEntry, SegmentEntry, SEGMENT_SIZE};
 // Lock order: a host's lock (HostMm), then the GMAPS registry, then a gmap's
-// own lock. The host's hooks (unlink, notify) run under the host lock.
+// own lock. The host's hooks (unlink, notify, alias purge, segment change)
+// run under the host lock, the PTE ones also under a ptlock, and take the
+// registry and gmap locks after it (host, ptlock, gmap), while
+// gmap_protect_range takes host, gmap, then a ptlock (through populate).
+// The two orders of gmap lock and ptlock never meet because both hold the
+// host lock first. The hooks allocate (the list of gmaps) under the
+// ptlock: allowed, since the allocator takes no page-table lock.
 use crate::dat::space::{self, SpaceHooks};
 use crate::dat::table::entry;
 use crate::dat::tlb;
