@@ -28,7 +28,7 @@ use crate::gmap::{gmap_create, notify, Access, Gmap, HostMm};
 use crate::ktest::fixtures::{free_frame, tagged_frame, warm, warm_ipte};
 use crate::ktest::{KResult, Outcome};
 use crate::mm;
-use crate::{kassert, kassert_eq, kassert_matches, kfail, ktest_suite};
+use crate::{kassert, kassert_eq, kassert_matches, kassert_ne, kfail, ktest_suite};
 
 fn space(limit: u128, max: u128, pgste: bool) -> Result<AddressSpace, Outcome> {
     AddressSpace::new(limit, max, pgste).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
@@ -539,6 +539,76 @@ fn removed_gmap_leaves_no_translation() -> KResult {
     Ok(())
 }
 
+/// ASCE upgrade: a space grown while its old ASCE is loaded keeps the old
+/// top table (it becomes entry 0 of the new top), so the CPU that has the
+/// old ASCE goes on translating the old range, and the new range is an
+/// ASCE-type exception through it until that CPU loads the new ASCE.
+fn upgrade_keeps_the_loaded_top() -> KResult {
+    let mut s = space(1 << 31, 1 << 42, false)?;
+    let (a, b) = (tagged_frame(0xa9)?, tagged_frame(0xb9)?);
+    kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
+    let old = s.asce();
+    let va2 = (1u64 << 31) + VA;
+    let pb = b.phys();
+    let sp = &mut s;
+    // SAFETY: the old top stays allocated (that is what is judged) and
+    // the space lives across the window.
+    let (l1, m, l2, l3) = unsafe {
+        warm(old, |w| {
+            let l1 = w.load(VA);
+            let m = sp.map(va2, pb, Prot::ReadWrite);
+            (l1, m, w.load(VA), w.load(va2))
+        })
+    }?;
+    kassert_eq!(l1, Ok(0xa9 << 32));
+    kassert_eq!(m, Ok(()));
+    kassert_eq!(s.asce().level(), Level::Region3);
+    kassert_ne!(s.asce(), old);
+    kassert_eq!(l2, Ok(0xa9 << 32));
+    kassert_matches!(l3, Err(pc) if pc.code == code::ASCE_TYPE);
+    // Through the new ASCE (loading it purges QEMU's TLB; that is fine for
+    // checking a mapping): both ranges.
+    // SAFETY: the space lives across the call.
+    let (n1, n2) = unsafe {
+        crate::dat::kernel::with_secondary_lctlg(s.asce(), || {
+            (
+                crate::arch::s390x::dat::secondary_load_u64(VA),
+                crate::arch::s390x::dat::secondary_load_u64(va2),
+            )
+        })
+    };
+    kassert_eq!(n1, Ok(0xa9 << 32));
+    kassert_eq!(n2, Ok(0xb9 << 32));
+    drop(s);
+    free_frame(a)?;
+    free_frame(b)
+}
+
+/// gmap link: an unlinked guest segment faults (segment translation);
+/// after `gmap_fault` links it (invalid to valid: no purge needed) the next
+/// access through the still-loaded gmap translates.
+fn gmap_link_takes_effect_on_the_next_access() -> KResult {
+    let h = host()?;
+    let g = gmap_create(&h, (1 << 31) - 1).or_else(|e| kfail!("gmap_create: {e:?}"))?;
+    kassert_eq!(g.gmap_map_segment(VM, G, SEGMENT_SIZE), Ok(()));
+    let gg = &g;
+    // SAFETY: the gmap and host live across the window.
+    let (l1, f, l2) = unsafe {
+        warm(g.asce(), |w| {
+            let l1 = w.load(G + 0x3000);
+            let f = gg.gmap_fault(G + 0x3000, Access::Read);
+            (l1, f, w.load(G + 0x3000))
+        })
+    }?;
+    faulted(l1, code::SEGMENT_TRANSLATION, G + 0x3000, TeidAccess::Fetch)?;
+    kassert_eq!(f, Ok(VM + 0x3000));
+    kassert_eq!(l2, Ok(0));
+    kassert_eq!(g.check(), Ok(1));
+    drop(g);
+    drop(h);
+    Ok(())
+}
+
 /// mmu_gather refuses a table the entry still points at, one whose entry
 /// it did not invalidate, a page that is not a page table, and a table
 /// twice; nothing is gathered on a refusal, and what was gathered is freed.
@@ -650,5 +720,7 @@ ktest_suite!(
         notifier_runs_before_the_change,
         removed_gmap_leaves_no_translation,
         mmu_gather_refuses_what_the_tlb_may_reach,
+        upgrade_keeps_the_loaded_top,
+        gmap_link_takes_effect_on_the_next_access,
     ]
 );
