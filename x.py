@@ -4,6 +4,8 @@
     python3 x.py run            boot zdat in QEMU, stream the console
     python3 x.py test           host unit tests + in-kernel KTAP suites in QEMU
     python3 x.py gdb            QEMU halted at reset, gdb attached
+    python3 x.py bench          benchmarks, in guest instructions under -icount
+    python3 x.py lint           cargo fmt --check and clippy, warnings denied
     python3 x.py mutants        mutation check: does a test fail when a piece of
                                 the TLB-invalidation discipline is removed?
     python3 x.py build | clean
@@ -393,15 +395,74 @@ def ensure_toolchain(extra=()):
 def ensure_apt(binary, package):
     if shutil.which(binary):
         return
-    cmd = f"apt-get update && apt-get install -y {package}"
+    cmd = f"apt-get update && apt-get install -y --no-install-recommends {package}"
     if os.geteuid() != 0:
         die(f"{binary} is missing; install it with:\n    sudo sh -c '{cmd}'")
     log(f"{binary} is missing; installing Debian package {package}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_checked(["apt-get", "update", "-q"], env=env)
-    run_checked(["apt-get", "install", "-y", "-q", package], env=env)
+    # Without recommends: QEMU's pull in GTK, GStreamer, Mesa and
+    # qemu-block-extra (191 MB in all); the s390x binary needs only
+    # qemu-system-misc, -common and -data (the s390-ccw BIOS image).
+    run_checked(["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+                env=env)
     if not shutil.which(binary):
         die(f"{package} installed but {binary} is still not on PATH")
+
+
+# rustc warns on every build that `+backchain` (needed for crash-dump stack
+# traces) is an unstable target feature; the warning is expected and says
+# nothing about the code, so x.py drops it (README, "Design in a page").
+BACKCHAIN_NOISE = (
+    re.compile(r"^warning: unstable feature specified for `-Ctarget-feature`: `backchain`"),
+    re.compile(r"^warning: `(kernel|boot)` \((lib|bin \"zdat\")\) generated 1 warning( \(1 duplicate\))?$"),
+)
+
+
+# The smallest and largest guest memory x.py boots: the range the test
+# matrix and `x.py test --full` cover (every size in MiB steps passes there).
+MIN_MEMORY_MIB = 64
+MAX_MEMORY_MIB = 16 << 10
+
+
+def memory_size(text):
+    """An argparse type: a QEMU -m size (`128M`, `4G`, a plain number of
+    MiB), refused unless it is well formed and in the supported range."""
+    m = re.fullmatch(r"(\d+)([MmGg]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size (QEMU syntax: 128M, 4G, or a number of MiB)")
+    mib = int(m.group(1)) << (10 if m.group(2) in "Gg" and m.group(2) else 0)
+    if mib < MIN_MEMORY_MIB or mib > MAX_MEMORY_MIB:
+        raise argparse.ArgumentTypeError(
+            f"{text} is outside what zdat supports: {MIN_MEMORY_MIB}M to {MAX_MEMORY_MIB >> 10}G "
+            f"(the range the test matrix covers; every size in MiB steps there passes "
+            f"x.py test)")
+    return f"{mib}M" if m.group(2) in "Mm" or not m.group(2) else f"{mib >> 10}G"
+
+
+def memory_sizes(text):
+    return [memory_size(t) for t in text.split(",") if t]
+
+
+def run_cargo(cmd, cwd=ROOT, env=None, out=None):
+    """Run cargo, passing its stderr through without the backchain warning
+    (three lines and the "generated 1 warning" summaries). Returns the exit
+    status. With `out`, everything goes there instead (unfiltered)."""
+    if out is not None:
+        return subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    skip = 0
+    for line in p.stderr:
+        if BACKCHAIN_NOISE[0].match(line):
+            skip = 4  # the warning, "  |", "  = note: ...", and a blank line
+        elif BACKCHAIN_NOISE[1].match(line.rstrip("\n")):
+            continue
+        if skip:
+            skip -= 1
+            continue
+        sys.stderr.write(line)
+    return p.wait()
 
 
 def run_checked(cmd, **kw):
@@ -438,12 +499,13 @@ def build(release=False, quiet=False, features=(), root=ROOT, target_dir=None,
     if target_dir is not None:
         env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
     if log_path is None:
-        run_checked(cmd, cwd=root, env=env)
+        rc = run_cargo(cmd, cwd=root, env=env)
+        if rc != 0:
+            die(f"command failed ({rc}): {shlex.join(cmd)}", rc)
     else:
         with open(log_path, "w") as out:
-            r = subprocess.run(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-        if r.returncode != 0:
-            return None
+            if run_cargo(cmd, cwd=root, env=env, out=out) != 0:
+                return None
     elf = Path(target_dir or root / "target") / TARGET / ("release" if release else "debug") / "zdat"
     if not elf.exists():
         if log_path is not None:
@@ -756,7 +818,9 @@ def cmd_lint(args):
     ]
     for cmd in steps:
         log(shlex.join(cmd))
-        run_checked(cmd)
+        rc = run_cargo(cmd)
+        if rc != 0:
+            die(f"command failed ({rc}): {shlex.join(cmd)}", rc)
     log("lint clean")
 
 
@@ -869,7 +933,21 @@ def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quie
     problems = []
     if r.timed_out:
         problems.append(f"timed out after {timeout} s (QEMU killed)")
-    problems += k.errors
+    # Input the kernel could not use is a failure, not a quiet pass: an
+    # unknown or malformed parameter, a filter glob that selects nothing.
+    for line in r.lines:
+        for marker in ("zdat: WARNING: ", "ktest: ERROR: "):
+            if marker in line:
+                problems.append(line[line.index(marker):].strip())
+    if not any("ktest: ERROR: " in p for p in problems):
+        problems += k.errors
+    # The sclp case writes 21 numbered lines in one console write longer
+    # than an SCCB: each must arrive, in order.
+    if any(c[0] == "sclp" and c[1] == "console_writes_longer_than_one_sccb" and c[2] == "ok"
+           for c in k.cases):
+        got = [m.group(1) for l in r.lines for m in [LONG_WRITE_LINE.search(l)] if m]
+        if got != [f"{i:02}" for i in range(1, 22)]:
+            problems.append(f"the sclp long write arrived as lines {got} (want 01..21)")
     if not r.timed_out and r.returncode != 0:
         problems.append(f"QEMU exited {r.returncode}")
     if k.status not in (None, 0):
@@ -938,6 +1016,27 @@ def print_problem_log(r, label, log_path, elf=None):
     print("----")
 
 
+def test_list(args):
+    """Boot once with ktest.list: every suite.case the selection runs (the
+    suites that run only when named are marked)."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    elf = build(args.release, quiet=True)
+    append = "ktest.list" + (f" ktest.filter={args.filter}" if args.filter else "")
+    r = boot(qemu_cmd(elf, "128M", 1, append), 60)
+    cases = [l for l in r.lines if re.match(r"^[a-z0-9_]+\.[a-z0-9_]+( |$)", l)]
+    for l in cases:
+        print(l)
+    errors = [l for l in r.lines if "ktest: ERROR: " in l or "zdat: WARNING: " in l]
+    for l in errors:
+        log(l.split("] ", 1)[-1])
+    if errors or r.returncode != 0:
+        return 1
+    log(f"{sum(1 for l in cases if '(explicit' not in l)} cases selected"
+        + (f" by {args.filter}" if args.filter else ""))
+    return 0
+
+
+LONG_WRITE_LINE = re.compile(r"^    # sclp long write (\d\d)/21 =+$")
 DEVIATION_LINE = re.compile(r"#\s+(DEVIATION|DIFFERENCE) ([\w-]+):")
 
 
@@ -955,6 +1054,8 @@ def deviations_named(lines):
 def cmd_test(args):
     if args.selftest:
         return selftest(args)
+    if args.list:
+        return test_list(args)
     deviations_seen = []
     passed = failed = skipped = 0
     problems = []
@@ -1068,6 +1169,22 @@ def selftest(args):
     check("a truncated log is rejected", bool(parse_ktap(cut).errors))
     dropped = [l for l in r.lines if l != "    ok 2 stckf_between_stcks"]
     check("a missing result is rejected", bool(parse_ktap(dropped).errors))
+    # 8. Input that does nothing fails loudly.
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
+    check("a filter glob that matches no case fails the run and is named",
+          r.returncode != 0 and any("`nosuch*`" in p and "matches no test case" in p for p in probs),
+          f"qemu {r.returncode}, problems {probs}")
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp", 60, "badparam", quiet=True,
+                                    extra_append="mm.dmup fail.alloc=notanumber")
+    check("an unknown kernel parameter fails the run",
+          any("unknown kernel parameter `mm.dmup`" in p for p in probs), f"{probs}")
+    check("a malformed value fails the run",
+          any("cannot parse `fail.alloc=notanumber`" in p for p in probs), f"{probs}")
+    bad = subprocess.run([sys.executable, str(ROOT / "x.py"), "test", "--qemu-only",
+                          "--memory", "16M"], cwd=ROOT, capture_output=True, text=True)
+    check("a memory size below the minimum is refused before QEMU starts",
+          bad.returncode == 2 and "outside what zdat supports: 64M to 16G" in bad.stderr,
+          f"rc {bad.returncode}: {bad.stderr[-200:]}")
     ok = all(c for _, c in checks)
     print(f"{sum(c for _, c in checks)} passed, {sum(not c for _, c in checks)} failed, 0 skipped")
     return 0 if ok else 1
@@ -1260,7 +1377,7 @@ def main():
     def add_common(sp, memory=True):
         sp.add_argument("--release", action="store_true", help="build with optimisations")
         if memory:
-            sp.add_argument("-m", "--memory", default="128M", metavar="SIZE",
+            sp.add_argument("-m", "--memory", type=memory_size, default="128M", metavar="SIZE",
                             help="guest memory, QEMU syntax (default 128M)")
         sp.add_argument("--smp", type=int, default=1, metavar="N", help="CPUs (default 1)")
 
@@ -1273,7 +1390,7 @@ def main():
                         description="Boot a release kernel with the `bench` flag under "
                         "`-icount shift=0,sleep=off`; print instructions per operation "
                         "with ratios against the peers and write build/bench.json.")
-    sp.add_argument("-m", "--memory", default="256M", metavar="SIZE",
+    sp.add_argument("-m", "--memory", type=memory_size, default="256M", metavar="SIZE",
                     help="guest memory (default 256M)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"kill QEMU after S seconds (default {DEFAULT_TIMEOUT})")
@@ -1311,7 +1428,7 @@ def main():
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--host-only", action="store_true", help="only cargo test on the host")
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
-    sp.add_argument("--memory", type=lambda s: s.split(","), default=DEFAULT_TEST_MEMORY,
+    sp.add_argument("--memory", type=memory_sizes, default=DEFAULT_TEST_MEMORY,
                     metavar="SIZES", help="comma-separated memory sizes (default "
                     + ",".join(DEFAULT_TEST_MEMORY) + ")")
     sp.add_argument("--smp", type=int, default=None, metavar="N",
@@ -1325,6 +1442,9 @@ def main():
     sp.add_argument("--miri", action="store_true",
                     help="also run the struct page and buddy tests under Miri (installs "
                     "the miri component)")
+    sp.add_argument("--list", action="store_true",
+                    help="list every suite.case the selection would run (suites that run "
+                    "only when named are marked), then exit")
     sp.add_argument("--selftest", action="store_true",
                     help="prove the failure paths: a failing assertion, an unexpected "
                     "program check, a panic, a stack overflow, a crash on CPU 1, a hang "

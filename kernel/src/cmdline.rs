@@ -2,6 +2,72 @@
 //! `key=value` pair or a bare flag, as Linux's. Quotes are not supported;
 //! values cannot contain spaces.
 
+/// What a parameter's value must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A bare flag, or `=1/0/on/off/yes/no/true/false`.
+    Flag,
+    /// A number or size (`parse_size`).
+    Size,
+    /// Any text (a glob list, say).
+    Text,
+}
+
+/// Every parameter the kernel reads: (key, kind, what it does). A word on
+/// the command line that is not here, or whose value does not fit its
+/// kind, is reported at boot (`Cmdline::problems`).
+pub const PARAMS: &[(&str, Kind, &str)] = &[
+    (
+        "ktest.filter",
+        Kind::Text,
+        "suite or suite.case globs, comma-separated",
+    ),
+    (
+        "ktest.list",
+        Kind::Flag,
+        "list the selected cases instead of running them",
+    ),
+    (
+        "ktest.expect_mem",
+        Kind::Size,
+        "memory size SCLP must report (sclp suite)",
+    ),
+    (
+        "ktest.expect_cpus",
+        Kind::Size,
+        "CPU count SCLP must report (sclp suite)",
+    ),
+    (
+        "mm.check",
+        Kind::Flag,
+        "run the allocator and page-table checkers before and after the tests",
+    ),
+    (
+        "mm.dump",
+        Kind::Flag,
+        "print the memory map and free lists at boot",
+    ),
+    (
+        "fail.alloc",
+        Kind::Size,
+        "make the N-th page allocation from boot fail",
+    ),
+    (
+        "bench",
+        Kind::Flag,
+        "run the benchmarks instead of the tests",
+    ),
+];
+
+/// A word of the command line the kernel cannot use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem<'a> {
+    /// No parameter of that name (a typo, say).
+    Unknown(&'a str),
+    /// The value does not fit the parameter: (key, value, what it wants).
+    Invalid(&'a str, &'a str, &'static str),
+}
+
 /// A parsed view of the command line; it borrows the string.
 #[derive(Clone, Copy, Debug)]
 pub struct Cmdline<'a> {
@@ -52,6 +118,36 @@ impl<'a> Cmdline<'a> {
         }
     }
 
+    /// Every word that names no parameter of `PARAMS`, or whose value does
+    /// not fit its kind.
+    pub fn problems(&self) -> impl Iterator<Item = Problem<'a>> {
+        self.params().filter_map(|(k, v)| {
+            let Some(&(_, kind, _)) = PARAMS.iter().find(|(name, _, _)| *name == k) else {
+                return Some(Problem::Unknown(k));
+            };
+            match (kind, v) {
+                (Kind::Flag, Some(v))
+                    if !matches!(
+                        v,
+                        "1" | "0" | "on" | "off" | "yes" | "no" | "true" | "false"
+                    ) =>
+                {
+                    Some(Problem::Invalid(
+                        k,
+                        v,
+                        "a flag: 1/0, on/off, yes/no or true/false",
+                    ))
+                }
+                (Kind::Size, None) => Some(Problem::Invalid(k, "", "a number, e.g. 128M")),
+                (Kind::Size, Some(v)) if parse_size(v).is_err() => {
+                    Some(Problem::Invalid(k, v, "a number, e.g. 42, 0x1000 or 128M"))
+                }
+                (Kind::Text, None) => Some(Problem::Invalid(k, "", "a value")),
+                _ => None,
+            }
+        })
+    }
+
     /// `key=NUMBER` with an optional K/M/G/T suffix (binary units), or
     /// `None` if absent.
     pub fn size(&self, key: &str) -> Result<Option<u64>, ParamError> {
@@ -98,6 +194,39 @@ mod tests {
         let c = Cmdline::new("");
         assert_eq!(c.params().count(), 0);
         assert_eq!(c.get("a"), None);
+    }
+
+    #[test]
+    fn unknown_and_malformed_words_are_problems() {
+        let c =
+            Cmdline::new("mm.check mm.dmup fail.alloc=notanumber mm.dump=maybe ktest.filter=a*");
+        let p: std::vec::Vec<_> = c.problems().collect();
+        assert_eq!(
+            p,
+            [
+                Problem::Unknown("mm.dmup"),
+                Problem::Invalid(
+                    "fail.alloc",
+                    "notanumber",
+                    "a number, e.g. 42, 0x1000 or 128M"
+                ),
+                Problem::Invalid(
+                    "mm.dump",
+                    "maybe",
+                    "a flag: 1/0, on/off, yes/no or true/false"
+                ),
+            ]
+        );
+        assert_eq!(
+            Cmdline::new("fail.alloc=10 mm.dump=0 ktest.list")
+                .problems()
+                .count(),
+            0
+        );
+        assert_eq!(
+            Cmdline::new("fail.alloc ktest.filter").problems().count(),
+            2
+        );
     }
 
     #[test]

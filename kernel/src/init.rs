@@ -62,14 +62,32 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     crate::smp::init(&info);
     let suites = ktest::suites();
     pr_info!(
-        "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites",
+        "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites ({} run by default, {} only when named)",
         boot.image_start,
         boot.image_end,
         extable::count(),
-        suites.len()
+        suites.len(),
+        suites.iter().filter(|s| !s.explicit).count(),
+        suites.iter().filter(|s| s.explicit).count()
     );
 
     let cmd = machine::cmdline();
+    // Input that does nothing is reported, not ignored: x.py fails a run
+    // that printed such a warning.
+    for p in cmd.problems() {
+        match p {
+            crate::cmdline::Problem::Unknown(k) => {
+                pr_info!("zdat: WARNING: unknown kernel parameter `{}` (ignored)", k)
+            }
+            crate::cmdline::Problem::Invalid(k, v, want) => pr_info!(
+                "zdat: WARNING: cannot parse `{}={}`: {} wants {} (ignored)",
+                k,
+                v,
+                k,
+                want
+            ),
+        }
+    }
     if let Ok(Some(n)) = cmd.size("fail.alloc") {
         pr_info!("mm: fault injection: page allocation {} from now fails", n);
         mm::fail::fail_alloc_nth(n);
@@ -78,6 +96,13 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         mm::dump();
     }
     let filter = ktest::Filter::new(cmd.get("ktest.filter"));
+    if let Some(g) = filter.unmatched(suites) {
+        pr_info!(
+            "ktest: ERROR: `{}` in ktest.filter matches no test case (ktest.list, or x.py test --list, shows them)",
+            g
+        );
+        exit(ExitStatus::TestsFailed);
+    }
     if cmd.flag("bench") {
         crate::bench::run();
         exit(ExitStatus::Success);

@@ -99,6 +99,24 @@ fn filter_by_suite_and_case_globs() {
 }
 
 #[test]
+fn a_glob_that_selects_nothing_is_named() {
+    let s = suites();
+    assert_eq!(Filter::new(None).unmatched(&s), None);
+    assert_eq!(Filter::new(Some("alpha,beta.ok*")).unmatched(&s), None);
+    assert_eq!(
+        Filter::new(Some("alpha,nosuch*")).unmatched(&s),
+        Some("nosuch*")
+    );
+    assert_eq!(
+        Filter::new(Some("alpha.nocase")).unmatched(&s),
+        Some("alpha.nocase")
+    );
+    // An explicit suite needs its literal name: a wildcard reaches nothing.
+    assert_eq!(Filter::new(Some("hid*")).unmatched(&s), Some("hid*"));
+    assert_eq!(Filter::new(Some("hidden")).unmatched(&s), None);
+}
+
+#[test]
 fn explicit_suites_need_their_literal_name() {
     let s = suites();
     let _serial = SERIAL.lock().unwrap();

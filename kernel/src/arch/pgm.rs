@@ -66,7 +66,9 @@ pub fn stores_teid(code: u16) -> bool {
 }
 
 /// A program check as a probe reports it: what the CPU stored in the lowcore.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Its `Debug` form is hex with the code's name (what a test diagnostic
+/// shows), `ProgramCheck { code: 0x11 (page-translation), ilc: 4, teid: 0x... }`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ProgramCheck {
     /// Program-interruption code (0x8e), PER flag included.
     pub code: u16,
@@ -84,6 +86,19 @@ impl ProgramCheck {
 
     pub fn teid(&self) -> Teid {
         Teid(self.teid)
+    }
+}
+
+impl fmt::Debug for ProgramCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ProgramCheck {{ code: {:#04x} ({}), ilc: {}, teid: {:#x} }}",
+            self.code,
+            code_name(self.code),
+            self.ilc,
+            self.teid
+        )
     }
 }
 
@@ -149,6 +164,19 @@ impl Teid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_is_hex_with_the_code_name() {
+        let pc = ProgramCheck {
+            code: 0x11,
+            ilc: 4,
+            teid: 0x1000_2400,
+        };
+        assert_eq!(
+            alloc::format!("{pc:?}"),
+            "ProgramCheck { code: 0x11 (page-translation), ilc: 4, teid: 0x10002400 }"
+        );
+    }
 
     #[test]
     fn ilc_decodes_lengths() {

@@ -25,6 +25,18 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// The first glob of the filter that selects no case of `suites` (a
+    /// typo, say): a selection that runs nothing is an error, not a pass.
+    pub fn unmatched(&self, suites: &[&Suite]) -> Option<&'a str> {
+        let globs = self.globs?;
+        globs.split(',').filter(|g| !g.is_empty()).find(|g| {
+            let one = Filter { globs: Some(g) };
+            !suites
+                .iter()
+                .any(|s| s.cases.iter().any(|c| one.selects(s, c)))
+        })
+    }
+
     pub fn selects(&self, suite: &Suite, case: &Case) -> bool {
         let Some(globs) = self.globs else {
             return !suite.explicit;
@@ -109,6 +121,20 @@ pub fn list(suites: &[&Suite], filter: &Filter<'_>) -> usize {
         for c in s.cases.iter().filter(|c| filter.selects(s, c)) {
             crate::kprintln!("{}.{}", s.name, c.name);
             n += 1;
+        }
+    }
+    // With no filter, also show the suites that run only when named (not
+    // counted: they are not selected).
+    if filter.globs.is_none() {
+        for s in suites.iter().filter(|s| s.explicit) {
+            for c in s.cases {
+                crate::kprintln!(
+                    "{}.{}  (explicit: runs only as ktest.filter={})",
+                    s.name,
+                    c.name,
+                    s.name
+                );
+            }
         }
     }
     n

@@ -35,15 +35,23 @@ fn read_info_is_stable() -> KResult {
 }
 
 fn console_writes_longer_than_one_sccb() -> KResult {
-    // One diagnostic longer than a Write Event Data chunk is split in two
-    // SCCBs; both parts must arrive (x.py sees the line whole).
-    let n = super::console::CHUNK + 100;
-    kassert!(n > super::console::CHUNK);
+    // One write longer than a Write Event Data chunk is split in two SCCBs;
+    // both parts must arrive. The write is 21 diagnostic lines of 200
+    // bytes (no line over a few hundred characters); x.py checks that all
+    // 21 arrived, in order.
+    const LINES: usize = 21;
+    const LEN: usize = 200;
+    kassert!(LINES * LEN > super::console::CHUNK);
     let before = crate::arch::s390x::interrupt::count(crate::arch::lowcore::IntClass::External);
-    let mut line = [b'='; 4200];
-    line[..6].copy_from_slice(b"    # ");
-    line[4199] = b'\n';
-    super::console::write(&line[..]);
+    let mut buf = [b'='; LINES * LEN];
+    for (i, line) in buf.chunks_exact_mut(LEN).enumerate() {
+        let head = b"    # sclp long write NN/21 ";
+        line[..head.len()].copy_from_slice(head);
+        line[22] = b'0' + (i + 1) as u8 / 10;
+        line[23] = b'0' + (i + 1) as u8 % 10;
+        line[LEN - 1] = b'\n';
+    }
+    super::console::write(&buf[..]);
     let after = crate::arch::s390x::interrupt::count(crate::arch::lowcore::IntClass::External);
     // Two service calls, two service signals.
     kassert_eq!(after - before, 2);
