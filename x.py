@@ -939,6 +939,10 @@ def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quie
         for marker in ("zdat: WARNING: ", "ktest: ERROR: "):
             if marker in line:
                 problems.append(line[line.index(marker):].strip())
+        # A free the allocator refused that no test announced is a bug
+        # somewhere (tests that refuse on purpose say so: mm::expect_refusals).
+        if "BUG: Bad page state" in line and line.rstrip().endswith("(refused)"):
+            problems.append("unexpected refusal: " + line.split("] ", 1)[-1].strip())
     if not any("ktest: ERROR: " in p for p in problems):
         problems += k.errors
     # The sclp case writes 21 numbered lines in one console write longer

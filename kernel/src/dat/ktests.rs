@@ -688,6 +688,8 @@ ktest_suite!(
 );
 
 fn accessors_round_trip() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     let mut s = space(1 << 42, 1 << 42)?;
     let f = frame(0x55)?;
     kassert_eq!(s.map(0x1_0000_0000, f.phys(), Prot::ReadWrite), Ok(()));

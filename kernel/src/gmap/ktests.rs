@@ -105,6 +105,8 @@ fn snapshot(h: &Arc<Mutex<HostMm>>, g: &Gmap, watch: &[u64]) -> State {
 }
 
 fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     let t = table::gmap_alloc_table(77, Level::Segment, 0x8000_0000).map_err(|_| Outcome::Fail)?;
     let page = table::gmap_table_page(t);
     kassert!(table::page_gmap_table(page).is_ok());
@@ -145,6 +147,8 @@ fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
 /// refused free changes nothing, not even the gaddr it cleared; a second
 /// free finds no gmap table.
 fn table_free_checks_owner_and_level() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     let gt = table::nr_gmap_table_pages();
     for (level, other, gaddr) in [
         (Level::Segment, Level::Region3, 0u64),
@@ -1027,6 +1031,8 @@ fn gmap_with_a_pinned_table(
 /// other tables go back, the refused one stays a gmap table (freed by hand
 /// once the reference is dropped).
 fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     mm::drain_pcp();
     let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
     let h = host()?;
@@ -1051,6 +1057,8 @@ fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
 /// tell: it prints a BUG line and counts it (the runner fails the suite on
 /// an unexpected one; this test expects it).
 fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     let h = host()?;
     let gt = table::nr_gmap_table_pages();
     let (g, t) = gmap_with_a_pinned_table(&h)?;
@@ -1073,6 +1081,8 @@ fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
 /// then reports the ones the allocator refused; the host keeps those and
 /// frees them when dropped. A drop that is still refused prints a BUG line.
 fn host_unmap_range_reports_a_refused_free() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     mm::drain_pcp();
     let free = mm::nr_free_pages();
     let h = host()?;

@@ -202,7 +202,12 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
     {
         set_current(case.name, 1);
         let result = match init {
-            Ok(()) => (case.run)(),
+            Ok(()) => {
+                let r = (case.run)();
+                // A case's announcement of expected refusals ends with it.
+                crate::mm::expect_refusals(false);
+                r
+            }
             Err(_) => {
                 diag(format_args!(
                     "{}: suite init failed, case not run",

@@ -207,6 +207,8 @@ fn refused(pfn: Pfn, order: u32, want: FreeError) -> KResult {
 }
 
 fn misuse_is_refused() -> KResult {
+    // Frees below are refused on purpose.
+    crate::mm::expect_refusals(true);
     // Double free, of a per-CPU page and of a merged block.
     let p = alloc_pages(0, AllocFlags::empty()).map_err(|_| crate::ktest::Outcome::Fail)?;
     let pfn = p.pfn();

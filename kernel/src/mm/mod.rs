@@ -498,19 +498,37 @@ fn drain_pcp_batch() {
     with_pcp(|pcp| pcp.drain_to_high(map, zone()));
 }
 
+/// Set by a misuse test that makes frees refused on purpose: its refusals
+/// are printed as expected. The test runner clears it after every case, so
+/// it never hides a refusal of a later case.
+static REFUSALS_EXPECTED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Tests: the refusals the running case provokes are expected (`true`), or
+/// no longer (`false`, which the runner sets after each case).
+pub fn expect_refusals(on: bool) {
+    REFUSALS_EXPECTED.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
 fn report_bad_page(pfn: Pfn, e: FreeError) {
+    let note = if REFUSALS_EXPECTED.load(core::sync::atomic::Ordering::Relaxed) {
+        " (refused, as the test expects)"
+    } else {
+        " (refused)"
+    };
     let (t, refc, mapping, flags) = match pfn_to_page(pfn) {
         Some(p) => (p.raw_page_type(), p.refcount(), p.mapping(), p.raw_flags()),
         None => (0, 0, 0, 0),
     };
     crate::pr_info!(
-        "BUG: Bad page state: pfn:{:#x} type:{:#x} refcount:{} mapping:{:#x} flags:{:#x}: {} (refused)",
+        "BUG: Bad page state: pfn:{:#x} type:{:#x} refcount:{} mapping:{:#x} flags:{:#x}: {}{}",
         pfn.0,
         t,
         refc,
         mapping,
         flags,
-        e
+        e,
+        note
     );
 }
 
