@@ -1173,6 +1173,25 @@ def selftest(args):
     check("a truncated log is rejected", bool(parse_ktap(cut).errors))
     dropped = [l for l in r.lines if l != "    ok 2 stckf_between_stcks"]
     check("a missing result is rejected", bool(parse_ktap(dropped).errors))
+    # 9. The README's test-writing example is the file the kernel builds.
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "kernel/src/example_tests.rs").read_text()
+    m = re.search(r"<!-- begin kernel/src/example_tests.rs -->\n```rust\n(.*?)```\n<!-- end",
+                  readme, re.S)
+    check("the README's test example is kernel/src/example_tests.rs verbatim",
+          m is not None and m.group(1) == example)
+    # 10. The README's console sample matches a real run: every line of its
+    # KTAP part (the boot lines carry build-specific addresses) occurs in
+    # the console of a default boot, in order.
+    m = re.search(r"`python3 x.py run` prints the boot log, then the test results:\n\n```\n(.*?)```",
+                  readme, re.S)
+    k, r, probs, _ = qemu_suite_run(elf, "128M", 1, None, 300, "readme", quiet=True)
+    want = [l for l in (m.group(1).splitlines() if m else [])
+            if l.strip() != "..." and not l.startswith("[")]
+    got = iter(r.lines)
+    missing = [l for l in want if not any(g == l for g in got)]
+    check("the README's console sample is a real run's output", m and want and not missing,
+          f"not in order in a real run: {missing[:3]}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",

@@ -187,6 +187,36 @@ fn leaks_a_page() -> KResult {
 ktest_suite!(LEAKY, "leaky", [leaks_a_page]);
 ktest_suite!(KEEPER, "keeper", [leaks_a_page], keeps_memory: true);
 
+fn fails_silently() -> KResult {
+    Err(crate::ktest::Outcome::Fail)
+}
+
+fn fails_with_a_message() -> KResult {
+    let n = 3;
+    crate::kassert_eq!(n, 4, "after {} rounds", n);
+    Ok(())
+}
+
+ktest_suite!(QUIET, "quiet", [fails_silently, fails_with_a_message]);
+
+#[test]
+fn a_failure_always_says_why() {
+    let _serial = SERIAL.lock().unwrap();
+    let _ = capture::take();
+    let sum = ktest::run(&[QUIET], &Filter::new(None));
+    let out = capture::take();
+    assert_eq!(sum.failed, 2);
+    assert!(
+        out.contains("fails_silently: failed without saying why"),
+        "{out}"
+    );
+    assert!(out.contains("    #     after 3 rounds\n"), "{out}");
+    assert!(
+        !out.contains("fails_with_a_message: failed without saying why"),
+        "{out}"
+    );
+}
+
 #[test]
 fn leak_check_fails_the_suite_unless_it_keeps_memory() {
     let _serial = SERIAL.lock().unwrap();
@@ -206,7 +236,8 @@ fn leak_check_fails_the_suite_unless_it_keeps_memory() {
         }
     );
     assert!(out.contains(
-        "    # leaky: LEAK: free pages 100 before the suite, 99 after\nnot ok 1 leaky\n"
+        "    # leaky: LEAK: free pages 100 before the suite, 99 after\n    \
+         # leaky: free pages changed by -1 during case leaks_a_page\nnot ok 1 leaky\n"
     ));
     assert!(out.contains("    # keeper: keeps 1 free pages on purpose\nok 2 keeper\n"));
 }

@@ -32,6 +32,8 @@ mod init;
 pub use init::start_kernel;
 
 #[cfg(target_os = "none")]
+mod example_tests;
+#[cfg(target_os = "none")]
 mod fault_tests;
 #[cfg(all(test, not(target_arch = "s390x")))]
 mod ktest_tests;

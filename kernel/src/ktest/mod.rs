@@ -143,9 +143,14 @@ macro_rules! kassert {
     };
 }
 
+/// Assert `left == right`; on failure print both (and the message, if
+/// given: `kassert_eq!(a, b, "after {} rounds", n)`).
 #[macro_export]
 macro_rules! kassert_eq {
     ($left:expr, $right:expr $(,)?) => {
+        $crate::kassert_eq!($left, $right, "")
+    };
+    ($left:expr, $right:expr, $($arg:tt)+) => {
         match (&$left, &$right) {
             (l, r) => {
                 if !(*l == *r) {
@@ -153,13 +158,14 @@ macro_rules! kassert_eq {
                         file!(),
                         line!(),
                         format_args!(
-                            "Expected {} == {}, but\n    {} == {:?}\n    {} == {:?}",
+                            "Expected {} == {}, but\n    {} == {:?}\n    {} == {:?}{}",
                             stringify!($left),
                             stringify!($right),
                             stringify!($left),
                             l,
                             stringify!($right),
-                            r
+                            r,
+                            $crate::ktest::Message(format_args!($($arg)+))
                         ),
                     );
                     return Err($crate::ktest::Outcome::Fail);
@@ -169,9 +175,13 @@ macro_rules! kassert_eq {
     };
 }
 
+/// Assert `left != right` (with an optional message, as `kassert_eq!`).
 #[macro_export]
 macro_rules! kassert_ne {
     ($left:expr, $right:expr $(,)?) => {
+        $crate::kassert_ne!($left, $right, "")
+    };
+    ($left:expr, $right:expr, $($arg:tt)+) => {
         match (&$left, &$right) {
             (l, r) => {
                 if *l == *r {
@@ -179,10 +189,11 @@ macro_rules! kassert_ne {
                         file!(),
                         line!(),
                         format_args!(
-                            "Expected {} != {}, but both are {:?}",
+                            "Expected {} != {}, but both are {:?}{}",
                             stringify!($left),
                             stringify!($right),
-                            l
+                            l,
+                            $crate::ktest::Message(format_args!($($arg)+))
                         ),
                     );
                     return Err($crate::ktest::Outcome::Fail);
@@ -192,20 +203,47 @@ macro_rules! kassert_ne {
     };
 }
 
-/// Assert that a value matches a pattern; prints the value otherwise.
+/// Assert that a value matches a pattern; prints the value otherwise (and
+/// the message, if given after the pattern: `kassert_matches!(r, Ok(_), "page {}", n)`).
 #[macro_export]
 macro_rules! kassert_matches {
     ($value:expr, $pat:pat $(if $guard:expr)? $(,)?) => {
+        $crate::kassert_matches!($value, $pat $(if $guard)?, "")
+    };
+    ($value:expr, $pat:pat $(if $guard:expr)?, $($arg:tt)+) => {
         match $value {
             $pat $(if $guard)? => {}
             ref other => {
                 $crate::ktest::report_failure(file!(), line!(), format_args!(
-                    "Expected {} to match {}, but it is {:?}",
-                    stringify!($value), stringify!($pat $(if $guard)?), other));
+                    "Expected {} to match {}, but it is {:?}{}",
+                    stringify!($value), stringify!($pat $(if $guard)?), other,
+                    $crate::ktest::Message(format_args!($($arg)+))));
                 return Err($crate::ktest::Outcome::Fail);
             }
         }
     };
+}
+
+/// An assertion's optional message: printed on a line of its own after
+/// the values, nothing when empty.
+pub struct Message<'a>(pub core::fmt::Arguments<'a>);
+
+impl core::fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        struct AnyText(bool);
+        impl core::fmt::Write for AnyText {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                self.0 |= !s.is_empty();
+                Ok(())
+            }
+        }
+        let mut any = AnyText(false);
+        let _ = core::fmt::write(&mut any, self.0);
+        if !any.0 {
+            return Ok(());
+        }
+        write!(f, "\n    {}", self.0)
+    }
 }
 
 /// End the case as skipped.

@@ -74,9 +74,15 @@ impl Summary {
 struct Current {
     case: &'static str,
     level: usize,
+    /// Whether the running case printed a failure diagnostic.
+    reported: bool,
 }
 
-static CURRENT: Mutex<Current> = Mutex::new(Current { case: "", level: 1 });
+static CURRENT: Mutex<Current> = Mutex::new(Current {
+    case: "",
+    level: 1,
+    reported: false,
+});
 /// Counters sampled around each suite (free pages, page-table pages...).
 type Counter = (&'static str, fn() -> u64);
 static LEAK_COUNTERS: Mutex<[Option<Counter>; 4]> = Mutex::new([None; 4]);
@@ -106,7 +112,8 @@ pub(super) fn diag(what: fmt::Arguments<'_>) {
 
 pub(super) fn report_failure(file: &str, line: u32, what: fmt::Arguments<'_>) {
     let (case, level) = {
-        let c = CURRENT.lock();
+        let mut c = CURRENT.lock();
+        c.reported = true;
         (c.case, c.level)
     };
     let mut m = MsgBuf::new();
@@ -194,6 +201,8 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
     set_current(suite.name, 1);
     let init = suite.init.map_or(Ok(()), |f| f());
     let mut sum = Summary::default();
+    // Per counter, the first cases that changed it: (case, by how much).
+    let mut moved: [[Option<(&str, i128)>; 3]; 4] = [[None; 3]; 4];
     for (i, case) in suite
         .cases
         .iter()
@@ -201,6 +210,7 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
         .enumerate()
     {
         set_current(case.name, 1);
+        let case_before = counters.map(|c| c.map(|(_, f)| f()));
         let result = match init {
             Ok(()) => {
                 let r = (case.run)();
@@ -227,9 +237,26 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
             }
             Err(Outcome::Fail) => {
                 sum.failed += 1;
+                if init.is_ok() && !CURRENT.lock().reported {
+                    diag(format_args!(
+                        "{}: failed without saying why (return kfail!(\"reason\") instead of Err(Outcome::Fail))",
+                        case.name
+                    ));
+                }
                 (false, Directive::None)
             }
         };
+        // Which case moved a leak counter, for the suite's LEAK line.
+        let after = counters.map(|c| c.map(|(_, f)| f()));
+        for (slots, (a, b)) in moved.iter_mut().zip(after.iter().zip(case_before.iter())) {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a != b {
+                    if let Some(slot) = slots.iter_mut().find(|s| s.is_none()) {
+                        *slot = Some((case.name, *a as i128 - *b as i128));
+                    }
+                }
+            }
+        }
         emit(|k| k.result(1, i + 1, ok, case.name, directive));
     }
     if init.is_ok() {
@@ -237,7 +264,7 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
             exit();
         }
     }
-    for (c, before) in counters.iter().zip(before) {
+    for (i, (c, before)) in counters.iter().zip(before).enumerate() {
         let (Some((name, f)), Some(before)) = (c, before) else {
             continue;
         };
@@ -258,6 +285,12 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
                 "{}: LEAK: {} {} before the suite, {} after",
                 suite.name, name, before, after
             ));
+            for (case, by) in moved[i].iter().flatten() {
+                diag(format_args!(
+                    "{}: {} changed by {:+} during case {}",
+                    suite.name, name, by, case
+                ));
+            }
             sum.failed += 1;
         }
     }
@@ -268,4 +301,5 @@ fn set_current(case: &'static str, level: usize) {
     let mut c = CURRENT.lock();
     c.case = case;
     c.level = level;
+    c.reported = false;
 }
