@@ -1085,8 +1085,13 @@ def cmd_test(args):
             plan = [(m, 1) for m in memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
         else:
             plan = [(m, args.smp) for m in memory]
-        for memory, smp in plan:
+        if len(plan) > 1:
+            log(f"{len(plan)} boots: " + ", ".join(
+                f"{m}" + (f" with {n} CPUs" if n != 1 else "") for m, n in plan))
+        for i, (memory, smp) in enumerate(plan):
             label = f"{memory}" + (f"-smp{smp}" if smp != 1 else "")
+            if len(plan) > 1:
+                log(f"[boot {i + 1}/{len(plan)} {label}]")
             k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
                                                    args.timeout, label)
             p = sum(1 for c in k.cases if c[2] == "ok")
