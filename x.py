@@ -4,6 +4,7 @@
     python3 x.py run            boot zdat in QEMU, stream the console
     python3 x.py test           host unit tests + in-kernel KTAP suites in QEMU
     python3 x.py gdb            QEMU halted at reset, gdb attached
+    python3 x.py walk ADDR      the DAT translation of ADDR, level by level
     python3 x.py bench          benchmarks, in guest instructions under -icount
     python3 x.py lint           cargo fmt --check and clippy, warnings denied
     python3 x.py mutants        mutation check: does a test fail when a piece of
@@ -851,6 +852,22 @@ def cmd_run(args):
     return finish_run(r, args.timeout)
 
 
+def cmd_walk(args):
+    """dat.walk=ADDR[,space]: the translation of ADDR, level by level, with
+    the hardware's LRAG beside the software walker."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    elf = build(args.release, quiet=True)
+    r = boot(qemu_cmd(elf, args.memory, 1, f"dat.walk={args.addr},{args.space}"), 60)
+    shown = False
+    for line in r.lines:
+        if line.startswith("dat.walk ") or (shown and line.startswith("  ")):
+            shown = True
+            print(line)
+        elif "WARNING" in line:
+            print(line.split("] ", 1)[-1])
+    return 0 if shown and r.returncode == 0 else 1
+
+
 def finish_run(r, timeout):
     if r.timed_out:
         log(f"QEMU killed after the {timeout} s timeout")
@@ -1197,6 +1214,14 @@ def selftest(args):
     missing = [l for l in want if not any(g == l for g in got)]
     check("the README's console sample is a real run's output", m and want and not missing,
           f"not in order in a real run: {missing[:3]}")
+    # 11. The teaching view walks all five levels and LRAG agrees.
+    r = boot(qemu_cmd(elf, "128M", 1, "dat.walk=0xfff0123456789abc,demo"), 60)
+    levels = [l.split()[0] for l in r.lines if re.match(r"^  (region|segment|page)", l)]
+    check("dat.walk shows every level of a region-first walk, and LRAG agrees",
+          levels == ["region-first", "region-second", "region-third", "segment", "page"]
+          and any(l.startswith("  LRAG:          cc 0") for l in r.lines)
+          and not any("DISAGREES" in l for l in r.lines) and r.returncode == 0,
+          f"levels {levels}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",
@@ -1492,6 +1517,17 @@ def main():
     sp.add_argument("--only", metavar="NAME[,NAME]", help="run only these mutants")
     sp.add_argument("--list", action="store_true", help="list the mutants and stop")
     sp.set_defaults(func=cmd_mutants)
+
+    sp = sub.add_parser("walk", help="the translation of an address, level by level",
+                        description="Boot with dat.walk=ADDR,SPACE: print each table entry "
+                        "the translation of ADDR reads (table, index, entry, its bits), the "
+                        "software walker's result and the hardware's LRAG answer.")
+    sp.add_argument("addr", metavar="ADDR", help="the address (0x123000, 128M, ...)")
+    sp.add_argument("--space", choices=["kernel", "demo"], default="kernel",
+                    help="kernel: the kernel's identity map (default); demo: a region-first "
+                    "space with ADDR mapped, so the walk goes through all five levels")
+    add_common(sp)
+    sp.set_defaults(func=cmd_walk)
 
     sp = sub.add_parser("gdb", help="boot halted with gdb-multiarch attached",
                         description="Start QEMU halted (-S) with a gdb stub, attach "

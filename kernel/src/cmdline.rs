@@ -57,6 +57,11 @@ pub const PARAMS: &[(&str, Kind, &str)] = &[
         Kind::Flag,
         "run the benchmarks instead of the tests",
     ),
+    (
+        "dat.walk",
+        Kind::Text,
+        "ADDR[,kernel|demo]: print the translation of ADDR level by level, then stop",
+    ),
 ];
 
 /// A word of the command line the kernel cannot use.

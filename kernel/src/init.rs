@@ -95,6 +95,19 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     if cmd.flag("mm.dump") {
         mm::dump();
     }
+    if let Some(arg) = cmd.get("dat.walk") {
+        match crate::dat::view::dat_walk(arg) {
+            Ok(()) => exit(ExitStatus::Success),
+            Err(e) => {
+                pr_info!(
+                    "zdat: WARNING: cannot parse `dat.walk={}`: wants ADDR, ADDR,kernel or ADDR,demo ({:?})",
+                    arg,
+                    e
+                );
+                exit(ExitStatus::TestsFailed);
+            }
+        }
+    }
     let filter = ktest::Filter::new(cmd.get("ktest.filter"));
     if let Some(g) = filter.unmatched(suites) {
         pr_info!(

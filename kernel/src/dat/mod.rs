@@ -15,6 +15,8 @@ pub mod shared;
 pub mod space;
 pub mod table;
 pub mod tlb;
+#[cfg(target_arch = "s390x")]
+pub mod view;
 pub mod walk;
 
 #[cfg(target_os = "none")]

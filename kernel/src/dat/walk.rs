@@ -62,6 +62,19 @@ const fn region_fault(level: Level) -> Fault {
     }
 }
 
+/// One table entry the walk read, for `walk_traced`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The table's kind: "region-first" ... "segment", or "page".
+    pub table: &'static str,
+    /// The table's real address.
+    pub origin: PhysAddr,
+    /// The index of the entry in it.
+    pub index: usize,
+    /// The entry's value.
+    pub raw: u64,
+}
+
 /// The walk proper, without the store check.
 pub fn walk(
     mem: &impl TableReader,
@@ -69,7 +82,39 @@ pub fn walk(
     va: u64,
     fac: Facilities,
 ) -> Result<Translation, Fault> {
-    let read = |pa: u64| mem.read_entry(PhysAddr(pa)).ok_or(code::ADDRESSING);
+    walk_traced(mem, asce, va, fac, &mut |_| {})
+}
+
+fn table_name(level: Level) -> &'static str {
+    match level {
+        Level::Region1 => "region-first",
+        Level::Region2 => "region-second",
+        Level::Region3 => "region-third",
+        Level::Segment => "segment",
+    }
+}
+
+/// `walk`, telling `step` about every entry it reads, in order (the
+/// `dat.walk=` teaching view).
+pub fn walk_traced(
+    mem: &impl TableReader,
+    asce: Asce,
+    va: u64,
+    fac: Facilities,
+    step: &mut dyn FnMut(Step),
+) -> Result<Translation, Fault> {
+    let mut read = |table: &'static str, origin: u64, index: usize| {
+        let raw = mem
+            .read_entry(PhysAddr(origin + index as u64 * 8))
+            .ok_or(code::ADDRESSING)?;
+        step(Step {
+            table,
+            origin: PhysAddr(origin),
+            index,
+            raw,
+        });
+        Ok::<u64, Fault>(raw)
+    };
     let top = asce.level();
     // Bits of the address above what the designated table covers: ASCE-type.
     if (va as u128) >= top.limit() {
@@ -84,7 +129,7 @@ pub fn walk(
     let mut protected = false;
     // Region levels.
     while level != Level::Segment {
-        let e = RegionEntry::from_raw(read(origin + level.index(va) as u64 * 8)?);
+        let e = RegionEntry::from_raw(read(table_name(level), origin, level.index(va))?);
         if e.is_invalid() {
             return Err(region_fault(level));
         }
@@ -111,7 +156,7 @@ pub fn walk(
         level = lower;
     }
     // Segment table.
-    let s = SegmentEntry::from_raw(read(origin + Level::Segment.index(va) as u64 * 8)?);
+    let s = SegmentEntry::from_raw(read("segment", origin, Level::Segment.index(va))?);
     if s.is_invalid() {
         return Err(code::SEGMENT_TRANSLATION);
     }
@@ -128,7 +173,7 @@ pub fn walk(
         });
     }
     // Page table.
-    let p = Pte::from_raw(read(s.page_table().0 + pte_index(va) as u64 * 8)?);
+    let p = Pte::from_raw(read("page", s.page_table().0, pte_index(va))?);
     if p.is_invalid() {
         return Err(code::PAGE_TRANSLATION);
     }
