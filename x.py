@@ -834,9 +834,7 @@ def cmd_run(args):
     ensure_apt(QEMU, "qemu-system-misc")
     elf = build(args.release)
     # The sclp suite checks what SCLP reports against what QEMU was given.
-    append = f"ktest.expect_mem={args.memory} ktest.expect_cpus={args.smp}"
-    if args.append:
-        append += " " + args.append
+    append = run_append(args.memory, args.smp, args.append or "")
     cmd = qemu_cmd(elf, args.memory, args.smp, append, args.qemu_args)
     log(shlex.join(cmd))
     crashed = []
@@ -1222,6 +1220,19 @@ def selftest(args):
           and any(l.startswith("  LRAG:          cc 0") for l in r.lines)
           and not any("DISAGREES" in l for l in r.lines) and r.returncode == 0,
           f"levels {levels}")
+    # 12. gdb scripts: batch mode stops at boot_main, the backtrace ends
+    # cleanly at _start, lowcore fields have names, the run goes to its end.
+    ensure_apt(GDB, "gdb-multiarch")
+    g = subprocess.run([sys.executable, str(ROOT / "x.py"), "gdb", "--batch", "--port", "1237",
+                        "--ex", "break boot_main", "--ex", "continue", "--ex", "bt",
+                        "--ex", "x/2gx 0x1a0", "--ex", "delete", "--ex", "continue"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = g.stdout + g.stderr
+    check("x.py gdb --batch stops at boot_main, bt ends at _start, runs to the end with status 0",
+          "Breakpoint 1, zdat::head::boot_main" in out and " in _start ()" in out
+          and "PC not saved" not in out and "Backtrace stopped" not in out
+          and "<lc_restart_new_psw>" in out and g.returncode == 0,
+          f"rc {g.returncode}: {out[-600:]}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",
@@ -1388,33 +1399,55 @@ def cmd_mutants(args):
     return 1 if bad else 0
 
 
+def run_append(memory, smp, extra=""):
+    """The kernel command line `x.py run` (and `x.py gdb`) boots with."""
+    return f"ktest.expect_mem={memory} ktest.expect_cpus={smp}" + (f" {extra}" if extra else "")
+
+
 def cmd_gdb(args):
     ensure_apt(QEMU, "qemu-system-misc")
     ensure_apt(GDB, "gdb-multiarch")
     elf = build(args.release)
     BUILD_DIR.mkdir(exist_ok=True)
     console = BUILD_DIR / "gdb-console.log"
-    cmd = qemu_cmd(elf, args.memory, args.smp, args.append or "",
+    cmd = qemu_cmd(elf, args.memory, args.smp, run_append(args.memory, args.smp, args.append or ""),
                    ["-S", "-gdb", f"tcp::{args.port}"])
     cmd[cmd.index("stdio,id=con0")] = f"file,id=con0,path={console}"
     log(shlex.join(cmd))
     log(f"console output goes to {console.relative_to(ROOT)} (tail -f it in another terminal)")
     qemu = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
-    gdb = [GDB, "-q", str(elf),
-           "-ex", "set architecture s390:64-bit",
-           "-ex", f"target remote localhost:{args.port}",
-           "-ex", "break boot_main",
-           "-ex", "break kernel::panic::panic",
-           "-ex", "continue"]
-    if args.batch:
-        gdb = [GDB, "-q", "-batch", str(elf),
-               "-ex", "set architecture s390:64-bit",
-               "-ex", f"target remote localhost:{args.port}",
-               "-ex", "break boot_main", "-ex", "continue",
-               "-ex", "bt", "-ex", "info registers pswa"]
+    connect = [GDB, "-q"] + (["-batch"] if args.batch else []) + [
+        str(elf), "-ex", "set architecture s390:64-bit",
+        "-ex", f"target remote localhost:{args.port}"]
+    user = []
+    for f in args.x or []:
+        user += ["-x", f]
+    for c in args.ex or []:
+        user += ["-ex", c]
+    if user:
+        gdb = connect + user
+    elif args.batch:
+        # Stop at boot_main, show where it came from, then run to the end.
+        gdb = connect + ["-ex", "break boot_main", "-ex", "continue", "-ex", "bt",
+                         "-ex", "info registers pswa", "-ex", "delete", "-ex", "continue"]
+    else:
+        gdb = connect + ["-ex", "break boot_main", "-ex", "break kernel::panic::panic",
+                         "-ex", "continue"]
     log(shlex.join(gdb))
     try:
         rc = subprocess.call(gdb, cwd=ROOT)
+        if args.batch:
+            # The run's verdict is the kernel's: wait for QEMU to end it.
+            try:
+                qemu.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                log(f"QEMU still running after {args.timeout} s: killed")
+                return 124
+            text = console.read_text(errors="replace") if console.exists() else ""
+            m = [EXIT_MARKER.match(l) for l in text.splitlines()]
+            status = next((int(x.group(1)) for x in m if x), None)
+            log(f"gdb exited {rc}; kernel status {status}, QEMU exit {qemu.returncode}")
+            return 0 if status == 0 and qemu.returncode == 0 else 1
     finally:
         if qemu.poll() is None:
             os.killpg(qemu.pid, signal.SIGKILL)
@@ -1537,7 +1570,14 @@ def main():
     sp.add_argument("--append", metavar="ARGS", help="kernel command line")
     sp.add_argument("--port", type=int, default=1234, help="gdb stub port (default 1234)")
     sp.add_argument("--batch", action="store_true",
-                    help="non-interactive: stop at boot_main, print a backtrace, quit")
+                    help="non-interactive: run the -x/--ex commands (default: stop at "
+                    "boot_main, backtrace, run to the end) and exit with the kernel's status")
+    sp.add_argument("-x", action="append", metavar="FILE",
+                    help="gdb command file to run after connecting (repeatable)")
+    sp.add_argument("--ex", action="append", metavar="CMD",
+                    help="gdb command to run after connecting (repeatable)")
+    sp.add_argument("--timeout", type=int, default=120, metavar="S",
+                    help="--batch: how long QEMU may run after gdb is done (default 120)")
     sp.set_defaults(func=cmd_gdb)
 
     argv = sys.argv[1:]
