@@ -1233,6 +1233,19 @@ def selftest(args):
           and "PC not saved" not in out and "Backtrace stopped" not in out
           and "<lc_restart_new_psw>" in out and g.returncode == 0,
           f"rc {g.returncode}: {out[-600:]}")
+    # 13. mm.dump's physical memory map covers all memory, region by region.
+    r = boot(qemu_cmd(elf, "128M", 1, "mm.dump ktest.filter=clock"), 60)
+    regions = [m for l in r.lines
+               for m in [re.search(r"mm:   0x([0-9a-f]+)-0x([0-9a-f]+) +(\d+) KiB  (.+)$", l)] if m]
+    kinds = {m.group(4) for m in regions}
+    contiguous = all(int(b.group(1), 16) == int(a.group(2), 16) + 1
+                     for a, b in zip(regions, regions[1:]))
+    check("mm.dump maps every byte of memory to a region (lowcore, image, memmap, firmware, free)",
+          regions and contiguous and int(regions[0].group(1), 16) == 0
+          and int(regions[-1].group(2), 16) == (128 << 20) - 1
+          and {"lowcore (prefix area)", "kernel image", "memmap (struct page array)",
+               "firmware (s390-ccw BIOS)", "free"} <= kinds,
+          f"{len(regions)} regions, kinds {sorted(kinds)}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",

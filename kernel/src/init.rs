@@ -93,7 +93,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         mm::fail::fail_alloc_nth(n);
     }
     if cmd.flag("mm.dump") {
-        mm::dump();
+        mm::dump(image);
     }
     if let Some(arg) = cmd.get("dat.walk") {
         match crate::dat::view::dat_walk(arg) {

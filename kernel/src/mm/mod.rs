@@ -611,9 +611,78 @@ pub fn log_summary() {
 
 /// `mm.dump`: free blocks per order, reserved pages, memmap size and
 /// overhead.
-pub fn dump() {
+/// What a page of the physical memory map is, for `dump`.
+fn region_kind(
+    pfn: u64,
+    image: (PhysAddr, PhysAddr),
+    l: &Layout,
+    prev: &'static str,
+) -> &'static str {
+    let pa = pfn * PAGE_SIZE;
+    if pa < 0x2000 {
+        return "lowcore (prefix area)";
+    }
+    if pa >= image.0 .0 && pa < image.1 .0 {
+        return "kernel image";
+    }
+    if pa >= l.memmap_start.0 && pa < l.memmap_start.0 + l.memmap_bytes {
+        return "memmap (struct page array)";
+    }
+    if pa >= l.firmware.0 .0 && pa < l.firmware.1 .0 {
+        return "firmware (s390-ccw BIOS)";
+    }
+    use page::PageType;
+    match pfn_to_page(Pfn(pfn)).and_then(|p| p.page_type()) {
+        Some(PageType::Free | PageType::Buddy) => "free",
+        Some(PageType::Pcp) => "free (per-CPU lists)",
+        Some(PageType::Allocated) => "allocated",
+        Some(PageType::PageTable) => "page tables",
+        Some(PageType::GmapTable) => "gmap tables",
+        Some(PageType::Heap) => "heap",
+        Some(PageType::Reserved) => "reserved",
+        // The other pages of a block belong to its head's kind.
+        Some(PageType::Tail) => prev,
+        None => "unknown page type",
+    }
+}
+
+/// `mm.dump`: the physical memory map (regions of one kind, from the
+/// memmap), then free blocks per order as /proc/buddyinfo shows them, and
+/// the counters.
+pub fn dump(image: (PhysAddr, PhysAddr)) {
     use core::fmt::Write;
     let Some(l) = layout() else { return };
+    crate::pr_info!("mm: physical memory map ({} MiB):", l.memory >> 20);
+    let n = memmap().nr_pages();
+    let (mut start, mut kind) = (0u64, region_kind(0, image, l, "free"));
+    let mut shown = 0;
+    let mut more = 0;
+    for pfn in 1..=n {
+        let k = if pfn < n {
+            region_kind(pfn, image, l, kind)
+        } else {
+            ""
+        };
+        if k == kind {
+            continue;
+        }
+        if shown < 48 {
+            crate::pr_info!(
+                "mm:   {:#012x}-{:#012x} {:>9} KiB  {}",
+                start * PAGE_SIZE,
+                pfn * PAGE_SIZE - 1,
+                ((pfn - start) * PAGE_SIZE) >> 10,
+                kind
+            );
+            shown += 1;
+        } else {
+            more += 1;
+        }
+        (start, kind) = (pfn, k);
+    }
+    if more > 0 {
+        crate::pr_info!("mm:   ... {} more regions", more);
+    }
     let per_order = nr_free_per_order();
     let mut line = crate::fmtbuf::FixedBuf::<256>::new();
     for (o, n) in per_order.iter().enumerate() {
