@@ -902,12 +902,26 @@ def cargo_tests(cmd, stderr_tail=None):
     return passed, failed, ignored
 
 
-def host_tests(release):
+def host_tests(release, filt=None):
+    """cargo test on the host. With `filt` (the --filter globs), only the
+    host tests whose `module::path::name` matches a glob, with `.` read as
+    `::` and any position allowed (`buddy` runs mm::buddy_tests::...)."""
     ensure_toolchain()
     cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
     if release:
         cmd.append("--release")
-    return cargo_tests(cmd)
+    if not filt:
+        return cargo_tests(cmd)
+    r = subprocess.run(cmd + ["--", "--list", "--format", "terse"], cwd=ROOT,
+                       capture_output=True, text=True)
+    names = [l[:-len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
+    globs = ["*" + g.replace(".", "::") + "*" for g in filt.split(",") if g]
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    if not chosen:
+        log(f"host: no host test matches --filter {filt} ({len(names)} host tests; "
+            "their names are module::path::name, e.g. dat::space_tests)")
+        return 0, 0, 0
+    return cargo_tests(cmd + ["--", "--exact"] + chosen)
 
 
 def miri_tests():
@@ -1079,10 +1093,12 @@ def cmd_test(args):
     passed = failed = skipped = 0
     problems = []
     if not args.qemu_only:
-        p, f, s = host_tests(args.release)
+        p, f, s = host_tests(args.release, args.filter)
         passed, failed, skipped = passed + p, failed + f, skipped + s
         if f:
             problems.append(f"host: {f} failed")
+        if args.host_only and args.filter and p + f + s == 0:
+            problems.append(f"--filter {args.filter} selects no host test")
     if args.miri:
         p, f, s = miri_tests()
         passed, failed, skipped = passed + p, failed + f, skipped + s
@@ -1257,6 +1273,15 @@ def selftest(args):
           any("unknown kernel parameter `mm.dmup`" in p for p in probs), f"{probs}")
     check("a malformed value fails the run",
           any("cannot parse `fail.alloc=notanumber`" in p for p in probs), f"{probs}")
+    host = subprocess.run([sys.executable, str(ROOT / "x.py"), "test", "--host-only",
+                           "--filter", "cmdline"], cwd=ROOT, capture_output=True, text=True)
+    nohost = subprocess.run([sys.executable, str(ROOT / "x.py"), "test", "--host-only",
+                             "--filter", "nosuch_host_test"], cwd=ROOT, capture_output=True,
+                            text=True)
+    m = re.search(r"^(\d+) passed, 0 failed", host.stdout, re.M)
+    check("--filter narrows the host tests too, and one that selects none fails",
+          host.returncode == 0 and m and 0 < int(m.group(1)) < 20 and nohost.returncode != 0,
+          f"rc {host.returncode}/{nohost.returncode}: {host.stdout[-200:]}")
     bad = subprocess.run([sys.executable, str(ROOT / "x.py"), "test", "--qemu-only",
                           "--memory", "16M"], cwd=ROOT, capture_output=True, text=True)
     check("a memory size below the minimum is refused before QEMU starts",
@@ -1523,7 +1548,8 @@ def main():
                         "closing line `N passed, N failed, N skipped`.")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
     sp.add_argument("--filter", metavar="GLOB", help="ktest.filter: suite or suite.case "
-                    "globs, comma-separated (QEMU suites only)")
+                    "globs, comma-separated; host tests run when their module::name "
+                    "contains a glob (`.` read as `::`)")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--host-only", action="store_true", help="only cargo test on the host")
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
