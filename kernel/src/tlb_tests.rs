@@ -610,11 +610,26 @@ fn gmap_link_takes_effect_on_the_next_access() -> KResult {
 }
 
 /// mmu_gather refuses a table the entry still points at, one whose entry
-/// it did not invalidate, a page that is not a page table, and a table
-/// twice; nothing is gathered on a refusal, and what was gathered is freed.
+/// it did not invalidate, and a table twice; nothing is gathered on a
+/// refusal (the table comes back), and what was gathered is freed. (A
+/// gmap table or any other page cannot even be offered: `GatheredTable`
+/// takes only process page-table handles, see the compile-fail tests.)
 fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
+    use crate::dat::frag::PteTable;
     use crate::dat::gather::{tlb_gather_mmu, GatherError, GatheredTable};
     use crate::dat::table;
+    /// A refusal hands the table back: give it up again (it is linked, or
+    /// gathered under another handle) and check the reason.
+    fn refused(r: Result<(), (GatheredTable, GatherError)>, want: GatherError) -> KResult {
+        match r {
+            Ok(()) => kfail!("gathered; expected {want:?}"),
+            Err((t, e)) => {
+                let _ = t.into_raw();
+                kassert_eq!(e, want);
+                Ok(())
+            }
+        }
+    }
     let mut s = space(1 << 31, 1 << 31, false)?;
     let f = tagged_frame(0xa8)?;
     let va2 = VA + SEGMENT_SIZE;
@@ -628,48 +643,34 @@ fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
     ) else {
         return kfail!("no page tables at {VA:#x} and {va2:#x}");
     };
-    let (Some(pt), Some(pt2)) = (table::table_ptdesc(pto), table::table_ptdesc(pto2)) else {
-        return kfail!("{pto:?} or {pto2:?} has no ptdesc");
-    };
     let seg_table = crate::dat::table::table_of_entry(ea);
     let mut g = tlb_gather_mmu(s.id());
     // SAFETY: `ea` and `ea2` are the entries of the space's live segment
     // table that point at (or pointed at) `pto` and `pto2`; the case owns
-    // the space.
+    // the space. The handles made here break `from_raw`'s contract on
+    // purpose (the table is linked, or has a handle already): the gather
+    // must refuse them, and each comes back and is given up again.
     unsafe {
+        let handle = |pa| PteTable::from_raw(pa, false).map(GatheredTable::Pte);
+        let t = handle(pto).or_else(|e| kfail!("{pto:?}: {e:?}"))?;
         // Still linked, and not invalidated by this gather.
-        kassert_eq!(
-            g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
-            Err(GatherError::StillLinked)
-        );
+        refused(g.tlb_remove_table(t, ea), GatherError::StillLinked)?;
         kassert_eq!(g.pending(), 0);
         // The second segment's entry invalidated by the gather itself: its
         // table may go, once.
         let e = g.invalidate_entry(seg_table, Level::Segment, va2);
         kassert_eq!(e, ea2);
-        kassert_eq!(
-            g.tlb_remove_table(pt2, GatheredTable::Pte(pto2), ea2),
-            Ok(())
-        );
-        kassert_eq!(
-            g.tlb_remove_table(pt2, GatheredTable::Pte(pto2), ea2),
-            Err(GatherError::Duplicate)
-        );
+        let t2 = handle(pto2).or_else(|e| kfail!("{pto2:?}: {e:?}"))?;
+        kassert!(g.tlb_remove_table(t2, ea2).is_ok());
+        let again = handle(pto2).or_else(|e| kfail!("{pto2:?}: {e:?}"))?;
+        refused(g.tlb_remove_table(again, ea2), GatherError::Duplicate)?;
         // The first table's entry is unlinked by hand, without the gather:
         // not invalidated for it, so refused.
         let r = s.replace_segment_entry(VA, crate::dat::entry::SegmentEntry::empty());
         kassert_eq!(r, Ok(()));
-        kassert_eq!(
-            g.tlb_remove_table(pt, GatheredTable::Pte(pto), ea),
-            Err(GatherError::NotInvalidated)
-        );
+        let t = handle(pto).or_else(|e| kfail!("{pto:?}: {e:?}"))?;
+        refused(g.tlb_remove_table(t, ea), GatherError::NotInvalidated)?;
     }
-    // A page that is no page table at all (a gmap table) is refused.
-    let gt = crate::gmap::table::gmap_alloc_table(99, Level::Segment, 0)
-        .or_else(|e| kfail!("gmap_alloc_table: {e:?}"))?;
-    // SAFETY: as above.
-    let r = unsafe { g.tlb_remove_table(pt2, GatheredTable::Pte(gt.phys()), ea2) };
-    kassert_eq!(r, Err(GatherError::NotPageTable));
     kassert_eq!(g.pending(), 1);
     g.tlb_finish_mmu(&mut s);
     mm::drain_pcp();
@@ -689,15 +690,7 @@ fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
     kassert_eq!(s.lookup(VA).map(|(pa, _)| pa), Some(f.phys()));
     kassert!(s.check().is_ok(), "{:?}", s.check());
     drop(s);
-    free_gmap_table(gt)?;
     free_frame(f)
-}
-
-fn free_gmap_table(gt: &crate::gmap::table::GmapTableDesc) -> KResult {
-    match crate::gmap::table::gmap_free_table(gt, 99, Level::Segment) {
-        Ok(()) => Ok(()),
-        Err(e) => kfail!("gmap_free_table: {e:?}"),
-    }
 }
 
 ktest_suite!(

@@ -3,28 +3,49 @@
 //! them only after the invalidation that makes them unreachable, so the
 //! hardware can never walk a freed table. The gather issues that
 //! invalidation itself (`invalidate_entry`) and takes a table only if its
-//! entry was invalidated by it and no longer points at it; the calls that
-//! name tables by address are `unsafe` and crate-internal. It takes
-//! process page tables (`PtDesc`) only: a gmap table descriptor is another
-//! type and cannot be passed in.
+//! entry was invalidated by it and no longer points at it. It takes owned
+//! process page tables only (`CrstTable`, `PteTable`: handles of
+//! `PtDesc` pages); a gmap table is another type and cannot be passed in.
+//! Models include/asm-generic/tlb.h and mm/mmu_gather.c.
 
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::entry::{Level, RegionEntry, SegmentEntry};
+use super::frag::PteTable;
+use super::table::CrstTable;
 use super::{dat_bug, table, tlb};
 use crate::mm::addr::PhysAddr;
-use crate::mm::ptdesc::PtDesc;
 
-/// A table waiting to be freed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A table waiting to be freed, owned by the gather.
+#[derive(Debug)]
 pub enum GatheredTable {
-    /// A 2 KiB PTE table (fragment): its real address says which half.
-    Pte(PhysAddr),
-    /// A whole-page PTE table with PGSTEs.
-    PtePgste(PhysAddr),
+    /// A PTE table (a 2 KiB fragment, or a whole page with PGSTEs).
+    Pte(PteTable),
     /// A region or segment table.
-    Crst(PhysAddr, Level),
+    Crst(CrstTable),
+}
+
+impl GatheredTable {
+    pub fn phys(&self) -> PhysAddr {
+        match self {
+            GatheredTable::Pte(t) => t.phys(),
+            GatheredTable::Crst(t) => t.phys(),
+        }
+    }
+
+    /// Give the table up unfreed (it may still be reachable, or it is
+    /// still linked): its address.
+    pub fn into_raw(self) -> PhysAddr {
+        match self {
+            GatheredTable::Pte(t) => t.into_raw(),
+            GatheredTable::Crst(t) => t.into_raw(),
+        }
+    }
+
+    fn leak(self) {
+        let _ = self.into_raw();
+    }
 }
 
 /// Why a table was refused.
@@ -63,37 +84,32 @@ pub fn tlb_gather_mmu(space: u64) -> MmuGather {
     }
 }
 
-fn table_of(t: GatheredTable) -> PhysAddr {
-    match t {
-        GatheredTable::Pte(pa) | GatheredTable::PtePgste(pa) | GatheredTable::Crst(pa, _) => pa,
-    }
-}
-
 /// Whether the entry at `parent` is valid and points at table `t`.
 ///
 /// # Safety
 /// `parent` is the real address of an entry of a live table.
-unsafe fn links(parent: PhysAddr, t: GatheredTable) -> bool {
+unsafe fn links(parent: PhysAddr, t: &GatheredTable) -> bool {
     // SAFETY: forwarded to the caller.
     let raw = unsafe { table::entry(parent) }.load(Ordering::Acquire);
     match t {
-        GatheredTable::Crst(pa, _) => {
+        GatheredTable::Crst(c) => {
             let e = RegionEntry::from_raw(raw);
-            !e.is_invalid() && e.next_origin() == pa
+            !e.is_invalid() && e.next_origin() == c.phys()
         }
-        GatheredTable::Pte(pa) | GatheredTable::PtePgste(pa) => {
+        GatheredTable::Pte(p) => {
             let e = SegmentEntry::from_raw(raw);
-            !e.is_invalid() && e.page_table() == pa
+            !e.is_invalid() && e.page_table() == p.phys()
         }
     }
 }
 
 impl MmuGather {
-    /// `tlb_remove_table`: free `t` once the TLB cannot reach it. The page
-    /// must be a process page table (its `PtDesc` is the ticket), and
+    /// `tlb_remove_table`: free `t` once the TLB cannot reach it. The
+    /// handle is the ticket (a process page table: its type says so), and
     /// `parent` the entry that pointed at it, which must no longer point at
     /// it and must have been invalidated by this gather
-    /// (`invalidate_entry`). Nothing is gathered on a refusal.
+    /// (`invalidate_entry`). On a refusal nothing is gathered and the table
+    /// comes back.
     ///
     /// # Safety
     /// `parent` is the real address of the entry of a live table of this
@@ -101,27 +117,19 @@ impl MmuGather {
     /// exclusively.
     pub(crate) unsafe fn tlb_remove_table(
         &mut self,
-        pt: &PtDesc,
         t: GatheredTable,
         parent: PhysAddr,
-    ) -> Result<(), GatherError> {
-        let pa = table_of(t);
-        // The descriptor given must be the one of the table's page.
-        if !core::ptr::eq(
-            pt,
-            table::table_ptdesc(pa).ok_or(GatherError::NotPageTable)?,
-        ) {
-            return Err(GatherError::NotPageTable);
-        }
-        if self.tables.iter().any(|(g, _)| table_of(*g) == pa) {
-            return Err(GatherError::Duplicate);
+    ) -> Result<(), (GatheredTable, GatherError)> {
+        let pa = t.phys();
+        if self.tables.iter().any(|(g, _)| g.phys() == pa) {
+            return Err((t, GatherError::Duplicate));
         }
         // SAFETY: forwarded to the caller.
-        if unsafe { links(parent, t) } {
-            return Err(GatherError::StillLinked);
+        if unsafe { links(parent, &t) } {
+            return Err((t, GatherError::StillLinked));
         }
         if !self.invalidated.contains(&parent) {
-            return Err(GatherError::NotInvalidated);
+            return Err((t, GatherError::NotInvalidated));
         }
         self.tables.push((t, parent));
         Ok(())
@@ -182,25 +190,23 @@ impl MmuGather {
                 space.id(),
                 tables.len()
             ));
+            for (t, _) in tables {
+                t.leak();
+            }
             return self.flushes;
         }
         for (t, parent) in tables {
             // SAFETY: `parent` was checked by tlb_remove_table to be an entry
             // of a live table of this space, which the caller still holds.
-            if unsafe { links(parent, t) } {
+            if unsafe { links(parent, &t) } {
                 dat_bug(format_args!("gathered table {t:?} linked again: not freed"));
+                t.leak();
                 continue;
             }
             match t {
-                GatheredTable::Pte(pa) | GatheredTable::PtePgste(pa)
-                    if matches!(t, GatheredTable::PtePgste(_)) == space.has_pgste() =>
-                {
-                    space.pte_free_now(pa)
-                }
-                GatheredTable::Crst(pa, _) => table::crst_free(pa),
-                _ => dat_bug(format_args!(
-                    "{t:?} does not match its space's PTE tables: not freed"
-                )),
+                // page_table_free refuses (loudly) a table of the wrong kind.
+                GatheredTable::Pte(p) => space.page_table_free(p),
+                GatheredTable::Crst(c) => table::crst_free(c),
             }
         }
         self.flushes
@@ -209,12 +215,16 @@ impl MmuGather {
 
 impl Drop for MmuGather {
     fn drop(&mut self) {
-        // A gather dropped without tlb_finish_mmu leaks its tables.
+        // A gather dropped without tlb_finish_mmu cannot know the TLB is
+        // clear of its tables: they are reported and kept, never freed.
         if !self.tables.is_empty() {
             dat_bug(format_args!(
                 "mmu_gather dropped with {} tables",
                 self.tables.len()
             ));
+            for (t, _) in self.tables.drain(..) {
+                t.leak();
+            }
         }
     }
 }

@@ -736,15 +736,43 @@ fn accessors_round_trip() -> KResult {
     );
     kassert_matches!(ptdesc::virt_to_ptdesc(p.virt()), Err(_));
     give_back(p);
-    // A table page whose dtor has not run cannot be freed.
-    let pt = ptdesc::pagetable_alloc(0).map_err(|_| Outcome::Fail)?;
-    ptdesc::pagetable_pte_ctor(pt);
-    kassert_eq!(
-        ptdesc::pagetable_free(pt),
-        Err(mm::FreeError::InUse(mm::page::PageType::PageTable))
-    );
-    ptdesc::pagetable_pte_dtor(pt);
-    kassert_eq!(ptdesc::pagetable_free(pt), Ok(()));
+    // A ctor on the wrong kind of block is refused and hands it back
+    // unchanged: the wrong order, or a page someone else holds. (A table
+    // whose dtor has not run cannot even be passed to `pagetable_free`:
+    // it is a `Frame<PtDesc>`, not `Pages`.)
+    let t0 = ptdesc::nr_pagetable();
+    let p = ptdesc::pagetable_alloc(2).map_err(|_| Outcome::Fail)?;
+    let p = match ptdesc::pagetable_pte_ctor(p) {
+        Err((p, e)) => {
+            kassert_eq!(e, ptdesc::PtDescError::WrongOrder(2));
+            p
+        }
+        Ok(_) => return kfail!("a PTE ctor took an order-2 block"),
+    };
+    kassert_eq!(ptdesc::nr_pagetable(), t0);
+    let p = match ptdesc::pagetable_pmd_ctor(p) {
+        Ok(pt) => ptdesc::pagetable_dtor(pt).or_else(|(_, e)| kfail!("dtor: {e:?}"))?,
+        Err((_, e)) => return kfail!("pmd ctor of an order-2 block: {e:?}"),
+    };
+    kassert_eq!(ptdesc::nr_pagetable(), t0);
+    kassert!(ptdesc::pagetable_free(p).is_ok());
+    let p = ptdesc::pagetable_alloc(0).map_err(|_| Outcome::Fail)?;
+    mm::testing::get_page(p.page());
+    let p = match ptdesc::pagetable_pte_ctor(p) {
+        Err((p, e)) => {
+            kassert_eq!(
+                e,
+                ptdesc::PtDescError::NotAllocated(Some(mm::page::PageType::Allocated))
+            );
+            p
+        }
+        Ok(_) => return kfail!("a PTE ctor took a page with two references"),
+    };
+    mm::testing::put_page(p.page());
+    let pt = ptdesc::pagetable_pte_ctor(p).or_else(|(_, e)| kfail!("ctor: {e:?}"))?;
+    kassert_eq!(ptdesc::nr_pagetable(), t0 + 1);
+    ptdesc::pagetable_dtor_free(pt);
+    kassert_eq!(ptdesc::nr_pagetable(), t0);
     drop(s);
     give_back(f);
     Ok(())

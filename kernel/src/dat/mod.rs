@@ -8,6 +8,7 @@ pub(crate) fn dat_bug(what: core::fmt::Arguments<'_>) {
 }
 
 pub mod entry;
+pub mod frag;
 pub mod gather;
 #[cfg(target_arch = "s390x")]
 pub mod kernel;

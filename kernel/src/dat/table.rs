@@ -1,13 +1,16 @@
 //! Table memory: CRST tables (region and segment tables, 2048 entries,
-//! 16 KiB, order 2) and PTE tables (256 entries, 2 KiB, two per page, or a
-//! whole page with the upper half as PGSTEs), allocated through the ptdesc
-//! ctors so the page-table count stays right.
+//! 16 KiB, order 2) as owned `CrstTable` handles, made through the ptdesc
+//! ctors so the page-table count stays right, and raw access to table
+//! entries by real address (`unsafe`: for tables linked into a space,
+//! which their entries own). PTE tables are `frag`'s. Models the table
+//! halves of arch/s390/mm/pgalloc.c.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::entry::{Level, Pte, RegionEntry, SegmentEntry, CRST_ENTRIES, PTRS_PER_PTE};
 use super::walk::TableReader;
 use crate::mm::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::mm::frame::{Frame, FrameError};
 use crate::mm::ptdesc::{self, PtDesc};
 use crate::mm::{self, AllocError};
 
@@ -64,25 +67,110 @@ pub fn table_ptdesc(pa: PhysAddr) -> Option<&'static PtDesc> {
     ptdesc::virt_to_ptdesc(phys_to_virt(pa.align_down(PAGE_SIZE))).ok()
 }
 
-/// Allocate a CRST table of `level`, every entry empty.
-pub fn crst_alloc(level: Level) -> Result<PhysAddr, AllocError> {
-    let pt = ptdesc::pagetable_alloc(CRST_ORDER)?;
-    match level {
-        Level::Segment => ptdesc::pagetable_pmd_ctor(pt),
-        Level::Region3 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION3),
-        Level::Region2 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION2),
-        Level::Region1 => ptdesc::pagetable_crst_ctor(pt, ptdesc::CRST_REGION1),
+/// An owned region or segment table of a process address space: a
+/// `Frame<PtDesc>` of order 2 whose descriptor records its level. Not
+/// `Copy`; `crst_free` (or dropping it) poisons it in debug builds, runs
+/// the dtor and frees it. Linked into an entry with `into_raw`, taken back
+/// with `from_raw` once the entry is gone.
+pub struct CrstTable {
+    frame: Frame<PtDesc>,
+}
+
+impl CrstTable {
+    pub fn phys(&self) -> PhysAddr {
+        self.frame.phys()
     }
-    let pa = ptdesc::ptdesc_phys(pt);
+
+    /// The level the ctor recorded (`None`: corrupt descriptor).
+    pub fn level(&self) -> Option<Level> {
+        crst_level(&self.frame)
+    }
+
+    /// The descriptor (borrowed for as long as the handle lives).
+    pub fn ptdesc(&self) -> &PtDesc {
+        &self.frame
+    }
+
+    /// The table's entries, borrowed from the handle: a view cannot
+    /// outlive the table.
+    pub fn entries(&self) -> &[AtomicU64] {
+        let ptr = mm::memmap().frame_ptr(self.phys().pfn()) as *const AtomicU64;
+        // SAFETY: the handle owns the 16 KiB block (CRST_ENTRIES 8-aligned
+        // words) for as long as `self` is borrowed.
+        unsafe { core::slice::from_raw_parts(ptr, CRST_ENTRIES) }
+    }
+
+    /// Give up the handle: the table is being linked into an entry (or is
+    /// a space's top table), which owns it from now on.
+    pub fn into_raw(self) -> PhysAddr {
+        let pa = self.phys();
+        core::mem::forget(self);
+        pa
+    }
+
+    /// Take back the CRST table at `pa`, checking its descriptor (a
+    /// process page table of order 2 with a level tag).
+    ///
+    /// # Safety
+    /// As `Frame::from_raw`: no entry the hardware may use points at it any
+    /// more, and no other handle for it exists.
+    pub unsafe fn from_raw(pa: PhysAddr) -> Result<Self, FrameError> {
+        // SAFETY: forwarded to the caller.
+        let frame = unsafe { Frame::<PtDesc>::from_raw(pa) }?;
+        if frame.order() != CRST_ORDER || crst_level(&frame).is_none() {
+            let o = frame.order();
+            // Not ours to free: give it up again.
+            let _ = frame.into_raw();
+            return Err(FrameError::WrongOrder(o));
+        }
+        Ok(Self { frame })
+    }
+}
+
+impl Drop for CrstTable {
+    fn drop(&mut self) {
+        // What a walk through a table freed too early would read.
+        if let Some(level) = self.level() {
+            poison_crst(self.phys(), level);
+        }
+        // The frame's own drop runs the dtor and frees (a refusal is
+        // reported there, loudly).
+    }
+}
+
+impl core::fmt::Debug for CrstTable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "CrstTable({:#x}, {:?})", self.phys().0, self.level())
+    }
+}
+
+/// Allocate a CRST table of `level`, every entry empty.
+pub fn crst_alloc(level: Level) -> Result<CrstTable, AllocError> {
+    let p = ptdesc::pagetable_alloc(CRST_ORDER)?;
+    let ctor = match level {
+        Level::Segment => ptdesc::pagetable_pmd_ctor(p),
+        Level::Region3 => ptdesc::pagetable_crst_ctor(p, ptdesc::CRST_REGION3),
+        Level::Region2 => ptdesc::pagetable_crst_ctor(p, ptdesc::CRST_REGION2),
+        Level::Region1 => ptdesc::pagetable_crst_ctor(p, ptdesc::CRST_REGION1),
+    };
+    // A fresh block always passes the ctor's checks; the pages go back if not.
+    let t = CrstTable {
+        frame: ctor.map_err(|_| AllocError::NoMemory)?,
+    };
     let empty = match level {
         Level::Segment => SegmentEntry::empty().raw(),
         l => RegionEntry::empty(l).raw(),
     };
-    for i in 0..CRST_ENTRIES as u64 {
-        // SAFETY: the table was just allocated and is ours.
-        unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(empty, Ordering::Relaxed);
+    for e in t.entries() {
+        e.store(empty, Ordering::Relaxed);
     }
-    Ok(pa)
+    Ok(t)
+}
+
+/// Free a CRST table: poison (debug builds), dtor, allocator. Taking the
+/// handle is the proof no entry points at it.
+pub fn crst_free(t: CrstTable) {
+    drop(t);
 }
 
 /// What a load through a freed page table reads in debug builds: freed
@@ -129,7 +217,10 @@ mod poison {
 
 /// Debug builds: overwrite the PTE table at `pa`, about to be freed, with
 /// entries mapping the poison frame read-only.
-pub(super) fn poison_pte_table(pa: PhysAddr) {
+///
+/// # Safety
+/// The caller owns the PTE table at `pa`, and no entry reaches it.
+pub(super) unsafe fn poison_pte_table(pa: PhysAddr) {
     #[cfg(all(target_os = "none", debug_assertions))]
     {
         let v = poison::pte();
@@ -162,9 +253,9 @@ fn poison_crst(pa: PhysAddr, level: Level) {
 }
 
 /// The level a CRST table was built for, from its descriptor (the ctor
-/// records it).
+/// records it in `pt_index`).
 fn crst_level(pt: &PtDesc) -> Option<Level> {
-    match pt.crst_level() {
+    match pt.pt_index() {
         ptdesc::CRST_SEGMENT => Some(Level::Segment),
         ptdesc::CRST_REGION3 => Some(Level::Region3),
         ptdesc::CRST_REGION2 => Some(Level::Region2),
@@ -173,41 +264,11 @@ fn crst_level(pt: &PtDesc) -> Option<Level> {
     }
 }
 
-/// Free a CRST table (no entry of it may be reachable by the hardware).
-pub(super) fn crst_free(pa: PhysAddr) {
-    let Some(pt) = table_ptdesc(pa) else {
-        super::dat_bug(format_args!(
-            "CRST table {pa:?} freed, but it is no page table"
-        ));
-        return;
-    };
-    if let Some(level) = crst_level(pt) {
-        poison_crst(pa, level);
-    }
-    ptdesc::pagetable_crst_dtor(pt);
-    // A table freed after its dtor passes the allocator's checks; a refusal
-    // means memmap corruption: loud, never ignored.
-    if let Err(e) = ptdesc::pagetable_free(pt) {
-        super::dat_bug(format_args!(
-            "CRST table {pa:?} refused by the allocator: {e:?}"
-        ));
-    }
-}
-
-/// Fill the PTE table at `pa` with empty entries (and zero PGSTEs).
-pub fn pte_table_init(pa: PhysAddr, pgste: bool) {
-    for i in 0..PTRS_PER_PTE as u64 {
-        // SAFETY: the table half was just allocated for the caller.
-        unsafe { entry(PhysAddr(pa.0 + i * 8)) }.store(Pte::empty().raw(), Ordering::Relaxed);
-        if pgste {
-            // SAFETY: the upper half of the same page.
-            unsafe { entry(PhysAddr(pa.0 + PTE_TABLE_SIZE + i * 8)) }.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Whether every entry of the table is empty (invalid and not present).
-pub fn crst_is_empty(pa: PhysAddr, level: Level) -> bool {
+///
+/// # Safety
+/// `pa` is a live CRST table of `level`.
+pub unsafe fn crst_is_empty(pa: PhysAddr, level: Level) -> bool {
     let empty = match level {
         Level::Segment => SegmentEntry::empty().raw(),
         l => RegionEntry::empty(l).raw(),
@@ -218,7 +279,11 @@ pub fn crst_is_empty(pa: PhysAddr, level: Level) -> bool {
     })
 }
 
-pub fn pte_table_is_empty(pa: PhysAddr) -> bool {
+/// Whether no PTE of the table at `pa` is present.
+///
+/// # Safety
+/// `pa` is a live PTE table.
+pub unsafe fn pte_table_is_empty(pa: PhysAddr) -> bool {
     (0..PTRS_PER_PTE as u64).all(|i| {
         // SAFETY: the caller's live table.
         let e = Pte::from_raw(unsafe { entry(PhysAddr(pa.0 + i * 8)) }.load(Ordering::Relaxed));

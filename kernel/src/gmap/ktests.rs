@@ -108,48 +108,55 @@ fn descriptor_is_distinct_and_gaddr_cleared_before_free() -> KResult {
     // Frees below are refused on purpose.
     crate::mm::expect_refusals(true);
     let t = table::gmap_alloc_table(77, Level::Segment, 0x8000_0000).map_err(|_| Outcome::Fail)?;
-    let page = table::gmap_table_page(t);
+    // Through the raw page (what a table entry leads to), the run-time tag
+    // check: a gmap table is not a process page table, and the other way
+    // round. (From a handle the cast does not compile.)
+    let page = table::gmap_table_page(&t);
     kassert!(table::page_gmap_table(page).is_ok());
-    // A gmap table is not a process page table, and the other way round.
     kassert_matches!(
         ptdesc::page_ptdesc(page),
         Err(ptdesc::PtDescError::NotPageTable(Some(
             mm::page::PageType::GmapTable
         )))
     );
-    let pt = ptdesc::pagetable_alloc(0).map_err(|_| Outcome::Fail)?;
-    ptdesc::pagetable_pte_ctor(pt);
+    let p = ptdesc::pagetable_alloc(0).map_err(|_| Outcome::Fail)?;
+    let pt = ptdesc::pagetable_pte_ctor(p).map_err(|_| Outcome::Fail)?;
     kassert_matches!(
-        table::page_gmap_table(ptdesc::ptdesc_page(pt)),
-        Err(GmapTableError::NotGmapTable(Some(
+        table::page_gmap_table(ptdesc::ptdesc_page(&pt)),
+        Err(mm::gtdesc::GtDescError::NotGmapTable(Some(
             mm::page::PageType::PageTable
         )))
     );
-    ptdesc::pagetable_pte_dtor(pt);
-    kassert_eq!(ptdesc::pagetable_free(pt), Ok(()));
+    ptdesc::pagetable_dtor_free(pt);
     // The gaddr aliases `mapping`: freed without clearing it, the buddy
     // allocator's non-NULL-mapping check refuses the table...
-    kassert_eq!(
-        table::free_table_as_is(t, 77, Level::Segment),
-        Err(GmapTableError::Free(mm::FreeError::NonNullMapping(
-            0x8000_0000
-        )))
-    );
+    let t = match table::free_table_as_is(t, 77, Level::Segment) {
+        Err((t, e)) => {
+            kassert_eq!(
+                e,
+                GmapTableError::Free(mm::FreeError::NonNullMapping(0x8000_0000))
+            );
+            t
+        }
+        Ok(()) => return kfail!("a table with its gaddr set was freed"),
+    };
     kassert_eq!(t.gaddr(), 0x8000_0000);
     // ...and gmap_free_table, which clears it first, succeeds.
-    kassert_eq!(table::gmap_free_table(t, 77, Level::Segment), Ok(()));
+    kassert!(table::gmap_free_table(t, 77, Level::Segment).is_ok());
     Ok(())
 }
 
 /// `gmap_free_table` frees a table only for the owner and level its
 /// descriptor names, whatever its guest address (every top table has
 /// gaddr 0, so the allocator's non-NULL-mapping check cannot tell); a
-/// refused free changes nothing, not even the gaddr it cleared; a second
-/// free finds no gmap table.
+/// refused free changes nothing, not even the gaddr it cleared, and hands
+/// the table back. (A second free does not compile: the first consumed
+/// the handle.)
 fn table_free_checks_owner_and_level() -> KResult {
     // Frees below are refused on purpose.
     crate::mm::expect_refusals(true);
     let gt = table::nr_gmap_table_pages();
+    let state = |t: &table::GmapTable| (t.owner(), table::table_level(t), t.gaddr());
     for (level, other, gaddr) in [
         (Level::Segment, Level::Region3, 0u64),
         (Level::Segment, Level::Region1, 0x8000_0000),
@@ -157,41 +164,51 @@ fn table_free_checks_owner_and_level() -> KResult {
         (Level::Region2, Level::Region3, 1 << 53),
         (Level::Region1, Level::Region2, 0),
     ] {
-        let t = table::gmap_alloc_table(77, level, gaddr).map_err(|_| Outcome::Fail)?;
-        kassert_eq!((t.owner(), t.level(), t.gaddr()), (77, Some(level), gaddr));
+        let mut t = table::gmap_alloc_table(77, level, gaddr).map_err(|_| Outcome::Fail)?;
+        kassert_eq!(state(&t), (77, Some(level), gaddr));
         for (owner, lvl, want) in [
             (78, level, GmapTableError::WrongOwner(77)),
             (0, level, GmapTableError::WrongOwner(77)),
             (78, other, GmapTableError::WrongOwner(77)),
             (77, other, GmapTableError::WrongLevel(Some(level))),
         ] {
-            kassert_eq!(table::gmap_free_table(t, owner, lvl), Err(want));
-            kassert_eq!(table::free_table_as_is(t, owner, lvl), Err(want));
-            kassert!(table::page_gmap_table(table::gmap_table_page(t)).is_ok());
-            kassert_eq!((t.owner(), t.level(), t.gaddr()), (77, Some(level), gaddr));
-            kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+            for as_is in [false, true] {
+                let r = if as_is {
+                    table::free_table_as_is(t, owner, lvl)
+                } else {
+                    table::gmap_free_table(t, owner, lvl)
+                };
+                t = match r {
+                    Err((t, e)) => {
+                        kassert_eq!(e, want);
+                        t
+                    }
+                    Ok(()) => return kfail!("freed for owner {owner}, {lvl:?}"),
+                };
+                kassert!(table::page_gmap_table(table::gmap_table_page(&t)).is_ok());
+                kassert_eq!(state(&t), (77, Some(level), gaddr));
+                kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+            }
         }
-        kassert_eq!(table::gmap_free_table(t, 77, level), Ok(()));
-        kassert_eq!(table::nr_gmap_table_pages(), gt);
-        kassert_matches!(
-            table::gmap_free_table(t, 77, level),
-            Err(GmapTableError::NotGmapTable(_))
-        );
+        kassert!(table::gmap_free_table(t, 77, level).is_ok());
         kassert_eq!(table::nr_gmap_table_pages(), gt);
     }
-    // The allocator refuses (a reference is held): the table stays as it
-    // was, gaddr included.
+    // The allocator refuses (a reference is held): the table comes back
+    // as it was, gaddr included.
     let t = table::gmap_alloc_table(77, Level::Segment, 0x8000_0000).map_err(|_| Outcome::Fail)?;
-    let page = table::gmap_table_page(t);
-    page.page_ref_inc();
-    kassert_eq!(
-        table::gmap_free_table(t, 77, Level::Segment),
-        Err(GmapTableError::Free(mm::FreeError::BadRefcount(2)))
-    );
+    mm::testing::get_page(table::gmap_table_page(&t));
+    let t = match table::gmap_free_table(t, 77, Level::Segment) {
+        Err((t, e)) => {
+            kassert_eq!(e, GmapTableError::Free(mm::FreeError::BadRefcount(2)));
+            t
+        }
+        Ok(()) => return kfail!("a pinned table was freed"),
+    };
     kassert_eq!((t.owner(), t.gaddr()), (77, 0x8000_0000));
-    kassert!(table::page_gmap_table(page).is_ok());
-    page.page_ref_dec();
-    kassert_eq!(table::gmap_free_table(t, 77, Level::Segment), Ok(()));
+    kassert!(table::page_gmap_table(table::gmap_table_page(&t)).is_ok());
+    kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
+    mm::testing::put_page(table::gmap_table_page(&t));
+    kassert!(table::gmap_free_table(t, 77, Level::Segment).is_ok());
     kassert_eq!(table::nr_gmap_table_pages(), gt);
     Ok(())
 }
@@ -607,7 +624,7 @@ fn bad_input_changes_nothing() -> KResult {
     kassert_eq!(g1.gmap_fault(top, Access::Write), Ok(VM_BASE + 8 * s));
     // The host's top table: a process page table (CRST), no gmap table.
     let host_pt = h.lock().space().asce().origin();
-    let g_top = super::top_table(&g).ok_or(Outcome::Fail)?;
+    let g_top = table::gmap_table_at(g.asce().origin()).map_err(|_| Outcome::Fail)?;
     let g1_top_entry = phys_to_virt(g1.entry_addr(top, Level::Region1).ok_or(Outcome::Fail)?);
     let (gid, hl) = (g.id(), HOST_LIMIT);
     let watch = [G1, G1 + s, 0x200_0000, 0x600_0000];
@@ -816,16 +833,6 @@ fn bad_input_changes_nothing() -> KResult {
             T(GmapTableError::Misaligned),
         ),
         (
-            "free_table: another owner",
-            &|| tb(table::gmap_free_table(g_top, gid + 1000, Level::Segment)),
-            T(GmapTableError::WrongOwner(gid)),
-        ),
-        (
-            "free_table: another level",
-            &|| tb(table::gmap_free_table(g_top, gid, Level::Region3)),
-            T(GmapTableError::WrongLevel(Some(Level::Segment))),
-        ),
-        (
             "table_at: not a table's start",
             &|| tb(table::gmap_table_at(PhysAddr(g_top.phys().0 + 0x1000)).map(|_| ())),
             T(GmapTableError::Misaligned),
@@ -1012,19 +1019,34 @@ fn bad_input_changes_nothing() -> KResult {
 
 /// A gmap region-first gmap with one linked segment (four tables), and the
 /// page of its segment table with a reference taken, so the allocator
-/// refuses to free it.
-fn gmap_with_a_pinned_table(
-    h: &Arc<Mutex<HostMm>>,
-) -> Result<(Gmap, &'static table::GmapTableDesc), Outcome> {
+/// refuses to free it. Returns the table's real address.
+fn gmap_with_a_pinned_table(h: &Arc<Mutex<HostMm>>) -> Result<(Gmap, PhysAddr), Outcome> {
     let g = gmap(h, u64::MAX)?;
     let ga = 0x7ff0_0000_0000_0000u64;
     kassert_ok(g.gmap_map_segment(VM_BASE, ga, SEGMENT_SIZE))?;
     kassert_ok(g.gmap_fault(ga, Access::Write).map(|_| ()))?;
     kassert_eq!(g.table_pages(), 16);
     let ea = g.entry_addr(ga, Level::Segment).ok_or(Outcome::Fail)?;
-    let t = table::gmap_table_at(PhysAddr(ea.0 & !0x3fff)).map_err(|_| Outcome::Fail)?;
-    table::gmap_table_page(t).page_ref_inc();
-    Ok((g, t))
+    let pa = PhysAddr(ea.0 & !0x3fff);
+    let t = table::gmap_table_at(pa).map_err(|_| Outcome::Fail)?;
+    mm::testing::get_page(table::gmap_table_page(t));
+    Ok((g, pa))
+}
+
+/// The refused table, given up by its gmap, unpinned and freed by hand.
+fn free_pinned_table(pa: PhysAddr, id: u64) -> KResult {
+    let t = table::gmap_table_at(pa).map_err(|_| Outcome::Fail)?;
+    mm::testing::put_page(table::gmap_table_page(t));
+    // SAFETY: the gmap that owned the table is gone and gave it up (its
+    // refused free); nothing points at it.
+    let t = unsafe { table::GmapTable::from_raw(pa) }.or_else(|e| kfail!("{pa:?}: {e:?}"))?;
+    match table::gmap_free_table(t, id, Level::Segment) {
+        Ok(()) => Ok(()),
+        Err((t, e)) => {
+            let _ = t.into_raw();
+            kfail!("free after unpinning: {e:?}")
+        }
+    }
 }
 
 /// `gmap_remove` tears down itself and names what it could not free: the
@@ -1036,16 +1058,14 @@ fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
     mm::drain_pcp();
     let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
     let h = host()?;
-    let (g, t) = gmap_with_a_pinned_table(&h)?;
+    let (g, pa) = gmap_with_a_pinned_table(&h)?;
     let id = g.id();
     let bugs = crate::bug::nr_reports();
     kassert_eq!(gmap_remove(g), Err(GmapError::FreeRefused(1)));
     kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
     kassert_eq!(crate::bug::nr_reports(), bugs);
-    let page = table::gmap_table_page(t);
-    kassert!(table::page_gmap_table(page).is_ok());
-    page.page_ref_dec();
-    kassert_eq!(table::gmap_free_table(t, id, Level::Segment), Ok(()));
+    kassert!(table::gmap_table_at(pa).is_ok());
+    free_pinned_table(pa, id)?;
     kassert_eq!(table::nr_gmap_table_pages(), gt);
     drop(h);
     mm::drain_pcp();
@@ -1061,7 +1081,7 @@ fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
     crate::mm::expect_refusals(true);
     let h = host()?;
     let gt = table::nr_gmap_table_pages();
-    let (g, t) = gmap_with_a_pinned_table(&h)?;
+    let (g, pa) = gmap_with_a_pinned_table(&h)?;
     let id = g.id();
     let bugs = crate::bug::nr_reports();
     kassert_eq!(crate::bug::expect_reports(1), 0);
@@ -1070,8 +1090,7 @@ fn gmap_drop_reports_a_refused_free_loudly() -> KResult {
     kassert!(still_expected == 0, "Drop did not report the refused free");
     kassert_eq!(crate::bug::nr_reports(), bugs);
     kassert_eq!(table::nr_gmap_table_pages(), gt + 4);
-    table::gmap_table_page(t).page_ref_dec();
-    kassert_eq!(table::gmap_free_table(t, id, Level::Segment), Ok(()));
+    free_pinned_table(pa, id)?;
     kassert_eq!(table::nr_gmap_table_pages(), gt);
     drop(h);
     Ok(())
@@ -1089,7 +1108,7 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
     kassert_eq!(h.lock().populate_range(VM_BASE, 3 * 0x1000), Ok(()));
     let pinned = h.lock().frame(VM_BASE + 0x1000).map(|p| p.page());
     let pinned = pinned.ok_or(Outcome::Fail)?;
-    pinned.page_ref_inc();
+    mm::testing::get_page(pinned);
     kassert_eq!(
         h.lock().unmap_range(VM_BASE, 3 * 0x1000),
         Err(super::host::HostError::FreeRefused {
@@ -1102,7 +1121,7 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
         kassert_eq!(hm.space().check().map(|c| c.mapped_pages), Ok(0));
         kassert_eq!((hm.nr_frames(), hm.nr_refused_frames()), (0, 1));
     }
-    pinned.page_ref_dec();
+    mm::testing::put_page(pinned);
     drop(h);
     mm::drain_pcp();
     kassert_eq!(mm::nr_free_pages(), free);
@@ -1115,14 +1134,14 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
         .map(|p| p.pfn())
         .ok_or(Outcome::Fail)?;
     let page = mm::pfn_to_page(pfn).ok_or(Outcome::Fail)?;
-    page.page_ref_inc();
+    mm::testing::get_page(page);
     let bugs = crate::bug::nr_reports();
     kassert_eq!(crate::bug::expect_reports(1), 0);
     drop(h);
     let still_expected = crate::bug::expect_reports(0);
     kassert!(still_expected == 0, "HostMm::drop did not report");
     kassert_eq!(crate::bug::nr_reports(), bugs);
-    page.page_ref_dec();
+    mm::testing::put_page(page);
     // SAFETY: the frame the dropped host could not free; nothing maps it.
     let p = unsafe { mm::Pages::from_raw(pfn, 0) };
     kassert!(mm::free_pages(p).is_ok());

@@ -88,13 +88,18 @@ static NEXT_GMAP: AtomicU64 = AtomicU64::new(1);
 /// address the entry covers).
 type ParentEntry = (PhysAddr, Level, u64);
 
-/// One of a gmap's tables: where it is, its level, and the entry pointing
-/// at it (none for the top table).
-#[derive(Clone, Copy)]
-struct GmapTable {
-    pa: PhysAddr,
+/// One of a gmap's tables: the owned table, its level, and the entry
+/// pointing at it (none for the top table).
+struct GmapTableRec {
+    table: table::GmapTable,
     level: Level,
     parent: Option<ParentEntry>,
+}
+
+impl GmapTableRec {
+    fn pa(&self) -> PhysAddr {
+        self.table.phys()
+    }
 }
 
 pub(crate) struct GmapInner {
@@ -114,7 +119,7 @@ pub(crate) struct GmapInner {
     /// Every gmap table (real addresses), the top first, each with the
     /// entry that points at it (parent table, its level, a guest address it
     /// covers); the top has none.
-    tables: Vec<GmapTable>,
+    tables: Vec<GmapTableRec>,
     /// Counters: links made, unlinks done.
     links: u64,
     unlinks: u64,
@@ -185,16 +190,8 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
     let id = NEXT_GMAP.fetch_add(1, Ordering::Relaxed);
     let level = gmap_level(limit);
     let top = gmap_alloc_table(id, level, 0).map_err(|_| GmapError::NoMemory)?;
-    let asce = match Asce::new(top.phys(), level) {
-        Ok(a) => a,
-        Err(_) => {
-            // Cannot happen (a CRST is 16 KiB aligned); do not leak it.
-            if let Err(e) = gmap_free_table(top, id, level) {
-                report_bug(format_args!("gmap_create: top table not freed: {e:?}"));
-            }
-            return Err(GmapError::NoMemory);
-        }
-    };
+    // Cannot fail (a CRST is 16 KiB aligned); `top` goes back if it does.
+    let asce = Asce::new(top.phys(), level).map_err(|_| GmapError::NoMemory)?;
     let (parent_id, host_limit) = {
         let h = lock_host(parent);
         (h.space().id(), h.space().max_limit())
@@ -208,8 +205,8 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
         host_limit,
         guest_to_host: BTreeMap::new(),
         host_to_guest: BTreeMap::new(),
-        tables: alloc::vec![GmapTable {
-            pa: top.phys(),
+        tables: alloc::vec![GmapTableRec {
+            table: top,
             level,
             parent: None,
         }],
@@ -277,20 +274,17 @@ impl GmapInner {
                 let t = gmap_alloc_table(self.id, lower, gaddr & !cover.wrapping_sub(1))
                     .map_err(|_| GmapError::NoMemory)?;
                 let pa = t.phys();
-                let Ok(e) = RegionEntry::table(level, pa) else {
-                    // Cannot happen (a CRST is 16 KiB aligned); do not leak it.
-                    if let Err(e) = gmap_free_table(t, self.id, lower) {
-                        report_bug(format_args!("gmap: new table not freed: {e:?}"));
-                    }
-                    return Err(GmapError::NoMemory);
-                };
-                // Invalid → valid needs no invalidation.
-                slot.store(e.raw(), Ordering::Release);
-                self.tables.push(GmapTable {
-                    pa,
+                // Cannot fail (a CRST is 16 KiB aligned); `t` goes back if
+                // it does.
+                let e = RegionEntry::table(level, pa).map_err(|_| GmapError::NoMemory)?;
+                // The list owns the table from here; the entry only points
+                // at it. Invalid → valid needs no invalidation.
+                self.tables.push(GmapTableRec {
+                    table: t,
                     level: lower,
                     parent: Some((tbl, level, gaddr)),
                 });
+                slot.store(e.raw(), Ordering::Release);
                 pa
             } else {
                 e.next_origin()
@@ -719,9 +713,12 @@ impl GmapInner {
     ) -> Result<(), GmapCheckError> {
         let t = table::gmap_table_at(tbl).map_err(|_| GmapCheckError::Table(tbl))?;
         if t.owner() != self.id
-            || t.level() != Some(level)
+            || table::table_level(t) != Some(level)
             || t.gaddr() != base
-            || !self.tables.iter().any(|t| t.pa == tbl && t.level == level)
+            || !self
+                .tables
+                .iter()
+                .any(|t| t.pa() == tbl && t.level == level)
         {
             return Err(GmapCheckError::Table(tbl));
         }
@@ -766,9 +763,15 @@ impl GmapInner {
         // Tables added by a failed operation are empty: invalidate the entry
         // pointing at each (newest first), then free it.
         while self.tables.len() > n {
-            let Some(GmapTable { pa, level, parent }) = self.tables.pop() else {
+            let Some(GmapTableRec {
+                table: t,
+                level,
+                parent,
+            }) = self.tables.pop()
+            else {
                 break;
             };
+            let pa = t.phys();
             if let Some((ptbl, plevel, gaddr)) = parent {
                 // SAFETY: the parent is a live gmap table whose entry for
                 // `gaddr` points at `pa`.
@@ -778,9 +781,8 @@ impl GmapInner {
                     .store(RegionEntry::empty(plevel).raw(), Ordering::Release);
             }
             // No caller to tell: the failed operation reports its own error.
-            if let Err(e) =
-                table::gmap_table_at(pa).and_then(|t| gmap_free_table(t, self.id, level))
-            {
+            if let Err((t, e)) = gmap_free_table(t, self.id, level) {
+                let _ = t.into_raw();
                 report_bug(format_args!(
                     "gmap {}: undo could not free the {level:?} table at {:#x}: {e:?}; it stays allocated",
                     self.id, pa.0
@@ -805,10 +807,10 @@ impl GmapInner {
         tlb::flush_asce(self.asce);
         let mut refused = 0;
         for t in tables {
-            if table::gmap_table_at(t.pa)
-                .and_then(|d| gmap_free_table(d, self.id, t.level))
-                .is_err()
-            {
+            if let Err((t, _)) = gmap_free_table(t.table, self.id, t.level) {
+                // Refused (the allocator said why): allocated, owned by
+                // nobody; the caller hears how many.
+                let _ = t.into_raw();
                 refused += 1;
             }
         }
@@ -941,10 +943,4 @@ pub fn segment_gaddr_of_entry(
     entry_va: crate::mm::addr::VirtAddr,
 ) -> Result<u64, table::GmapTableError> {
     table::gmap_segment_gaddr(entry_va)
-}
-
-/// The descriptor of the top table of `g` (tests).
-#[cfg(target_os = "none")]
-pub(crate) fn top_table(g: &Gmap) -> Option<&'static table::GmapTableDesc> {
-    table::gmap_table_at(g.asce().origin()).ok()
 }

@@ -143,6 +143,7 @@ pub struct BuddyAllocator<'a> {
 }
 
 impl<'a> BuddyAllocator<'a> {
+    #[cfg(any(test, target_arch = "s390x"))]
     /// An allocator with no free memory yet: add ranges with
     /// `add_free_range`. Every page the memmap covers must be zeroed (Free)
     /// or reserved before it is added.
@@ -159,6 +160,7 @@ impl<'a> BuddyAllocator<'a> {
         }
     }
 
+    #[cfg(test)]
     pub fn map(&self) -> &'a MemMap<'a> {
         self.map
     }
@@ -167,6 +169,7 @@ impl<'a> BuddyAllocator<'a> {
         &self.map.pages()[pfn as usize]
     }
 
+    #[cfg(any(test, target_arch = "s390x"))]
     /// Mark `[start, end)` reserved: never allocated, never freed.
     pub fn reserve_range(&mut self, start: Pfn, end: Pfn) {
         let end = end.0.min(self.map.nr_pages());
@@ -180,6 +183,7 @@ impl<'a> BuddyAllocator<'a> {
         }
     }
 
+    #[cfg(any(test, target_arch = "s390x"))]
     /// Give `[start, end)` to the allocator as the largest aligned blocks
     /// that fit. The pages must be zeroed memmap entries (type Free).
     pub fn add_free_range(&mut self, start: Pfn, end: Pfn) {

@@ -275,10 +275,12 @@ fn non_null_mapping_is_refused() {
         let page = b.map().pfn_to_page(p).unwrap();
         page.generic().mapping.store(0xdead_0000, Ordering::Relaxed);
         refused(b, p, 1, FreeError::NonNullMapping(0xdead_0000));
-        // The seed's field aliases `mapping`: a gaddr left in a table page is
-        // the same bug.
-        page.set_page_type(PageType::PageTable);
-        page.pt()._pt_s390_gaddr.store(0x10_0000, Ordering::Relaxed);
+        // The seed's field aliases `mapping`: a gaddr left in a gmap table
+        // page is the same bug.
+        page.generic().mapping.store(0x10_0000, Ordering::Relaxed);
+        page.set_page_type(PageType::GmapTable);
+        let gt = super::gtdesc::page_gmap_table(page).unwrap();
+        assert_eq!(gt.gaddr(), 0x10_0000);
         page.set_page_type(PageType::Allocated);
         refused(b, p, 1, FreeError::NonNullMapping(0x10_0000));
         page.generic().mapping.store(0, Ordering::Relaxed);

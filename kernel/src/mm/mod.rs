@@ -6,12 +6,14 @@
 //! lock (`pcp`). Places that assume one CPU say so with an `SMP:` comment.
 
 pub mod addr;
-pub mod buddy;
+pub(crate) mod buddy;
 pub mod fail;
+pub mod frame;
+pub mod gtdesc;
 pub mod heap;
 pub mod memmap;
 pub mod page;
-pub mod pcp;
+pub(crate) mod pcp;
 pub mod ptdesc;
 
 #[cfg(test)]
@@ -273,8 +275,10 @@ pub fn page_address(page: &Page) -> Option<VirtAddr> {
 /// the entry address's low bits (entries are 64-byte aligned), so the
 /// handle is one word. Converting to a frame number is arithmetic, done
 /// only when asked. Not `Clone`: the handle is the ownership. Give it back
-/// with `free_pages`.
-#[must_use = "dropping the handle leaks the frames: give them back with free_pages"]
+/// with `free_pages` (which can refuse and say why); dropping it frees it
+/// too (a refusal is then reported and the block stays allocated, owned by
+/// nobody), so no early return leaks it.
+#[must_use = "an unused handle frees its frames at once"]
 pub struct Pages {
     tagged: NonNull<Page>,
 }
@@ -355,9 +359,24 @@ impl Pages {
     }
 
     /// Give up the handle, keeping the frames allocated (for structures that
-    /// track them by address, like page tables).
+    /// track them by address, like CPU stacks).
     pub fn into_raw(self) -> (Pfn, u32) {
-        (self.pfn(), self.order())
+        let r = (self.pfn(), self.order());
+        core::mem::forget(self);
+        r
+    }
+
+    /// The head page, giving up the handle (mm's ctors, which turn the
+    /// block into a typed frame).
+    pub(in crate::mm) fn into_head(self) -> &'static Page {
+        let page = self.page();
+        core::mem::forget(self);
+        page
+    }
+
+    /// A handle for the allocated block headed by `page` (mm's dtors).
+    pub(in crate::mm) fn from_head(page: &'static Page, order: u32) -> Self {
+        Self::new(page, order)
     }
 
     /// Rebuild a handle from `into_raw`.
@@ -438,6 +457,8 @@ fn zero_block(p: &Pages) {
 /// per-CPU lists out of line.
 #[inline(always)]
 pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
+    // The handle is consumed here; it is rebuilt only for a refusal.
+    let p = core::mem::ManuallyDrop::new(p);
     if p.order() == 0 {
         match with_pcp(|pcp| pcp.free(p.page()).then(|| pcp.over_high())) {
             Some(Some(false)) => return Ok(()),
@@ -448,19 +469,34 @@ pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
             _ => {}
         }
     }
-    free_pages_slow(p)
+    free_pages_slow(p.tagged)
 }
 
 /// Everything but the inlined order-0 fast path: orders 1 to 3 through the
 /// per-CPU lists, larger ones and every refusal through the zone.
 #[inline(never)]
-fn free_pages_slow(p: Pages) -> Result<(), (Pages, FreeError)> {
+fn free_pages_slow(tagged: NonNull<Page>) -> Result<(), (Pages, FreeError)> {
+    let p = core::mem::ManuallyDrop::new(Pages { tagged });
     let pfn = p.pfn();
     match free_block(pfn, p.order()) {
         Ok(()) => Ok(()),
         Err(e) => {
             report_bad_page(pfn, e);
-            Err((p, e))
+            Err((core::mem::ManuallyDrop::into_inner(p), e))
+        }
+    }
+}
+
+impl Drop for Pages {
+    /// A handle going out of scope gives its frames back. A refusal was
+    /// reported (`BUG: Bad page state`) by `free_pages`; the block stays
+    /// allocated, owned by nobody, rather than freed in a bad state.
+    fn drop(&mut self) {
+        let p = Pages {
+            tagged: self.tagged,
+        };
+        if let Err((p, _)) = free_pages(p) {
+            core::mem::forget(p);
         }
     }
 }
@@ -714,4 +750,21 @@ pub fn dump(image: (PhysAddr, PhysAddr)) {
         heap::size() >> 10,
         heap::regions()
     );
+}
+
+/// Test-only misuse the types otherwise rule out: an extra reference on a
+/// page, so that its free is refused (as a pinned page's would be).
+#[cfg(target_os = "none")]
+pub(crate) mod testing {
+    use super::page::Page;
+
+    /// `get_page` on any page.
+    pub(crate) fn get_page(p: &Page) -> u32 {
+        p.page_ref_inc()
+    }
+
+    /// `put_page` without the free.
+    pub(crate) fn put_page(p: &Page) -> u32 {
+        p.page_ref_dec()
+    }
 }

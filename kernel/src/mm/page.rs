@@ -120,89 +120,12 @@ pub struct BuddyArm {
 #[repr(C)]
 pub struct PcpArm {
     /// Aliases `lru.next`; null ends the list.
-    pub next: AtomicPtr<Page>,
+    pub(in crate::mm) next: AtomicPtr<Page>,
     pub _prev: AtomicU64,
     /// Aliases `mapping`: 0 while on the list.
     pub _mapping: AtomicU64,
     pub _index: AtomicU64,
     pub _private: AtomicU64,
-}
-
-/// `pt_mm` or `pt_frag_refcount`, sharing a word as in Linux.
-#[repr(C)]
-pub union PtMmFrag {
-    pub pt_mm: ManuallyDrop<AtomicU64>,
-    pub pt_frag_refcount: ManuallyDrop<AtomicU32>,
-}
-
-/// A page-table lock embedded in the page (Linux without
-/// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`).
-#[repr(C)]
-pub struct PtLock {
-    locked: AtomicU32,
-    _pad: AtomicU32,
-}
-
-impl PtLock {
-    /// Spin until the lock is ours. SMP: a plain test-and-set spinlock;
-    /// interruptions are disabled in all code that takes it.
-    pub fn lock(&self) -> PtLockGuard<'_> {
-        while self
-            .locked
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        PtLockGuard { lock: self }
-    }
-
-    pub fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::Relaxed) != 0
-    }
-
-    /// Reset to unlocked (`ptlock_init`).
-    pub fn init(&self) {
-        self.locked.store(0, Ordering::Release);
-        self._pad.store(0, Ordering::Relaxed);
-    }
-}
-
-pub struct PtLockGuard<'a> {
-    lock: &'a PtLock,
-}
-
-impl Drop for PtLockGuard<'_> {
-    fn drop(&mut self) {
-        self.lock.locked.store(0, Ordering::Release);
-    }
-}
-
-/// A process page table (the `ptdesc` view; mm_types.h, Linux 6.3).
-#[repr(C)]
-pub struct PtArm {
-    /// Aliases `compound_head`: bit 0 must stay clear.
-    pub _pt_pad_1: AtomicU64,
-    pub pmd_huge_pte: AtomicU64,
-    /// Aliases `mapping` (the seed patch's field for gmap address tracking).
-    pub _pt_s390_gaddr: AtomicU64,
-    pub pt_mm_or_frag: PtMmFrag,
-    pub ptl: PtLock,
-}
-
-/// A gmap region or segment table: its own arm, not a process page table.
-#[repr(C)]
-pub struct GmapArm {
-    pub _gt_pad_1: AtomicU64,
-    /// List of tables of one gmap (pfns).
-    pub gt_list: AtomicU64,
-    /// Guest address the table starts at; aliases `mapping`, so it must be
-    /// cleared before the page is freed.
-    pub _gt_s390_gaddr: AtomicU64,
-    /// The owning gmap.
-    pub gt_gmap: AtomicU64,
-    /// Level of the table (region-first ... segment).
-    pub gt_level: AtomicU64,
 }
 
 /// The per-use words of `struct page`.
@@ -211,12 +134,12 @@ pub union PageUnion {
     pub generic: ManuallyDrop<GenericArm>,
     pub buddy: ManuallyDrop<BuddyArm>,
     pub pcp: ManuallyDrop<PcpArm>,
-    pub pt: ManuallyDrop<PtArm>,
-    pub gmap: ManuallyDrop<GmapArm>,
     pub words: ManuallyDrop<[AtomicU64; 5]>,
 }
 
-/// `struct page`. Aligned to its size, so an entry's address has six
+/// `struct page`. Its fields are private: outside mm a page is read-only
+/// (type, flags, refcount, words), and changes go through the handle that
+/// owns it. Aligned to its size, so an entry's address has six
 /// clear low bits (a `Pages` handle keeps the block's order there).
 #[repr(C, align(64))]
 pub struct Page {
@@ -256,13 +179,6 @@ const _: () = assert!(8 + offset_of!(GenericArm, index) == 32);
 const _: () = assert!(8 + offset_of!(GenericArm, private) == 40);
 const _: () = assert!(8 + offset_of!(BuddyArm, _mapping) == MAPPING_OFFSET);
 const _: () = assert!(8 + offset_of!(BuddyArm, order) == 40);
-const _: () = assert!(8 + offset_of!(PtArm, _pt_pad_1) == 8);
-const _: () = assert!(8 + offset_of!(PtArm, pmd_huge_pte) == 16);
-const _: () = assert!(8 + offset_of!(PtArm, _pt_s390_gaddr) == MAPPING_OFFSET);
-const _: () = assert!(8 + offset_of!(PtArm, pt_mm_or_frag) == 32);
-const _: () = assert!(8 + offset_of!(PtArm, ptl) == 40);
-const _: () = assert!(8 + offset_of!(GmapArm, _gt_s390_gaddr) == MAPPING_OFFSET);
-const _: () = assert!(size_of::<PtArm>() == 40 && size_of::<GmapArm>() == 40);
 const _: () = assert!(size_of::<BuddyArm>() == 40 && size_of::<GenericArm>() == 40);
 const _: () = assert!(size_of::<PcpArm>() == 40);
 const _: () = assert!(8 + offset_of!(PcpArm, next) == LRU_OFFSET);
@@ -285,7 +201,7 @@ impl Page {
         PageFlags::from_bits_retain(self.flags.load(Ordering::Relaxed) & !ORDER_MASK)
     }
 
-    pub fn set_flags(&self, f: PageFlags) {
+    pub(in crate::mm) fn set_flags(&self, f: PageFlags) {
         let order = self.flags.load(Ordering::Relaxed) & ORDER_MASK;
         self.flags
             .store((f.bits() & !ORDER_MASK) | order, Ordering::Relaxed);
@@ -309,7 +225,7 @@ impl Page {
     }
 
     /// Mark this page the head of an allocated block of `order`.
-    pub fn set_head(&self, order: u32) {
+    pub(in crate::mm) fn set_head(&self, order: u32) {
         self.flags.store(Self::head_flags(order), Ordering::Relaxed);
     }
 
@@ -322,7 +238,10 @@ impl Page {
         PageType::from_raw(self.raw_page_type())
     }
 
-    pub fn set_page_type(&self, t: PageType) {
+    /// Retag the page. Only mm's alloc, free, ctor and dtor paths do this:
+    /// a page's type says which descriptor it is, so changing it is
+    /// changing what the page *is*.
+    pub(in crate::mm) fn set_page_type(&self, t: PageType) {
         self.page_type.store(t as u32, Ordering::Relaxed);
     }
 
@@ -334,28 +253,37 @@ impl Page {
         self.refcount.load(Ordering::Relaxed)
     }
 
-    pub fn set_refcount(&self, v: u32) {
+    pub(in crate::mm) fn set_refcount(&self, v: u32) {
         self.refcount.store(v, Ordering::Relaxed);
     }
 
+    #[cfg(any(test, target_os = "none"))]
     /// `get_page`: take a reference.
-    pub fn page_ref_inc(&self) -> u32 {
+    pub(in crate::mm) fn page_ref_inc(&self) -> u32 {
         self.refcount.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    #[cfg(any(test, target_os = "none"))]
     /// `put_page` without the free: drop a reference, return what is left.
-    pub fn page_ref_dec(&self) -> u32 {
+    pub(in crate::mm) fn page_ref_dec(&self) -> u32 {
         self.refcount.fetch_sub(1, Ordering::AcqRel) - 1
     }
 
     /// The `mapping` word, whatever arm is live (Linux's bad_page check reads
     /// it the same way).
     pub fn mapping(&self) -> u64 {
-        self.words()[2].load(Ordering::Relaxed)
+        self.word(2)
     }
 
-    /// All five union words, for dumps and checks that look past the type.
-    pub fn words(&self) -> &[AtomicU64; 5] {
+    /// Union word `i` (0 to 4), whatever arm is live: for dumps and checks
+    /// that look past the type. Read-only: writing goes through an arm,
+    /// which only mm (or the owner of a handle) can reach.
+    pub fn word(&self, i: usize) -> u64 {
+        self.words()[i % 5].load(Ordering::Relaxed)
+    }
+
+    /// All five union words.
+    pub(in crate::mm) fn words(&self) -> &[AtomicU64; 5] {
         // SAFETY: every arm is atomics over the same 40 bytes, so viewing them
         // as five words is valid whatever arm is live.
         unsafe { &self.union().words }
@@ -364,14 +292,16 @@ impl Page {
     /// Zero the union words (a page changing owner starts clean). Atomic
     /// stores, like every write to `struct page`: any CPU may read any
     /// entry at any time (a misuse report reads a page it does not own).
-    pub fn clear_union(&self) {
+    pub(in crate::mm) fn clear_union(&self) {
         for w in self.words() {
             w.store(0, Ordering::Relaxed);
         }
     }
 
-    /// The generic arm (an allocated page's owner words).
-    pub fn generic(&self) -> &GenericArm {
+    #[cfg(any(test, target_os = "none"))]
+    /// The generic arm (an allocated page's owner words; the owner reaches
+    /// it through its `Pages` handle).
+    pub(in crate::mm) fn generic(&self) -> &GenericArm {
         debug_assert!(
             matches!(self.page_type(), Some(PageType::Allocated | PageType::Heap)),
             "generic arm of a {:?} page",
@@ -382,7 +312,7 @@ impl Page {
     }
 
     /// The per-CPU list arm (type `Pcp`).
-    pub fn pcp(&self) -> &PcpArm {
+    pub(in crate::mm) fn pcp(&self) -> &PcpArm {
         debug_assert!(
             self.has_type(PageType::Pcp),
             "pcp arm of a {:?} page",
@@ -394,7 +324,7 @@ impl Page {
     }
 
     /// The buddy arm (free pages).
-    pub fn buddy(&self) -> &BuddyArm {
+    pub(in crate::mm) fn buddy(&self) -> &BuddyArm {
         debug_assert!(
             self.page_type().is_some_and(PageType::is_free),
             "buddy arm of a {:?} page",
@@ -402,48 +332,6 @@ impl Page {
         );
         // SAFETY: see `words`.
         unsafe { &self.union().buddy }
-    }
-
-    /// The page-table arm (`PtDesc` is the typed view over it).
-    pub fn pt(&self) -> &PtArm {
-        debug_assert!(
-            self.has_type(PageType::PageTable),
-            "page-table arm of a {:?} page",
-            self.page_type()
-        );
-        // SAFETY: see `words`.
-        unsafe { &self.union().pt }
-    }
-
-    /// The gmap-table arm.
-    pub fn gmap(&self) -> &GmapArm {
-        debug_assert!(
-            self.has_type(PageType::GmapTable),
-            "gmap arm of a {:?} page",
-            self.page_type()
-        );
-        // SAFETY: see `words`.
-        unsafe { &self.union().gmap }
-    }
-
-    /// The page-table arm without the type check.
-    ///
-    /// # Safety
-    /// The caller is about to make this page a page table (the ctor) or has
-    /// just stopped (the dtor): the words are read or reset knowing the tag
-    /// does not say `PageTable` yet or any more.
-    pub unsafe fn pt_unchecked(&self) -> &PtArm {
-        // SAFETY: see `words`.
-        unsafe { &self.union().pt }
-    }
-
-    /// The gmap arm without the type check.
-    ///
-    /// # Safety
-    /// As `pt_unchecked`, for gmap tables.
-    pub unsafe fn gmap_unchecked(&self) -> &GmapArm {
-        // SAFETY: see `words`.
-        unsafe { &self.union().gmap }
     }
 }
 
@@ -454,39 +342,14 @@ mod tests {
     #[test]
     fn mapping_aliases_across_arms() {
         let p = Page::new();
-        p.set_page_type(PageType::PageTable);
-        p.pt()._pt_s390_gaddr.store(0x8000_0000, Ordering::Relaxed);
-        assert_eq!(p.mapping(), 0x8000_0000);
         p.set_page_type(PageType::Allocated);
-        assert_eq!(p.generic().mapping.load(Ordering::Relaxed), 0x8000_0000);
-        p.set_page_type(PageType::GmapTable);
-        assert_eq!(p.gmap()._gt_s390_gaddr.load(Ordering::Relaxed), 0x8000_0000);
+        p.generic().mapping.store(0x8000_0000, Ordering::Relaxed);
+        assert_eq!(p.mapping(), 0x8000_0000);
+        assert_eq!(p.word(2), 0x8000_0000);
+        p.set_page_type(PageType::Free);
+        assert_eq!(p.buddy()._mapping.load(Ordering::Relaxed), 0x8000_0000);
         p.clear_union();
         assert_eq!(p.mapping(), 0);
-    }
-
-    #[test]
-    fn frag_refcount_shares_the_pt_mm_word() {
-        let p = Page::new();
-        p.set_page_type(PageType::PageTable);
-        // SAFETY: either member of an atomics-only union is valid to read.
-        let frag = unsafe {
-            p.pt()
-                .pt_mm_or_frag
-                .pt_mm
-                .store(0x1111_2222_3333_4444, Ordering::Relaxed);
-            p.pt()
-                .pt_mm_or_frag
-                .pt_frag_refcount
-                .load(Ordering::Relaxed)
-        };
-        // The 32-bit count is the first four bytes of the word in memory.
-        let expected = if cfg!(target_endian = "big") {
-            0x1111_2222
-        } else {
-            0x3333_4444
-        };
-        assert_eq!(frag, expected);
     }
 
     #[test]
@@ -514,23 +377,11 @@ mod tests {
     }
 
     #[test]
-    fn ptlock_excludes() {
-        let p = Page::new();
-        p.set_page_type(PageType::PageTable);
-        let l = &p.pt().ptl;
-        {
-            let _g = l.lock();
-            assert!(l.is_locked());
-        }
-        assert!(!l.is_locked());
-    }
-
-    #[test]
     #[cfg(debug_assertions)]
-    #[should_panic(expected = "page-table arm of a Some(Allocated) page")]
+    #[should_panic(expected = "generic arm of a Some(PageTable) page")]
     fn wrong_arm_is_caught() {
         let p = Page::new();
-        p.set_page_type(PageType::Allocated);
-        let _ = p.pt();
+        p.set_page_type(PageType::PageTable);
+        let _ = p.generic();
     }
 }

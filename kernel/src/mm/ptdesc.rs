@@ -1,49 +1,105 @@
 //! `struct ptdesc`: the page-table view of a `struct page`, for *process*
 //! page tables (region, segment and PTE tables of an address space), with
-//! Linux's field names and accessors. Gmap tables are not ptdescs: they get
-//! their own descriptor type (the point of the seed discussion), and a
-//! cast of a page that is not a page table is refused.
+//! Linux's field names and accessors (include/linux/mm.h, mm_types.h).
+//! Gmap tables are not ptdescs: they get their own descriptor type
+//! (`gtdesc`, the point of the seed discussion).
+//!
+//! Ownership: `pagetable_alloc` gives `Pages`; a ctor consumes them and
+//! gives a `Frame<PtDesc>` (the page is typed PageTable from then on); the
+//! dtor consumes that and gives the `Pages` back; dropping the frame does
+//! both and frees. A ctor or dtor on the wrong kind of page is refused, so
+//! NR_PAGETABLE counts each table page exactly once. The descriptor's
+//! fields are private; what outside code may change (the fragment count,
+//! the list link) is crate-internal, and only the lock is public.
 
 use core::mem::{offset_of, size_of, ManuallyDrop};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
-use super::page::{self, ListLinks, Page, PageType, PtLock};
-use super::{AllocError, AllocFlags, FreeError, Pages};
+use super::frame::{sealed, Frame};
+use super::page::{self, ListLinks, Page, PageType};
+use super::{AllocError, AllocFlags, Pages};
+
+/// A page-table lock embedded in the descriptor (Linux without
+/// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`).
+#[repr(C)]
+pub struct PtLock {
+    locked: AtomicU32,
+    _pad: AtomicU32,
+}
+
+impl PtLock {
+    /// Spin until the lock is ours. SMP: a plain test-and-set spinlock;
+    /// interruptions are disabled in all code that takes it.
+    pub fn lock(&self) -> PtLockGuard<'_> {
+        while self
+            .locked
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        PtLockGuard { lock: self }
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed) != 0
+    }
+
+    /// Reset to unlocked (`ptlock_init`, the ctor's job only).
+    fn init(&self) {
+        self.locked.store(0, Ordering::Release);
+        self._pad.store(0, Ordering::Relaxed);
+    }
+}
+
+pub struct PtLockGuard<'a> {
+    lock: &'a PtLock,
+}
+
+impl Drop for PtLockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.locked.store(0, Ordering::Release);
+    }
+}
 
 /// `pt_list` or the two words it overlays (`_pt_pad_1`, `pmd_huge_pte`).
 #[repr(C)]
-pub union PtListOrPad {
-    pub pt_list: ManuallyDrop<ListLinks>,
-    pub pad: ManuallyDrop<PtPad>,
+union PtListOrPad {
+    pt_list: ManuallyDrop<ListLinks>,
+    pad: ManuallyDrop<PtPad>,
 }
 
 #[repr(C)]
-pub struct PtPad {
+struct PtPad {
     /// Aliases `compound_head`: bit 0 must stay clear.
-    pub _pt_pad_1: AtomicU64,
-    pub pmd_huge_pte: AtomicU64,
+    _pt_pad_1: AtomicU64,
+    pmd_huge_pte: AtomicU64,
 }
 
 /// `pt_index`, `pt_mm` or `pt_frag_refcount`.
 #[repr(C)]
-pub union PtIndex {
-    pub pt_index: ManuallyDrop<AtomicU64>,
-    pub pt_mm: ManuallyDrop<AtomicU64>,
-    pub pt_frag_refcount: ManuallyDrop<AtomicU32>,
+union PtIndex {
+    pt_index: ManuallyDrop<AtomicU64>,
+    pt_mm: ManuallyDrop<AtomicU64>,
+    pt_frag_refcount: ManuallyDrop<AtomicU32>,
 }
 
-/// `struct ptdesc` (include/linux/mm_types.h).
+/// `struct ptdesc` (include/linux/mm_types.h). Fields private: reached
+/// through the accessors below.
 #[repr(C)]
 pub struct PtDesc {
-    pub __page_flags: AtomicU64,
-    pub pt_list_or_pad: PtListOrPad,
-    pub __page_mapping: AtomicU64,
-    pub pt_index: PtIndex,
-    pub ptl: PtLock,
-    pub __page_type: AtomicU32,
-    pub __page_refcount: AtomicU32,
-    pub pt_memcg_data: AtomicU64,
+    __page_flags: AtomicU64,
+    pt_list_or_pad: PtListOrPad,
+    /// Linux's `__page_mapping`; the seed patch's `_pt_s390_gaddr` for
+    /// gmap tables, which zdat gives their own descriptor instead. Always
+    /// 0 for a process page table.
+    __page_mapping: AtomicU64,
+    pt_index: PtIndex,
+    ptl: PtLock,
+    __page_type: AtomicU32,
+    __page_refcount: AtomicU32,
+    pt_memcg_data: AtomicU64,
 }
 
 // TABLE_MATCH: every field where `struct page` has it.
@@ -57,13 +113,18 @@ const _: () = assert!(offset_of!(PtDesc, __page_refcount) == page::REFCOUNT_OFFS
 const _: () = assert!(offset_of!(PtDesc, pt_memcg_data) == page::SPARE_OFFSET);
 const _: () = assert!(size_of::<PtDesc>() <= size_of::<Page>());
 
-/// Why a descriptor cast or operation was refused.
+/// Why a descriptor cast, ctor or dtor was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PtDescError {
     /// The page is not a process page table (its type tag says what it is).
     NotPageTable(Option<PageType>),
     /// The address is not in the memmap.
     NotInMemmap,
+    /// A ctor on a block that is not a plain allocated block (its type),
+    /// or that another reference or a `mapping` still holds.
+    NotAllocated(Option<PageType>),
+    /// A ctor on a block of the wrong order for the table (its order).
+    WrongOrder(u32),
 }
 
 /// NR_PAGETABLE: pages in use as process page tables, kept by the ctors and
@@ -85,17 +146,11 @@ pub fn page_ptdesc(page: &Page) -> Result<&PtDesc, PtDescError> {
     if !page.has_type(PageType::PageTable) {
         return Err(PtDescError::NotPageTable(page.page_type()));
     }
-    // SAFETY: type checked just above.
-    Ok(unsafe { page_ptdesc_unchecked(page) })
+    Ok(page_ptdesc_unchecked(page))
 }
 
-/// The page-table view without the type check.
-///
-/// # Safety
-/// Only for the ctor (the page is about to become a page table) and code
-/// that checked the type itself: the cast is memory-safe (both types are
-/// atomics over the same 64 bytes) but meaningless for other pages.
-pub unsafe fn page_ptdesc_unchecked(page: &Page) -> &PtDesc {
+/// The page-table view without the type check (callers checked it).
+fn page_ptdesc_unchecked(page: &Page) -> &PtDesc {
     // SAFETY: PtDesc is a repr(C) overlay of Page's 64 bytes made only of
     // atomics (TABLE_MATCH asserts above): every bit pattern is valid.
     unsafe { &*(page as *const Page as *const PtDesc) }
@@ -135,9 +190,16 @@ impl core::fmt::Debug for PtDesc {
 }
 
 impl PtDesc {
-    /// The ctor's order (1 page for PTE tables, 4 for CRST tables).
+    /// The ctor's order (0 for PTE tables, 2 for CRST tables).
     pub fn order(&self) -> u32 {
         ptdesc_page(self).head_order()
+    }
+
+    /// `pt_index` as the ctor left it: a `CRST_*` level tag for a CRST
+    /// table (PTE tables use the word as `pt_frag_refcount`).
+    pub fn pt_index(&self) -> u64 {
+        // SAFETY: atomics-only union: any member is valid to read.
+        unsafe { self.pt_index.pt_index.load(Ordering::Relaxed) }
     }
 
     pub fn pt_frag_refcount(&self) -> u32 {
@@ -155,40 +217,75 @@ impl PtDesc {
         (self.pt_frag_refcount() >> FRAG_HALF_SHIFT) & 3
     }
 
-    /// Mark half `half` (0 or 1) used; false if it was used already.
-    pub fn frag_get(&self, half: u32) -> bool {
+    /// Whether the page is on a space's list of pages with a free half.
+    pub fn frag_listed(&self) -> bool {
+        self.pt_frag_refcount() & FRAG_LISTED != 0
+    }
+
+    fn frag_word(&self) -> &AtomicU32 {
         // SAFETY: atomics-only union.
-        let f = unsafe { &self.pt_index.pt_frag_refcount };
+        unsafe { &self.pt_index.pt_frag_refcount }
+    }
+
+    /// Mark half `half` (0 or 1) used; false if it was used already. The
+    /// fragment allocator's (dat) alone: crate-internal.
+    pub(crate) fn frag_get(&self, half: u32) -> bool {
         let bit = 1 << (FRAG_HALF_SHIFT + half);
-        f.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            (v & bit == 0).then_some((v | bit) + 1)
-        })
-        .is_ok()
+        self.frag_word()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & bit == 0).then_some((v | bit) + 1)
+            })
+            .is_ok()
     }
 
     /// Mark half `half` free; returns the fragments still in use, or `None`
     /// if the half was not in use (a double free of a fragment).
-    pub fn frag_put(&self, half: u32) -> Option<u32> {
-        // SAFETY: atomics-only union.
-        let f = unsafe { &self.pt_index.pt_frag_refcount };
+    pub(crate) fn frag_put(&self, half: u32) -> Option<u32> {
         let bit = 1 << (FRAG_HALF_SHIFT + half);
-        f.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            (v & bit != 0).then_some((v & !bit) - 1)
-        })
-        .ok()
-        .map(|old| (old & FRAG_COUNT_MASK) - 1)
+        self.frag_word()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & bit != 0).then_some((v & !bit) - 1)
+            })
+            .ok()
+            .map(|old| (old & FRAG_COUNT_MASK) - 1)
     }
 
-    /// `pt_index` for CRST tables: which level the table is.
-    pub fn crst_level(&self) -> u64 {
-        // SAFETY: atomics-only union.
-        unsafe { self.pt_index.pt_index.load(Ordering::Relaxed) }
+    /// Record whether the page is on a free-half list.
+    pub(crate) fn set_frag_listed(&self, on: bool) {
+        if on {
+            self.frag_word().fetch_or(FRAG_LISTED, Ordering::AcqRel);
+        } else {
+            self.frag_word().fetch_and(!FRAG_LISTED, Ordering::AcqRel);
+        }
     }
-}
 
-/// `ptlock_init`.
-pub fn ptlock_init(pt: &PtDesc) {
-    pt.ptl.init();
+    fn pt_list(&self) -> &ListLinks {
+        // SAFETY: atomics-only union; `pt_list` overlays the two pad words.
+        unsafe { &self.pt_list_or_pad.pt_list }
+    }
+
+    /// `pt_list` links (real addresses of pages, 0 = none).
+    pub fn pt_list_next(&self) -> u64 {
+        self.pt_list().next.load(Ordering::Relaxed)
+    }
+
+    pub fn pt_list_prev(&self) -> u64 {
+        self.pt_list().prev.load(Ordering::Relaxed)
+    }
+
+    /// Set the `pt_list` links: the fragment allocator's list.
+    pub(crate) fn set_pt_list(&self, next: u64, prev: u64) {
+        self.pt_list().next.store(next, Ordering::Relaxed);
+        self.pt_list().prev.store(prev, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_pt_list_next(&self, next: u64) {
+        self.pt_list().next.store(next, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_pt_list_prev(&self, prev: u64) {
+        self.pt_list().prev.store(prev, Ordering::Relaxed);
+    }
 }
 
 /// `ptlock_ptr`: the split page-table lock of this table page.
@@ -196,51 +293,40 @@ pub fn ptlock_ptr(pt: &PtDesc) -> &PtLock {
     &pt.ptl
 }
 
-/// `pagetable_alloc`: pages for a page table; the ctor makes them one.
-pub fn pagetable_alloc(order: u32) -> Result<&'static PtDesc, AllocError> {
-    let p = super::alloc_pages(order, AllocFlags::empty())?;
-    let page = p.page();
-    let _ = p.into_raw();
-    // SAFETY: freshly allocated; the ctor tags it next.
-    Ok(unsafe { page_ptdesc_unchecked(page) })
+// SAFETY: PtDesc is a repr(C) atomics-only overlay of Page (TABLE_MATCH
+// asserts above).
+unsafe impl sealed::Desc for PtDesc {
+    const TYPE: PageType = PageType::PageTable;
+    const ORDER: Option<u32> = None;
+    fn release(page: &'static Page) {
+        // The frame's Drop: dtor, then the allocator.
+        match pagetable_dtor(Frame::from_head(page)) {
+            Ok(p) => drop(p),
+            Err((f, e)) => {
+                let _ = f.into_head();
+                crate::bug::report(
+                    "mm",
+                    format_args!("page table {page:p} dropped, dtor refused: {e:?}"),
+                );
+            }
+        }
+    }
 }
 
-/// `pagetable_free`: give the pages back. A table whose dtor has not run is
-/// still tagged PageTable and refused by the allocator (as is one whose
-/// `mapping` alias was left set).
-pub fn pagetable_free(pt: &PtDesc) -> Result<(), FreeError> {
-    let page = ptdesc_page(pt);
-    let pfn = super::page_to_pfn(page).ok_or(FreeError::OutOfRange)?;
-    // SAFETY: a page-table page is owned by its address space, which is
-    // giving it up here; no handle for it exists.
-    let p = unsafe { Pages::from_raw(pfn, page.head_order()) };
-    super::free_pages(p).map_err(|(p, e)| {
-        let _ = p.into_raw();
-        e
-    })
+/// `pagetable_alloc`: pages for a page table; a ctor makes them one.
+pub fn pagetable_alloc(order: u32) -> Result<Pages, AllocError> {
+    super::alloc_pages(order, AllocFlags::empty())
 }
 
-fn ctor(pt: &PtDesc, level: u64) {
-    let page = ptdesc_page(pt);
-    page.set_page_type(PageType::PageTable);
-    // SAFETY: the page is a page table from here on; resetting its words is
-    // the ctor's job.
-    let arm = unsafe { page.pt_unchecked() };
-    arm._pt_pad_1.store(0, Ordering::Relaxed);
-    arm.pmd_huge_pte.store(0, Ordering::Relaxed);
-    arm._pt_s390_gaddr.store(0, Ordering::Relaxed);
-    // SAFETY: atomics-only union.
-    unsafe { pt.pt_index.pt_index.store(level, Ordering::Relaxed) };
-    ptlock_init(pt);
-    NR_PAGETABLE.fetch_add(1 << page.head_order(), Ordering::Relaxed);
+/// `pagetable_free`: give the pages a dtor returned back.
+pub fn pagetable_free(p: Pages) -> Result<(), (Pages, super::FreeError)> {
+    super::free_pages(p)
 }
 
-fn dtor(pt: &PtDesc) {
-    let page = ptdesc_page(pt);
-    debug_assert!(page.has_type(PageType::PageTable));
-    NR_PAGETABLE.fetch_sub(1 << page.head_order(), Ordering::Relaxed);
-    page.clear_union();
-    page.set_page_type(PageType::Allocated);
+/// `pagetable_dtor_free`: dtor and free in one (what dropping the frame
+/// does too).
+pub fn pagetable_dtor_free(pt: Frame<PtDesc>) {
+    drop(pt);
 }
 
 /// Level tags in `pt_index` for CRST tables (PTE tables use the word as
@@ -250,31 +336,65 @@ pub const CRST_REGION3: u64 = 0x101;
 pub const CRST_REGION2: u64 = 0x102;
 pub const CRST_REGION1: u64 = 0x103;
 
-/// `pagetable_pte_ctor`: a page of PTE tables (fragment count 0).
-pub fn pagetable_pte_ctor(pt: &PtDesc) {
-    ctor(pt, 0);
+/// Bit of `pt_frag_refcount`: the page is on a free-half list.
+const FRAG_LISTED: u32 = 1 << 10;
+
+/// The ctor: `p` must be a plain allocated block of `order` (one
+/// reference, no mapping); it becomes a page table with `pt_index` =
+/// `index`, its lock unlocked, and is counted in NR_PAGETABLE.
+fn ctor(p: Pages, order: u32, index: u64) -> Result<Frame<PtDesc>, (Pages, PtDescError)> {
+    let page = p.page();
+    if !page.has_type(PageType::Allocated) || page.refcount() != 1 || page.mapping() != 0 {
+        return Err((p, PtDescError::NotAllocated(page.page_type())));
+    }
+    if p.order() != order {
+        let o = p.order();
+        return Err((p, PtDescError::WrongOrder(o)));
+    }
+    let page = p.into_head();
+    page.clear_union();
+    page.set_page_type(PageType::PageTable);
+    let f = Frame::<PtDesc>::from_head(page);
+    // SAFETY: atomics-only union.
+    unsafe { f.pt_index.pt_index.store(index, Ordering::Relaxed) };
+    f.ptl.init();
+    NR_PAGETABLE.fetch_add(1 << order, Ordering::Relaxed);
+    Ok(f)
 }
 
-pub fn pagetable_pte_dtor(pt: &PtDesc) {
-    dtor(pt);
+/// `pagetable_pte_ctor`: a page of PTE tables (order 0, fragment count 0).
+pub fn pagetable_pte_ctor(p: Pages) -> Result<Frame<PtDesc>, (Pages, PtDescError)> {
+    ctor(p, 0, 0)
 }
 
 /// `pagetable_pmd_ctor`: a segment table (16 KiB, order 2).
-pub fn pagetable_pmd_ctor(pt: &PtDesc) {
-    ctor(pt, CRST_SEGMENT);
-}
-
-pub fn pagetable_pmd_dtor(pt: &PtDesc) {
-    dtor(pt);
+pub fn pagetable_pmd_ctor(p: Pages) -> Result<Frame<PtDesc>, (Pages, PtDescError)> {
+    ctor(p, 2, CRST_SEGMENT)
 }
 
 /// Region-table ctor (Linux's pud/p4d/pgd ctors): `tag` is CRST_REGION*.
-pub fn pagetable_crst_ctor(pt: &PtDesc, tag: u64) {
-    ctor(pt, tag);
+pub fn pagetable_crst_ctor(p: Pages, tag: u64) -> Result<Frame<PtDesc>, (Pages, PtDescError)> {
+    if !(CRST_REGION3..=CRST_REGION1).contains(&tag) {
+        return Err((p, PtDescError::NotAllocated(Some(PageType::Allocated))));
+    }
+    ctor(p, 2, tag)
 }
 
-pub fn pagetable_crst_dtor(pt: &PtDesc) {
-    dtor(pt);
+/// `pagetable_dtor`: the page stops being a page table (its words are
+/// reset, NR_PAGETABLE drops) and the pages come back for
+/// `pagetable_free`. Refused if the page is not tagged PageTable any more
+/// (memmap corruption): the frame comes back unchanged.
+pub fn pagetable_dtor(pt: Frame<PtDesc>) -> Result<Pages, (Frame<PtDesc>, PtDescError)> {
+    let page = pt.head();
+    if !page.has_type(PageType::PageTable) {
+        return Err((pt, PtDescError::NotPageTable(page.page_type())));
+    }
+    let page = pt.into_head();
+    let order = page.head_order();
+    NR_PAGETABLE.fetch_sub(1 << order, Ordering::Relaxed);
+    page.clear_union();
+    page.set_page_type(PageType::Allocated);
+    Ok(Pages::from_head(page, order))
 }
 
 /// Bytes of a segment table: the alignment `pmd_pgtable_page` rounds to.
