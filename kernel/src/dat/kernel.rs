@@ -27,10 +27,6 @@ pub fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
     let asce = s.asce();
     KERNEL.call_once(|| Mutex::new(s));
     KERNEL_ASCE.call_once(|| asce);
-    crate::ktest::set_leak_counter("page-table pages", crate::mm::ptdesc::nr_pagetable);
-    // Not a leak but a bug count: a suite during which the kernel reported
-    // a BUG (`crate::bug`) fails.
-    crate::ktest::set_leak_counter("BUG reports", crate::bug::nr_reports);
     // SAFETY: the space maps all of memory (code, data, stacks, lowcore,
     // the memmap and the tables themselves) at its real address.
     unsafe { hw::enable_dat_home(asce.raw()) };

@@ -287,6 +287,42 @@ fn translation_specification_exception() -> KResult {
     Ok(())
 }
 
+/// A page mapped past the end of memory: DAT translates it, the access
+/// is an addressing exception.
+fn addressing_beyond_memory() -> KResult {
+    let end = crate::machine::get().map_or(0, |m| m.memory);
+    kassert!(end > 0);
+    // A page mapped to a frame past the end of memory: translation works,
+    // the access itself is an addressing exception, for loads and stores.
+    let space = AddressSpace::new(1 << 31, 1 << 31, false);
+    kassert!(space.is_ok());
+    let Ok(mut space) = space else {
+        return Err(crate::ktest::Outcome::Fail);
+    };
+    for (i, frame) in [end, end + 0x1000, end + (1 << 30)].into_iter().enumerate() {
+        let va = 0x10_0000 + i as u64 * 0x1000;
+        kassert_eq!(space.map(va, PhysAddr(frame), Prot::ReadWrite), Ok(()));
+        // SAFETY: the space is live for the closure; the store targets a
+        // frame beyond memory, so nothing is written.
+        let (r, w) = unsafe {
+            with_secondary_lctlg(space.asce(), || {
+                (
+                    hw::secondary_load_u64(va),
+                    hw::secondary_store_u64(va, 0x5a5a),
+                )
+            })
+        };
+        kassert_matches!(r, Err(pc) if pc.code == code::ADDRESSING && pc.ilc == 6);
+        kassert_matches!(w, Err(pc) if pc.code == code::ADDRESSING);
+    }
+    // The kernel's own identity map ends with memory: past it is a
+    // translation exception, not an access to nowhere.
+    let r = crate::arch::s390x::probe::load_u64(end);
+    kassert_matches!(r, Err(pc) if matches!(pc.code, code::SEGMENT_TRANSLATION | code::PAGE_TRANSLATION | code::REGION_THIRD_TRANSLATION | code::ASCE_TYPE));
+    drop(space);
+    Ok(())
+}
+
 ktest_suite!(
     DAT,
     "dat",
@@ -300,6 +336,7 @@ ktest_suite!(
         asce_type_exception,
         protection_exceptions,
         translation_specification_exception,
+        addressing_beyond_memory,
     ]
 );
 

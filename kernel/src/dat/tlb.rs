@@ -130,13 +130,6 @@ pub fn flush_asce(asce: Asce) {
     let _ = asce;
 }
 
-/// Purge this CPU's TLB only.
-pub fn ptlb() {
-    PURGES.fetch_add(1, Ordering::Relaxed);
-    #[cfg(target_arch = "s390x")]
-    crate::arch::s390x::dat::ptlb();
-}
-
 #[cfg(not(target_arch = "s390x"))]
 mod host {
     use core::sync::atomic::{AtomicU64, Ordering};

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use spin::Mutex;
 
-use crate::dat::entry::{Prot, SEGMENT_SIZE};
+use crate::dat::entry::Prot;
 
 use crate::dat::space::{AddressSpace, SpaceError};
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
@@ -240,10 +240,6 @@ impl HostMm {
     /// Frames unmapped whose free the allocator refused (kept until drop).
     pub fn nr_refused_frames(&self) -> usize {
         self.refused.len()
-    }
-
-    pub fn segment_size() -> u64 {
-        SEGMENT_SIZE
     }
 }
 

@@ -83,15 +83,51 @@ static CURRENT: Mutex<Current> = Mutex::new(Current {
     level: 1,
     reported: false,
 });
-/// Counters sampled around each suite (free pages, page-table pages...).
+/// Counters sampled around each suite: what the runner reads from mm and
+/// dat itself (free pages, page-table and gmap-table pages, BUG reports),
+/// plus any a host test installs.
 type Counter = (&'static str, fn() -> u64);
-static LEAK_COUNTERS: Mutex<[Option<Counter>; 4]> = Mutex::new([None; 4]);
 
+/// The kernel's own counters, read once the subsystems are up (`ready`
+/// says whether a counter can be read yet: mm before `mm::init`, say).
+#[cfg(target_os = "none")]
+const KERNEL_COUNTERS: [(Counter, fn() -> bool); 4] = [
+    (("free pages", crate::mm::nr_free_pages), || {
+        crate::mm::layout().is_some()
+    }),
+    (
+        ("page-table pages", crate::mm::ptdesc::nr_pagetable),
+        || true,
+    ),
+    (
+        ("gmap-table pages", crate::mm::gtdesc::nr_gmap_table_pages),
+        || true,
+    ),
+    // Not a leak but a bug count: a suite during which the kernel reported
+    // a BUG (`crate::bug`) fails.
+    (("BUG reports", crate::bug::nr_reports), || true),
+];
+
+static EXTRA_COUNTERS: Mutex<[Option<Counter>; 2]> = Mutex::new([None; 2]);
+
+#[cfg(test)]
 pub(super) fn set_leak_counter(name: &'static str, f: fn() -> u64) {
-    let mut c = LEAK_COUNTERS.lock();
+    let mut c = EXTRA_COUNTERS.lock();
     if let Some(slot) = c.iter_mut().find(|s| s.is_none_or(|(n, _)| n == name)) {
         *slot = Some((name, f));
     }
+}
+
+/// Every counter readable now.
+fn leak_counters() -> impl Iterator<Item = Counter> {
+    #[cfg(target_os = "none")]
+    let kernel = KERNEL_COUNTERS
+        .into_iter()
+        .filter(|(_, ready)| ready())
+        .map(|(c, _)| c);
+    #[cfg(not(target_os = "none"))]
+    let kernel = core::iter::empty();
+    kernel.chain(EXTRA_COUNTERS.lock().into_iter().flatten())
 }
 
 /// Format KTAP lines into one buffer and print them with one console write.
@@ -196,13 +232,16 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
         k.subtest(1, suite.name)?;
         k.plan(1, n)
     });
-    let counters = *LEAK_COUNTERS.lock();
+    let mut counters: [Option<Counter>; 6] = [None; 6];
+    for (slot, c) in counters.iter_mut().zip(leak_counters()) {
+        *slot = Some(c);
+    }
     let before = counters.map(|c| c.map(|(_, f)| f()));
     set_current(suite.name, 1);
     let init = suite.init.map_or(Ok(()), |f| f());
     let mut sum = Summary::default();
     // Per counter, the first cases that changed it: (case, by how much).
-    let mut moved: [[Option<(&str, i128)>; 3]; 4] = [[None; 3]; 4];
+    let mut moved: [[Option<(&str, i128)>; 3]; 6] = [[None; 3]; 6];
     for (i, case) in suite
         .cases
         .iter()

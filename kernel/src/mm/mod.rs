@@ -212,7 +212,6 @@ pub fn init(
         firmware: fw,
         init_tod: stck() - t0,
     });
-    crate::ktest::set_leak_counter("free pages", nr_free_pages);
     Ok(layout)
 }
 

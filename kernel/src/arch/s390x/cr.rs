@@ -68,3 +68,16 @@ pub unsafe fn cr0_clear(bits: u64) {
 pub fn lctl_count() -> u64 {
     super::insn::lowcore_read_u64(crate::arch::lowcore::LCTL_COUNT)
 }
+
+/// The kernel's home ASCE once DAT is on (0 before): what a guest exit
+/// loads back into CR1. Set by `dat::enable_dat_home`, so arch code needs
+/// nothing from the page-table code to find it.
+static KERNEL_ASCE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn kernel_asce() -> u64 {
+    KERNEL_ASCE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+pub(super) fn set_kernel_asce(asce: u64) {
+    KERNEL_ASCE.store(asce, core::sync::atomic::Ordering::Relaxed);
+}

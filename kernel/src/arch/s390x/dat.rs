@@ -104,6 +104,7 @@ pub fn secondary_asce() -> u64 {
 pub unsafe fn enable_dat_home(asce: u64) {
     use crate::arch::lowcore;
     use crate::arch::psw::mask;
+    super::cr::set_kernel_asce(asce);
     // SAFETY: the caller guarantees an identity mapping of the kernel, so
     // every address stays valid across the switch.
     unsafe {

@@ -135,9 +135,10 @@ pub fn guest_exit(frame: &mut InterruptFrame, class: IntClass) -> bool {
         c => Exit::Other(c),
     });
     // Back to the kernel's address space and registers.
-    if let Some(asce) = crate::dat::kernel::asce() {
+    let asce = super::cr::kernel_asce();
+    if asce != 0 {
         // SAFETY: the kernel's ASCE maps everything the kernel uses.
-        unsafe { super::cr::lctlg::<1>(asce.raw()) };
+        unsafe { super::cr::lctlg::<1>(asce) };
     }
     frame.gprs[6..16].copy_from_slice(&ctx.ksave);
     frame.psw = Psw::new(ctx.kmask, zdat_guest_exit as *const () as usize as u64);

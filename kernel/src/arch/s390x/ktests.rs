@@ -4,12 +4,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::cr::{self, cr0};
 use super::interrupt::{self, ext, InterruptFrame};
-use super::{dat, insn, probe, tod};
+use super::{insn, probe, tod};
 use crate::arch::lowcore::IntClass;
 use crate::arch::pgm::code;
 use crate::arch::psw::mask;
 use crate::ktest::KResult;
-use crate::{kassert, kassert_eq, kassert_matches, ktest_suite, machine};
+use crate::{kassert, kassert_eq, kassert_matches, ktest_suite};
 
 fn operation() -> KResult {
     let before = interrupt::count(IntClass::Program);
@@ -33,44 +33,6 @@ fn specification() -> KResult {
     let r = probe::misaligned_csg();
     // CSG is a 6-byte RSY instruction.
     kassert_matches!(r, Err(pc) if pc.code == code::SPECIFICATION && pc.ilc == 6);
-    Ok(())
-}
-
-fn addressing_beyond_memory() -> KResult {
-    use crate::dat::entry::Prot;
-    use crate::dat::kernel::with_secondary_lctlg;
-    use crate::dat::space::AddressSpace;
-    use crate::mm::addr::PhysAddr;
-    let end = machine::get().map_or(0, |m| m.memory);
-    kassert!(end > 0);
-    // A page mapped to a frame past the end of memory: translation works,
-    // the access itself is an addressing exception, for loads and stores.
-    let space = AddressSpace::new(1 << 31, 1 << 31, false);
-    kassert!(space.is_ok());
-    let Ok(mut space) = space else {
-        return Err(crate::ktest::Outcome::Fail);
-    };
-    for (i, frame) in [end, end + 0x1000, end + (1 << 30)].into_iter().enumerate() {
-        let va = 0x10_0000 + i as u64 * 0x1000;
-        kassert_eq!(space.map(va, PhysAddr(frame), Prot::ReadWrite), Ok(()));
-        // SAFETY: the space is live for the closure; the store targets a
-        // frame beyond memory, so nothing is written.
-        let (r, w) = unsafe {
-            with_secondary_lctlg(space.asce(), || {
-                (
-                    dat::secondary_load_u64(va),
-                    dat::secondary_store_u64(va, 0x5a5a),
-                )
-            })
-        };
-        kassert_matches!(r, Err(pc) if pc.code == code::ADDRESSING && pc.ilc == 6);
-        kassert_matches!(w, Err(pc) if pc.code == code::ADDRESSING);
-    }
-    // The kernel's own identity map ends with memory: past it is a
-    // translation exception, not an access to nowhere.
-    let r = probe::load_u64(end);
-    kassert_matches!(r, Err(pc) if matches!(pc.code, code::SEGMENT_TRANSLATION | code::PAGE_TRANSLATION | code::REGION_THIRD_TRANSLATION | code::ASCE_TYPE));
-    drop(space);
     Ok(())
 }
 
@@ -186,7 +148,6 @@ ktest_suite!(
         operation,
         privileged_operation_in_problem_state,
         specification,
-        addressing_beyond_memory,
         probes_pass_through_valid_accesses,
         clock_comparator_interrupt,
         cpu_timer_interrupt,
