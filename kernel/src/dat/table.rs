@@ -21,11 +21,13 @@ pub const PTE_TABLE_SIZE: u64 = (PTRS_PER_PTE * 8) as u64;
 
 /// The kernel address of real address `pa` (identity in the kernel, the
 /// simulated RAM on the host).
+#[inline]
 pub fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
     let base = mm::memmap().frame_ptr(pa.pfn()) as u64;
     VirtAddr(base + pa.page_offset())
 }
 
+#[inline]
 fn entry_ptr(pa: PhysAddr) -> *mut u64 {
     mm::memmap()
         .frame_ptr(pa.pfn())
@@ -37,6 +39,7 @@ fn entry_ptr(pa: PhysAddr) -> *mut u64 {
 /// # Safety
 /// `pa` is an 8-aligned entry of a table that stays allocated while the
 /// reference is used.
+#[inline]
 pub unsafe fn entry<'a>(pa: PhysAddr) -> &'a AtomicU64 {
     // SAFETY: forwarded to the caller; the memmap covers the table's frame.
     unsafe { AtomicU64::from_ptr(entry_ptr(pa)) }
@@ -46,6 +49,7 @@ pub unsafe fn entry<'a>(pa: PhysAddr) -> &'a AtomicU64 {
 pub struct PhysReader;
 
 impl TableReader for PhysReader {
+    #[inline]
     fn read_entry(&self, pa: PhysAddr) -> Option<u64> {
         if pa.pfn().0 >= mm::memmap().nr_pages() || !pa.is_aligned(8) {
             return None;

@@ -476,8 +476,12 @@ pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
 #[inline(never)]
 fn free_pages_slow(tagged: NonNull<Page>) -> Result<(), (Pages, FreeError)> {
     let p = core::mem::ManuallyDrop::new(Pages { tagged });
-    let pfn = p.pfn();
-    match free_block(pfn, p.order()) {
+    let map = memmap();
+    // A handle's page is an entry of the memmap: its index is the pfn.
+    let index = (p.page() as *const Page as usize - map.pages().as_ptr() as usize)
+        / core::mem::size_of::<Page>();
+    let pfn = Pfn(index as u64);
+    match free_block_in(map, pfn, p.order()) {
         Ok(()) => Ok(()),
         Err(e) => {
             report_bad_page(pfn, e);
@@ -515,8 +519,12 @@ pub unsafe fn free_pages_raw(pfn: Pfn, order: u32) -> Result<(), FreeError> {
 }
 
 fn free_block(pfn: Pfn, order: u32) -> Result<(), FreeError> {
+    free_block_in(memmap(), pfn, order)
+}
+
+#[inline(always)]
+fn free_block_in(map: &'static MemMap<'static>, pfn: Pfn, order: u32) -> Result<(), FreeError> {
     if order <= PCP_MAX_ORDER {
-        let map = memmap();
         if let Some(r) = with_pcp(|pcp| pcp.free_or_fallback(map, zone(), pfn, order)) {
             return r;
         }
