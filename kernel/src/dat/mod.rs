@@ -20,6 +20,8 @@ pub mod tlb;
 pub mod view;
 pub mod walk;
 
+#[cfg(test)]
+mod frag_tests;
 #[cfg(target_os = "none")]
 mod ktests;
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! against a model, fragments, table freeing, growth and bad input.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use proptest::prelude::*;
 
@@ -14,12 +13,10 @@ use crate::arch::pgm::code;
 use crate::mm::addr::{PhysAddr, PAGE_SIZE};
 use crate::mm::{self, ptdesc};
 
-/// Tests that compare global counts (page tables, free pages) take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
+/// Tests that compare global counts (page tables, free pages) take turns
+/// with every other user of the global allocator.
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    mm::init_for_host_tests();
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    mm::host_test_serial()
 }
 
 const NONE: Facilities = Facilities {

@@ -18,6 +18,8 @@ pub mod ptdesc;
 
 #[cfg(test)]
 mod buddy_tests;
+#[cfg(test)]
+mod frame_tests;
 #[cfg(target_os = "none")]
 mod ktests;
 
@@ -239,6 +241,21 @@ pub fn init_for_host_tests() {
         b.add_free_range(Pfn(2), Pfn(FRAMES));
         ZONE.call_once(|| Mutex::new(b));
     });
+}
+
+/// The head page of a frame (host tests reach its refcount).
+#[cfg(test)]
+pub(crate) fn frame_page_for_tests<D: frame::FrameDesc>(f: &frame::Frame<D>) -> &'static Page {
+    f.head()
+}
+
+/// Host tests that use the global allocator and compare its counts take
+/// turns through this lock (it also sets the allocator up).
+#[cfg(all(test, not(target_arch = "s390x")))]
+pub fn host_test_serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    init_for_host_tests();
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn layout() -> Option<&'static Layout> {
