@@ -929,7 +929,8 @@ def miri_tests():
     simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
     ensure_toolchain(extra=["miri"])
     run_checked(["cargo", "miri", "setup"], capture_output=True)
-    return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--", "mm::"], stderr_tail=4000)
+    return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib", "--", "mm::", "dat::frag_tests"],
+                       stderr_tail=4000)
 
 
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False,

@@ -51,12 +51,16 @@ pub struct PhysReader;
 impl TableReader for PhysReader {
     #[inline]
     fn read_entry(&self, pa: PhysAddr) -> Option<u64> {
-        if pa.pfn().0 >= mm::memmap().nr_pages() || !pa.is_aligned(8) {
+        let map = mm::memmap();
+        if pa.pfn().0 >= map.nr_pages() || !pa.is_aligned(8) {
             return None;
         }
+        let ptr = map
+            .frame_ptr(pa.pfn())
+            .wrapping_add(pa.page_offset() as usize) as *mut u64;
         // SAFETY: inside the memmap's memory and aligned; a walker may read
         // any table word (racing writers only make the result stale).
-        Some(unsafe { entry(pa) }.load(Ordering::Acquire))
+        Some(unsafe { AtomicU64::from_ptr(ptr) }.load(Ordering::Acquire))
     }
 }
 

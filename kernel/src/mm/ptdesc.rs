@@ -21,11 +21,12 @@ use super::page::{self, ListLinks, Page, PageType};
 use super::{AllocError, AllocFlags, Pages};
 
 /// A page-table lock embedded in the descriptor (Linux without
-/// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`).
+/// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`). A whole word, not Linux's four
+/// bytes: every access to a word of `struct page` has one size (the
+/// union's words are 64-bit), as Rust's memory model, and Miri, require.
 #[repr(C)]
 pub struct PtLock {
-    locked: AtomicU32,
-    _pad: AtomicU32,
+    locked: AtomicU64,
 }
 
 impl PtLock {
@@ -49,7 +50,6 @@ impl PtLock {
     /// Reset to unlocked (`ptlock_init`, the ctor's job only).
     fn init(&self) {
         self.locked.store(0, Ordering::Release);
-        self._pad.store(0, Ordering::Relaxed);
     }
 }
 
@@ -77,12 +77,14 @@ struct PtPad {
     pmd_huge_pte: AtomicU64,
 }
 
-/// `pt_index`, `pt_mm` or `pt_frag_refcount`.
+/// `pt_index`, `pt_mm` or `pt_frag_refcount`. Linux's `pt_frag_refcount`
+/// is an `atomic_t` in the first four bytes of the word; zdat's uses the
+/// whole word, so that every access to it has one size (see `PtLock`).
 #[repr(C)]
 union PtIndex {
     pt_index: ManuallyDrop<AtomicU64>,
     pt_mm: ManuallyDrop<AtomicU64>,
-    pt_frag_refcount: ManuallyDrop<AtomicU32>,
+    pt_frag_refcount: ManuallyDrop<AtomicU64>,
 }
 
 /// `struct ptdesc` (include/linux/mm_types.h). Fields private: reached
@@ -204,7 +206,7 @@ impl PtDesc {
 
     pub fn pt_frag_refcount(&self) -> u32 {
         // SAFETY: atomics-only union: any member is valid to read.
-        unsafe { self.pt_index.pt_frag_refcount.load(Ordering::Acquire) }
+        unsafe { self.pt_index.pt_frag_refcount.load(Ordering::Acquire) as u32 }
     }
 
     /// 2 KiB PTE tables in use in this page (0..=2).
@@ -222,7 +224,7 @@ impl PtDesc {
         self.pt_frag_refcount() & FRAG_LISTED != 0
     }
 
-    fn frag_word(&self) -> &AtomicU32 {
+    fn frag_word(&self) -> &AtomicU64 {
         // SAFETY: atomics-only union.
         unsafe { &self.pt_index.pt_frag_refcount }
     }
@@ -230,7 +232,7 @@ impl PtDesc {
     /// Mark half `half` (0 or 1) used; false if it was used already. The
     /// fragment allocator's (dat) alone: crate-internal.
     pub(crate) fn frag_get(&self, half: u32) -> bool {
-        let bit = 1 << (FRAG_HALF_SHIFT + half);
+        let bit = 1u64 << (FRAG_HALF_SHIFT + half);
         self.frag_word()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 (v & bit == 0).then_some((v | bit) + 1)
@@ -241,21 +243,23 @@ impl PtDesc {
     /// Mark half `half` free; returns the fragments still in use, or `None`
     /// if the half was not in use (a double free of a fragment).
     pub(crate) fn frag_put(&self, half: u32) -> Option<u32> {
-        let bit = 1 << (FRAG_HALF_SHIFT + half);
+        let bit = 1u64 << (FRAG_HALF_SHIFT + half);
         self.frag_word()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 (v & bit != 0).then_some((v & !bit) - 1)
             })
             .ok()
-            .map(|old| (old & FRAG_COUNT_MASK) - 1)
+            .map(|old| (old as u32 & FRAG_COUNT_MASK) - 1)
     }
 
     /// Record whether the page is on a free-half list.
     pub(crate) fn set_frag_listed(&self, on: bool) {
         if on {
-            self.frag_word().fetch_or(FRAG_LISTED, Ordering::AcqRel);
+            self.frag_word()
+                .fetch_or(FRAG_LISTED.into(), Ordering::AcqRel);
         } else {
-            self.frag_word().fetch_and(!FRAG_LISTED, Ordering::AcqRel);
+            self.frag_word()
+                .fetch_and(!u64::from(FRAG_LISTED), Ordering::AcqRel);
         }
     }
 
