@@ -76,7 +76,7 @@ fn cr0_for_cpus() {
 }
 
 /// Bring up every other CPU. Called once on the boot CPU with DAT on.
-pub fn init(info: &SclpInfo) {
+pub(crate) fn init(info: &SclpInfo) {
     // SAFETY: CPU_NR is our software slot; 0 is the boot CPU.
     unsafe { insn::lowcore_write_u64(lowcore::CPU_NR, 0) };
     let me = insn::stap() as u64;

@@ -856,10 +856,10 @@ fn guest_store_faults_after_a_host_protect_on_another_cpu() -> KResult {
             kassert!(hm.populate(GUEST_VM + a, true).is_ok());
         }
         let code = guest_store_loop();
-        let Some(f) = hm.frame(GUEST_VM + GUEST_CODE) else {
+        let Some(f) = hm.frame_bytes(GUEST_VM + GUEST_CODE) else {
             return Err(Outcome::Fail);
         };
-        f.as_mut_slice()[..code.len()].copy_from_slice(code);
+        f[..code.len()].copy_from_slice(code);
         for (a, slot) in [(GUEST_DATA, &GUEST_DATA_PA), (GUEST_FLAG, &GUEST_FLAG_PA)] {
             let Some(f) = hm.frame(GUEST_VM + a) else {
                 return Err(Outcome::Fail);

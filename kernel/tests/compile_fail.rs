@@ -18,9 +18,12 @@
 //! - `entries_after_free`: reaching a freed table's entries.
 //! - `free_borrowed_table`: freeing a table while its descriptor is borrowed, or keeping a view as `&'static`.
 //! - `forge_descriptor`: making a `PtDesc` or `GmapTableDesc` by hand, or a typed `Frame` from a page without a ctor.
-//! - `forge_handle`: assembling a `Frame`, `Pages`, `CrstTable` or `PteTable` from its fields.
+//! - `forge_handle`: assembling a `Frame`, `Pages` or `CrstTable` from its fields.
+//! - `forge_pte_table`: assembling a `PteTable` from its fields.
 //! - `forge_descriptor_type`: adding a descriptor type outside mm (the `FrameDesc` trait is sealed).
 //! - `raw_needs_unsafe`: a handle from a raw address (`from_raw`), a free by frame number or a raw entry without `unsafe`.
+//! - `host_and_hooks_outside_gmap`: installing the space hooks, changing or replacing a host's space, or taking a mapped frame's handle from a `HostMm`.
+//! - `locks_and_fragments_outside_dat`: taking a page-table lock from outside the crate, or making a fragment allocator.
 //!
 //! `tests/pass/correct_use.rs` is the fair-play version of the same calls,
 //! which must compile. The cases only compile (host has no memmap outside

@@ -38,16 +38,15 @@ pub enum FragError {
 pub struct PteTable {
     pa: PhysAddr,
     pgste: bool,
+    /// The `FragAlloc` it came from (0: taken back with `from_raw`, whose
+    /// caller vouches for where it goes).
+    owner: u64,
 }
 
 impl PteTable {
     /// Real address of the table (of its PTEs; PGSTEs follow at +2 KiB).
     pub fn phys(&self) -> PhysAddr {
         self.pa
-    }
-
-    pub fn has_pgste(&self) -> bool {
-        self.pgste
     }
 
     /// The descriptor of the page holding the table (`None` only if the
@@ -109,7 +108,11 @@ impl PteTable {
         if pt.frag_halves() & want != want {
             return Err(FragError::NotInUse);
         }
-        Ok(Self { pa, pgste })
+        Ok(Self {
+            pa,
+            pgste,
+            owner: 0,
+        })
     }
 
     fn page(&self) -> PhysAddr {
@@ -161,20 +164,25 @@ impl Drop for PteTable {
 }
 
 /// A space's PTE table allocator: the list of pages with a free half.
-pub struct FragAlloc {
+/// Crate-internal: each space has its own, and a table goes back only to
+/// the allocator it came from.
+pub(crate) struct FragAlloc {
+    id: u64,
     /// Pages with a free half, by real address; 0 ends the list.
     list: u64,
     /// Whole pages with PGSTEs (no fragments, no list).
     pgste: bool,
 }
 
-impl FragAlloc {
-    pub const fn new(pgste: bool) -> Self {
-        Self { list: 0, pgste }
-    }
+static NEXT_ALLOC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
 
-    pub fn has_pgste(&self) -> bool {
-        self.pgste
+impl FragAlloc {
+    pub fn new(pgste: bool) -> Self {
+        Self {
+            id: NEXT_ALLOC.fetch_add(1, Ordering::Relaxed),
+            list: 0,
+            pgste,
+        }
     }
 
     fn desc(pa: u64) -> Option<&'static PtDesc> {
@@ -244,6 +252,7 @@ impl FragAlloc {
             let t = PteTable {
                 pa: PhysAddr(page.0 + half as u64 * PTE_TABLE_SIZE),
                 pgste: false,
+                owner: self.id,
             };
             init(&t);
             return Ok(t);
@@ -261,6 +270,7 @@ impl FragAlloc {
         let t = PteTable {
             pa: page,
             pgste: self.pgste,
+            owner: self.id,
         };
         init(&t);
         if !self.pgste {
@@ -274,10 +284,10 @@ impl FragAlloc {
     /// Only once no TLB can reach the table (mmu_gather, or after the
     /// segment entry was invalidated): taking the handle is that proof.
     pub fn page_table_free(&mut self, t: PteTable) {
-        if t.pgste != self.pgste {
+        if t.pgste != self.pgste || (t.owner != 0 && t.owner != self.id) {
             super::dat_bug(format_args!(
-                "{t:?} freed into a space with pgste {}: not freed",
-                self.pgste
+                "{t:?} of allocator {} freed into allocator {} (pgste {}): not freed",
+                t.owner, self.id, self.pgste
             ));
             let _ = t.into_raw();
             return;
@@ -323,6 +333,24 @@ impl FragAlloc {
                 free_page(PhysAddr(pa));
             }
             pa = next;
+        }
+    }
+}
+
+impl Drop for FragAlloc {
+    /// Pages still listed: taken off the list; one with no half in use goes
+    /// back (one with a half in use goes back with that half's table).
+    fn drop(&mut self) {
+        while self.list != 0 {
+            let page = PhysAddr(self.list);
+            let Some(pt) = Self::desc(page.0).filter(|p| p.frag_listed()) else {
+                super::dat_bug(format_args!("free-half list names {page:?}, not listed"));
+                return;
+            };
+            self.list_del(page);
+            if pt.frag_count() == 0 {
+                free_page(page);
+            }
         }
     }
 }

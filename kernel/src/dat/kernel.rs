@@ -16,7 +16,7 @@ static KERNEL_ASCE: Once<Asce> = Once::new();
 
 /// Map `[0, memory)` at its real address, except the stacks' guard pages,
 /// and turn DAT on.
-pub fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
+pub(crate) fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
     let mut s = AddressSpace::new(memory as u128, Level::Region3.limit(), false)?;
     s.map_range(0, PhysAddr(0), memory, Prot::ReadWrite)?;
     for &g in guards {

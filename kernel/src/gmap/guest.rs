@@ -24,6 +24,10 @@ pub enum GuestStop {
     Other,
     /// More exits than allowed.
     TooManyExits,
+    /// The guest PSW (its mask) is not one a guest may run with: problem
+    /// state, DAT on, primary-space mode, not a wait state. Refused before
+    /// anything runs.
+    BadPsw(u64),
 }
 
 /// A guest CPU: its registers, PSW and counters.
@@ -55,6 +59,17 @@ impl Vcpu {
     pub fn run(&mut self, gmap: &Gmap, max_exits: u64) -> Result<u16, GuestStop> {
         self.ctx.asce = gmap.asce().raw();
         loop {
+            // `ctx` is public: check what run_guest's contract needs on
+            // every entry (a guest in supervisor state, or in home or
+            // secondary space mode, would reach the kernel's memory).
+            let m = self.ctx.psw.mask;
+            if m & mask::PROBLEM == 0
+                || m & mask::DAT == 0
+                || m & mask::ASC != mask::ASC_PRIMARY
+                || m & mask::WAIT != 0
+            {
+                return Err(GuestStop::BadPsw(m));
+            }
             if self.exits >= max_exits {
                 return Err(GuestStop::TooManyExits);
             }

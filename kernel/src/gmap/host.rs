@@ -63,7 +63,10 @@ impl HostMm {
         &self.space
     }
 
-    pub fn space_mut(&mut self) -> &mut AddressSpace {
+    /// The space, to change: crate-internal (the gmap code and tests),
+    /// since a caller outside could map frames the host does not own or
+    /// swap the space out from under its gmaps.
+    pub(crate) fn space_mut(&mut self) -> &mut AddressSpace {
         &mut self.space
     }
 
@@ -172,9 +175,17 @@ impl HostMm {
         Ok(())
     }
 
-    /// The frame populated at `vmaddr`, to fill or check it.
-    pub fn frame(&mut self, vmaddr: u64) -> Option<&mut Pages> {
-        self.frames.get_mut(&(vmaddr & !(PAGE_SIZE - 1)))
+    /// The frame populated at `vmaddr` (read-only: the host owns it while
+    /// it is mapped).
+    pub fn frame(&self, vmaddr: u64) -> Option<&Pages> {
+        self.frames.get(&(vmaddr & !(PAGE_SIZE - 1)))
+    }
+
+    /// The bytes of the frame populated at `vmaddr`, to fill or check it.
+    pub fn frame_bytes(&mut self, vmaddr: u64) -> Option<&mut [u8]> {
+        self.frames
+            .get_mut(&(vmaddr & !(PAGE_SIZE - 1)))
+            .map(Pages::as_mut_slice)
     }
 
     /// Unmap `[vmaddr, vmaddr + len)` and free the frames populated there;

@@ -1106,8 +1106,8 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
     let free = mm::nr_free_pages();
     let h = host()?;
     kassert_eq!(h.lock().populate_range(VM_BASE, 3 * 0x1000), Ok(()));
-    let pinned = h.lock().frame(VM_BASE + 0x1000).map(|p| p.page());
-    let pinned = pinned.ok_or(Outcome::Fail)?;
+    let pinned = h.lock().frame(VM_BASE + 0x1000).map(|p| p.pfn());
+    let pinned = pinned.and_then(mm::pfn_to_page).ok_or(Outcome::Fail)?;
     mm::testing::get_page(pinned);
     kassert_eq!(
         h.lock().unmap_range(VM_BASE, 3 * 0x1000),
@@ -1368,16 +1368,16 @@ fn guest_setup(
     let mut hm = h.lock();
     kassert_ok(hm.populate(VM_BASE + CODE_GADDR, true).map(|_| ()))?;
     let code = guest_code();
-    if let Some(f) = hm.frame(VM_BASE + CODE_GADDR) {
-        f.as_mut_slice()[..code.len()].copy_from_slice(code);
+    if let Some(f) = hm.frame_bytes(VM_BASE + CODE_GADDR) {
+        f[..code.len()].copy_from_slice(code);
     }
     let mut sum = 0u64;
     for s in 0..segs - 1 {
         for p in 0..256u64 {
             let va = VM_BASE + ARRAY_GADDR + s * SEGMENT_SIZE + p * 0x1000;
             kassert_ok(hm.populate(va, true).map(|_| ()))?;
-            if let Some(f) = hm.frame(va) {
-                for (i, w) in f.as_mut_slice().chunks_exact_mut(8).enumerate() {
+            if let Some(f) = hm.frame_bytes(va) {
+                for (i, w) in f.chunks_exact_mut(8).enumerate() {
                     let v = s * 1_000_000 + p * 1000 + i as u64;
                     w.copy_from_slice(&v.to_be_bytes());
                     sum = sum.wrapping_add(v);

@@ -69,6 +69,9 @@ pub enum GmapError {
     /// `gmap_link`: the guest segment is mapped, but not to that host
     /// segment.
     HostMismatch,
+    /// The gmap's host no longer holds the address space the gmap was
+    /// created over (its `HostMm` was swapped with another): refused.
+    HostReplaced,
     /// `gmap_remove`: this many gmap tables could not be freed (the
     /// allocator refused them and printed a `BUG: Bad page state` line for
     /// each); they stay allocated. Everything else was torn down.
@@ -308,6 +311,9 @@ impl GmapInner {
     /// `Gmap::gmap_link`. Returns whether it linked the segment (false: it
     /// was linked already, nothing changed).
     fn link(&mut self, host: &HostMm, gaddr: u64, vmaddr: u64) -> Result<bool, GmapError> {
+        if host.space().id() != self.parent_id {
+            return Err(GmapError::HostReplaced);
+        }
         if gaddr > self.limit || vmaddr as u128 >= self.host_limit {
             return Err(GmapError::OutOfRange);
         }
@@ -560,6 +566,9 @@ impl Gmap {
         let parent = self.parent();
         let mut host = lock_host(&parent);
         let mut g = self.inner.lock();
+        if host.space().id() != g.parent_id {
+            return Err(GmapError::HostReplaced);
+        }
         if last > g.limit {
             return Err(GmapError::OutOfRange);
         }
@@ -678,6 +687,8 @@ pub enum GmapCheckError {
     HostTable(u64),
     /// The host-to-guest map names more segments than are linked.
     Count { linked: u64, recorded: u64 },
+    /// The host holds another space than the one the gmap was made over.
+    HostReplaced,
 }
 
 impl Gmap {
@@ -692,6 +703,9 @@ impl Gmap {
         let parent = self.parent();
         let host = lock_host(&parent);
         let g = self.inner.lock();
+        if host.space().id() != g.parent_id {
+            return Err(GmapCheckError::HostReplaced);
+        }
         let mut linked = 0;
         g.check_level(g.asce.origin(), g.asce.level(), 0, &host, &mut linked)?;
         let recorded = g.host_to_guest.len() as u64;

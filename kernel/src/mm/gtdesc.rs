@@ -152,7 +152,7 @@ pub fn gmap_table_ctor(
     level: u64,
     gaddr: u64,
 ) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
-    let page = p.page();
+    let page = p.head();
     if !page.has_type(PageType::Allocated) || page.refcount() != 1 || page.mapping() != 0 {
         return Err((p, GtDescError::NotAllocated(page.page_type())));
     }

@@ -83,7 +83,8 @@ pub enum HeapError {
 }
 
 /// Create the first region. Call once, after `mm::init`.
-pub fn init() -> Result<(), HeapError> {
+#[cfg(target_arch = "s390x")]
+pub(crate) fn init() -> Result<(), HeapError> {
     let mut st = HEAP.lock();
     add_region(&mut st, INITIAL_ORDER, 0)
 }

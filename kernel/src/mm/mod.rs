@@ -45,7 +45,7 @@ pub use pages::{alloc_pages, expect_refusals, free_pages, free_pages_raw, Pages}
 use percpu::with_pcp;
 pub use percpu::{drain_pcp, nr_pcp_pages};
 #[cfg(target_arch = "s390x")]
-pub use percpu::{init_boot_cpu_pcp, pcp_slot_value};
+pub(crate) use percpu::{init_boot_cpu_pcp, pcp_slot_value};
 
 static MEMMAP: Once<MemMap<'static>> = Once::new();
 /// The zone lock. SMP: taken by every CPU for refills, drains and blocks
@@ -104,7 +104,7 @@ pub unsafe fn clear_frames(ptr: *mut u8, len: u64) {
 /// allocatable and give the rest to the buddy allocator. Identity mapping:
 /// a frame's kernel address is its real address.
 #[cfg(target_arch = "s390x")]
-pub fn init(
+pub(crate) fn init(
     memory: u64,
     image_start: PhysAddr,
     image_end: PhysAddr,

@@ -85,9 +85,16 @@ impl Pages {
         memmap().pfn_to_virt(self.pfn())
     }
 
-    /// The head page's metadata.
+    /// The head page's metadata, borrowed from the handle.
     #[inline(always)]
-    pub fn page(&self) -> &'static Page {
+    pub fn page(&self) -> &Page {
+        self.head()
+    }
+
+    /// The head page (mm: the allocator's lists hold pages for as long as
+    /// the memmap lives).
+    #[inline(always)]
+    pub(in crate::mm) fn head(&self) -> &'static Page {
         let p = self.tagged.as_ptr().map_addr(|a| a & !ORDER_TAG);
         // SAFETY: `tagged` is a `&'static Page` with the order or-ed into
         // bits the alignment leaves clear; masking them restores it.
@@ -113,7 +120,7 @@ impl Pages {
     /// The head page, giving up the handle (mm's ctors, which turn the
     /// block into a typed frame).
     pub(in crate::mm) fn into_head(self) -> &'static Page {
-        let page = self.page();
+        let page = self.head();
         core::mem::forget(self);
         page
     }
@@ -204,7 +211,7 @@ pub fn free_pages(p: Pages) -> Result<(), (Pages, FreeError)> {
     // The handle is consumed here; it is rebuilt only for a refusal.
     let p = core::mem::ManuallyDrop::new(p);
     if p.order() == 0 {
-        match with_pcp(|pcp| pcp.free(p.page()).then(|| pcp.over_high())) {
+        match with_pcp(|pcp| pcp.free(p.head()).then(|| pcp.over_high())) {
             Some(Some(false)) => return Ok(()),
             Some(Some(true)) => {
                 drain_pcp_batch();

@@ -27,13 +27,13 @@ static PCP: PerCpuLists = PerCpuLists([const { PcpList::new() }; MAX_PCP]);
 /// What the `PCP` lowcore slot of CPU `cpu` holds: the address of its list.
 /// `smp` writes it into each secondary's lowcore before starting it.
 #[cfg(target_arch = "s390x")]
-pub fn pcp_slot_value(cpu: usize) -> u64 {
+pub(crate) fn pcp_slot_value(cpu: usize) -> u64 {
     core::ptr::from_ref(&PCP.0[cpu % MAX_PCP]).expose_provenance() as u64
 }
 
 /// Set the boot CPU's `PCP` lowcore slot (first thing `start_kernel` does).
 #[cfg(target_arch = "s390x")]
-pub fn init_boot_cpu_pcp() {
+pub(crate) fn init_boot_cpu_pcp() {
     // SAFETY: PCP is zdat's software slot; nothing reads it before this.
     unsafe {
         crate::arch::s390x::insn::lowcore_write_u64(crate::arch::lowcore::PCP, pcp_slot_value(0))

@@ -31,8 +31,10 @@ pub struct PtLock {
 
 impl PtLock {
     /// Spin until the lock is ours. SMP: a plain test-and-set spinlock;
-    /// interruptions are disabled in all code that takes it.
-    pub fn lock(&self) -> PtLockGuard<'_> {
+    /// interruptions are disabled in all code that takes it. Crate-
+    /// internal: a lock reached through a raw table address could outlive
+    /// its table, and a guard left over would unlock the next table's.
+    pub(crate) fn lock(&self) -> PtLockGuard<'_> {
         while self
             .locked
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
@@ -347,7 +349,7 @@ const FRAG_LISTED: u32 = 1 << 10;
 /// reference, no mapping); it becomes a page table with `pt_index` =
 /// `index`, its lock unlocked, and is counted in NR_PAGETABLE.
 fn ctor(p: Pages, order: u32, index: u64) -> Result<Frame<PtDesc>, (Pages, PtDescError)> {
-    let page = p.page();
+    let page = p.head();
     if !page.has_type(PageType::Allocated) || page.refcount() != 1 || page.mapping() != 0 {
         return Err((p, PtDescError::NotAllocated(page.page_type())));
     }

@@ -1,12 +1,10 @@
-// Nor can a handle be assembled from its parts: `Frame`, `Pages`,
-// `CrstTable` and `PteTable` have private fields, so safe code cannot
+// Nor can a handle be assembled from its parts: `Frame`, `Pages` and
+// `CrstTable` have private fields (`PteTable`: forge_pte_table), so safe code cannot
 // point a second handle at a page another one owns.
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use kernel::dat::frag::PteTable;
 use kernel::dat::table::CrstTable;
-use kernel::mm::addr::PhysAddr;
 use kernel::mm::frame::Frame;
 use kernel::mm::ptdesc::{pagetable_alloc, pagetable_pte_ctor, PtDesc};
 use kernel::mm::{alloc_pages, AllocFlags, Pages};
@@ -24,9 +22,5 @@ pub fn case() {
     };
     let _ = CrstTable {
         frame: pagetable_pte_ctor(pagetable_alloc(0).unwrap()).unwrap(),
-    };
-    let _ = PteTable {
-        pa: PhysAddr(0),
-        pgste: false,
     };
 }

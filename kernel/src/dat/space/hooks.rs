@@ -80,7 +80,9 @@ impl Drop for HookScope {
 
 static HOOKS: Once<SpaceHooks> = Once::new();
 
-pub fn set_hooks(h: SpaceHooks) {
+/// Install the hooks (the gmap subsystem, once). Crate-internal: whoever
+/// installs them first decides what every PGSTE space tells its gmaps.
+pub(crate) fn set_hooks(h: SpaceHooks) {
     HOOKS.call_once(|| h);
 }
 

@@ -26,7 +26,8 @@ mod upgrade;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub use check::{SpaceCheck, SpaceCheckError};
-pub use hooks::{in_space_hook, set_hooks, SpaceHooks, PGSTE_IN_BIT};
+pub(crate) use hooks::set_hooks;
+pub use hooks::{in_space_hook, SpaceHooks, PGSTE_IN_BIT};
 
 use super::dat_bug;
 use super::entry::{pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry};
