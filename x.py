@@ -808,7 +808,7 @@ def cmd_bench(args):
 
 def cmd_lint(args):
     """cargo fmt --check, clippy on the host library and on the s390x kernel,
-    warnings denied."""
+    cargo doc of the library (private items too), warnings denied."""
     ensure_toolchain()
     steps = [
         ["cargo", "fmt", "--all", "--", "--check"],
@@ -816,10 +816,14 @@ def cmd_lint(args):
          "--", "-D", "warnings"],
         ["cargo", "clippy"] + kernel_cargo_args(False)[:2] + ["-p", "kernel"]
         + kernel_cargo_args(False)[2:] + ["--", "-D", "warnings"],
+        ["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"],
     ]
     for cmd in steps:
         log(shlex.join(cmd))
-        rc = run_cargo(cmd)
+        env = None
+        if cmd[1] == "doc":
+            env = dict(os.environ, RUSTDOCFLAGS="-D warnings")
+        rc = run_cargo(cmd, env=env)
         if rc != 0:
             die(f"command failed ({rc}): {shlex.join(cmd)}", rc)
     log("lint clean")

@@ -5,6 +5,8 @@
 //! so an unexpected report fails the suite that caused it. Tests that
 //! provoke one on purpose announce it first (`expect_reports`): it is then
 //! printed with a note and not counted.
+//!
+//! Linux: WARN/BUG reporting (include/asm-generic/bug.h), counted instead of halting.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,6 +2,8 @@
 //! its own, RESTART into zdat_secondary_entry), per-CPU data through the
 //! lowcore's CPU number, work handed to CPUs with a SIGP external call, and
 //! stopping every other CPU before the run ends.
+//!
+//! Linux: arch/s390/kernel/smp.c.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 

@@ -1,5 +1,7 @@
 //! s390 dynamic address translation: entry formats, tables, the software
 //! walker, TLB invalidation, mmu_gather and address spaces.
+//!
+//! Linux: arch/s390/mm/ (pgalloc.c, pgtable.c, gmap.c's host side) and arch/s390/include/asm/pgtable.h, tlbflush.h.
 
 /// Report a bug the page-table code found in itself: a counted `BUG: dat:`
 /// line (`crate::bug`), never silently ignored.
@@ -20,6 +22,8 @@ pub mod tlb;
 pub mod view;
 pub mod walk;
 
+#[cfg(test)]
+mod entry_tests;
 #[cfg(test)]
 mod frag_tests;
 #[cfg(target_os = "none")]

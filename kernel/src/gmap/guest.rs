@@ -2,6 +2,8 @@
 //! state, the gmap's ASCE as primary space), and on every translation
 //! exception resolve it with `gmap_fault` and re-enter; an SVC ends the
 //! run; anything else stops it with a reason. No kernel crash either way.
+//!
+//! Linux: the SIE entry and exit loop of arch/s390/kvm/kvm-s390.c (vcpu_run), without SIE.
 
 use crate::arch::pgm::{code, Teid, TeidAccess};
 use crate::arch::psw::{mask, Psw};

@@ -1,4 +1,6 @@
 //! Physical and virtual addresses and page frame numbers. Pages are 4 KiB.
+//!
+//! Linux: the pfn/phys/virt helpers of include/linux/pfn.h and arch/s390/include/asm/page.h.
 
 use core::fmt;
 

@@ -1,6 +1,8 @@
 //! What the boot log and `mm.dump` show: the one-line summary, the
 //! physical memory map from the memmap, free blocks per order (as
 //! /proc/buddyinfo) and the counters.
+//!
+//! Linux: /proc/buddyinfo (mm/vmstat.c) and the boot-time memory summary of mm/mm_init.c.
 
 use super::addr::{Pfn, PhysAddr, PAGE_SIZE};
 use super::{

@@ -2,6 +2,8 @@
 //! `fail.alloc=N`, or `fail_alloc_nth` from tests), to prove every
 //! allocation point unwinds cleanly. One shot: after the failure, allocations
 //! succeed again.
+//!
+//! Linux: mm/fail_page_alloc.c (fail_page_alloc's `times`/`interval`, reduced to one shot).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -5,6 +5,8 @@
 //! aliasing `mapping`), the owning gmap and the table's level. mm owns the
 //! type change (ctor and dtor here); what the entries mean is
 //! `gmap::table`'s business.
+//!
+//! Linux: the ptdesc overlay of include/linux/mm_types.h, for the tables of arch/s390/mm/gmap.c.
 
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -4,6 +4,8 @@
 //! beyond 4 MiB); a region that becomes empty goes back to the buddy
 //! allocator, except the first. A request that cannot be met returns null,
 //! which reaches Rust's `alloc` error path (`try_reserve` sees an error).
+//!
+//! Linux: stands in for the slab allocator (mm/slub.c) behind kmalloc.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;

@@ -1,6 +1,8 @@
 //! The space's consistency checker: every table reached is a page table
 //! by its descriptor, entries have their level's type, fragments are
 //! accounted in their page, and the free-half list is exact.
+//!
+//! Linux has no counterpart (its page-table walkers in mm/debug_vm_pgtable.c come closest).
 
 use core::sync::atomic::Ordering;
 
