@@ -164,7 +164,8 @@ pub(crate) fn init(
 pub fn init_for_host_tests() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        const FRAMES: u64 = 16 * 1024;
+        // Miri interprets every access: a smaller simulated RAM there.
+        const FRAMES: u64 = if cfg!(miri) { 2 * 1024 } else { 16 * 1024 };
         // Aligned like the kernel's identity map (to the largest block), so
         // virtual-address alignment (pmd_pgtable_page) matches physical.
         let layout = std::alloc::Layout::from_size_align((FRAMES * PAGE_SIZE) as usize, 4 << 20)
