@@ -131,6 +131,8 @@ static GUEST_RUNNING: AtomicBool = AtomicBool::new(false);
 /// Whether CPU 0 saw the guest's counter move before it protected (else
 /// the guest's TLB may not have been warm, and the case proves nothing).
 static GUEST_WARM: AtomicBool = AtomicBool::new(false);
+/// How often CPU 0 read the counter before it protected (diagnostics).
+static GUEST_POLLS: AtomicU64 = AtomicU64::new(0);
 static GUEST_PROTECTED: AtomicBool = AtomicBool::new(false);
 static GUEST_FLAGGED: AtomicBool = AtomicBool::new(false);
 static GUEST_DATA_PA: AtomicU64 = AtomicU64::new(0);
@@ -154,6 +156,7 @@ fn guest_cpu(cpu: usize) {
             Ok(2) => 2,
             _ => 3,
         };
+
         GUEST_END.store(end, Ordering::Release);
         return;
     }
@@ -168,7 +171,13 @@ fn guest_cpu(cpu: usize) {
     let flag = GUEST_FLAG_PA.load(Ordering::Relaxed);
     let mut last = 0;
     let mut moving = 0;
-    for _ in 0..50_000_000u64 {
+    // Bounded by time, not iterations: how fast the guest gets going on
+    // the other vCPU depends on the host's cores (TOD units: 4096 per us).
+    let t0 = crate::arch::s390x::tod::stck();
+    let limit = 20_000_000u64 << 12;
+    let mut polls = 0u64;
+    while crate::arch::s390x::tod::stck().wrapping_sub(t0) < limit {
+        polls += 1;
         let c = crate::arch::s390x::probe::load_u64(data).unwrap_or(0);
         if GUEST_RUNNING.load(Ordering::Acquire) && c > 1000 && c != last {
             moving += 1;
@@ -179,6 +188,7 @@ fn guest_cpu(cpu: usize) {
         last = c;
         core::hint::spin_loop();
     }
+    GUEST_POLLS.store(polls, Ordering::Relaxed);
     GUEST_WARM.store(moving > 100, Ordering::Relaxed);
     let p = h.lock().protect(GUEST_VM + GUEST_DATA, Prot::ReadOnly);
     GUEST_PROTECTED.store(p.is_ok(), Ordering::Relaxed);
@@ -227,7 +237,9 @@ pub(super) fn guest_store_faults_after_a_host_protect_on_another_cpu() -> KResul
     let (g, h) = GUEST.lock().take().ok_or(Outcome::Fail)?;
     kassert!(
         GUEST_WARM.load(Ordering::Relaxed),
-        "the guest was not seen storing in a loop before the protect"
+        "the guest was not seen storing in a loop before the protect ({} polls in 20 s; its run ended {})",
+        GUEST_POLLS.load(Ordering::Relaxed),
+        GUEST_END.load(Ordering::Acquire)
     );
     kassert!(GUEST_PROTECTED.load(Ordering::Relaxed));
     kassert!(GUEST_FLAGGED.load(Ordering::Relaxed));
