@@ -1143,6 +1143,7 @@ fn host_unmap_range_reports_a_refused_free() -> KResult {
 /// bit and every segment is linked.
 fn protect_range_failure_changes_nothing() -> KResult {
     use crate::mm::fail;
+    crate::fault_tests::skip_while_cmdline_armed()?;
     let s = SEGMENT_SIZE;
     // Three segments around a 2 GiB boundary (a region-third entry each side).
     let a = 0x0123_4560_8000_0000u64 - s;
