@@ -1160,8 +1160,8 @@ def cmd_test(args):
 FAULT_SWEEP_DIR = BUILD_DIR / "fault-sweep"
 # Every N from 1 to this, whatever the calibration run says.
 FAULT_SWEEP_FIRST = 64
-# Per case: every one of its first DENSE allocations, then the allocations
-# DENSE*2, DENSE*4, ... into the case, and its last one.
+# Per case: every one of its first DENSE allocations, then the ones DENSE,
+# DENSE*2, DENSE*4, ... after its first, and its last one.
 FAULT_SWEEP_DENSE = 8
 FAULT_SWEEP_TIMEOUT = 120
 # N far beyond any run: the calibration run, whose failure never fires.
@@ -1180,8 +1180,8 @@ def fault_sweep_spread(ranges, top, dense):
     """The N to boot with, from the calibration run's per-case allocation
     ranges [(first, last, case)] and its total: every N up to
     FAULT_SWEEP_FIRST; for each case (and each stretch of allocations made
-    outside the cases) its first `dense` allocations, then the ones dense*2,
-    dense*4, ... into it, and its last."""
+    outside the cases) its first `dense` allocations, then the ones dense,
+    dense*2, dense*4, ... after its first, and its last."""
     stretches = []
     prev = 0
     for a, b, _ in sorted(ranges):
@@ -1194,7 +1194,7 @@ def fault_sweep_spread(ranges, top, dense):
     ns = set(range(1, min(FAULT_SWEEP_FIRST, top) + 1))
     for a, b in stretches:
         k = b - a + 1
-        ns.update(a + i for i in range(min(k, dense)))
+        ns.update(a + i for i in range(min(k, max(dense, 1))))
         off = max(dense, 1)
         while off < k:
             ns.add(a + off)
@@ -1351,7 +1351,8 @@ def fault_sweep_findings(runs):
         for b in s.bugs:
             keys.add(("BUG", re.sub(r"0x[0-9a-f]+|\d+", "#", b)))
         if s.crash:
-            keys.add(("CRASH", re.sub(r"0x[0-9a-f]+|\d+", "#", s.crash[0])[:160]))
+            what = re.sub(r"panicked at \S+:\d+:\d+: ", "panicked: ", s.crash[0])
+            keys.add(("CRASH", re.sub(r"0x[0-9a-f]+|\d+", "#", what)[:160]))
         for c in s.checks:
             keys.add(("MM.CHECK", re.sub(r"0x[0-9a-f]+|\d+", "#", c)[:160]))
         for c in s.other:
@@ -1970,8 +1971,8 @@ def main():
                     help="boot the suites (128M, 1 CPU, no host tests) with fail.alloc=N for a "
                     "spread of N: a calibration run with a failure that never fires counts "
                     "the run's page allocations case by case; then every N from 1 to "
-                    f"{FAULT_SWEEP_FIRST}, and for each case its first --fault-sweep-dense "
-                    "allocations, then the ones 2x, 4x, ... that far into it, and its last. "
+                    f"{FAULT_SWEEP_FIRST}, and for each case its first K=--fault-sweep-dense "
+                    "allocations, then its (K+1)th, (2K+1)th, (4K+1)th, ..., and its last. "
                     "Failed cases are allowed and counted; a crash, hang, LEAK, unexpected "
                     "BUG line or mm.check problem fails the sweep. Logs: build/fault-sweep/")
     sp.add_argument("--fault-sweep-dense", type=int, default=FAULT_SWEEP_DENSE, metavar="K",
