@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -1092,6 +1093,8 @@ def deviations_named(lines):
 def cmd_test(args):
     if args.selftest:
         return selftest(args)
+    if args.fault_sweep:
+        return fault_sweep(args)
     if args.list:
         return test_list(args)
     deviations_seen = []
@@ -1114,7 +1117,7 @@ def cmd_test(args):
         elf = build(args.release, quiet=True)
         # Every memory size on one CPU, then the SMP runs (unless --smp
         # names one CPU count for all).
-        memory = list(args.memory)
+        memory = list(args.memory or DEFAULT_TEST_MEMORY)
         if args.full:
             memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
         if args.smp is None:
@@ -1129,7 +1132,8 @@ def cmd_test(args):
             if len(plan) > 1:
                 log(f"[boot {i + 1}/{len(plan)} {label}]")
             k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
-                                                   args.timeout, label)
+                                                   DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
+                                                   label)
             p = sum(1 for c in k.cases if c[2] == "ok")
             f = sum(1 for c in k.cases if c[2] == "fail")
             s = sum(1 for c in k.cases if c[2] == "skip")
@@ -1153,6 +1157,375 @@ def cmd_test(args):
         log(f"FAILED: {prob}")
     print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
     return 1 if failed or problems else 0
+
+
+# ---------------------------------------------------------------------------
+# x.py test --fault-sweep: the suites under `fail.alloc=N` for a spread of N
+
+FAULT_SWEEP_DIR = BUILD_DIR / "fault-sweep"
+# Every N from 1 to this, whatever the calibration run says.
+FAULT_SWEEP_FIRST = 64
+# Per case: every one of its first DENSE allocations, then the ones DENSE,
+# DENSE*2, DENSE*4, ... after its first, and its last one.
+FAULT_SWEEP_DENSE = 8
+FAULT_SWEEP_TIMEOUT = 120
+# N far beyond any run: the calibration run, whose failure never fires.
+FAULT_SWEEP_NEVER = 10 ** 12
+
+FAIL_RANGE = re.compile(r"# fail\.alloc: allocations (\d+)-(\d+) in (\S+)$")
+FAIL_FIRED = re.compile(r"\] fail\.alloc=(\d+): injected (?:in (\S+)|outside the test cases)")
+FAIL_NEVER = re.compile(r"\] fail\.alloc=(\d+): never reached, the run made (\d+) page allocations")
+FAIL_TRACE_START = re.compile(r"\] mm: fault injection: fail\.alloc=\d+: this page allocation fails")
+LEAK_LINE = re.compile(r"^\s*# (\S+): LEAK: (.*)$")
+LEAK_CASE = re.compile(r"^\s*# (\S+): (.*) changed by ([+-]\d+) during case (\S+)$")
+BUG_EXPECTED = ("(expected by a test)", "(refused, as the test expects)")
+
+
+def fault_sweep_spread(ranges, top, dense):
+    """The N to boot with, from the calibration run's per-case allocation
+    ranges [(first, last, case)] and its total: every N up to
+    FAULT_SWEEP_FIRST; for each case (and each stretch of allocations made
+    outside the cases) its first `dense` allocations, then the ones dense,
+    dense*2, dense*4, ... after its first, and its last."""
+    stretches = []
+    prev = 0
+    for a, b, _ in sorted(ranges):
+        if a > prev + 1:
+            stretches.append((prev + 1, a - 1))
+        stretches.append((a, b))
+        prev = max(prev, b)
+    if top > prev:
+        stretches.append((prev + 1, top))
+    ns = set(range(1, min(FAULT_SWEEP_FIRST, top) + 1))
+    for a, b in stretches:
+        k = b - a + 1
+        ns.update(a + i for i in range(min(k, max(dense, 1))))
+        off = max(dense, 1)
+        while off < k:
+            ns.add(a + off)
+            off *= 2
+        ns.add(b)
+    return sorted(ns)
+
+
+def parse_n_list(text):
+    """--fault-sweep-n: `N`, `A-B` or `A-B/STEP`, comma-separated."""
+    out = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?:/(\d+))?)?", part.strip())
+        if not m or int(m.group(1)) == 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: want N, A-B or A-B/STEP with N >= 1")
+        a = int(m.group(1))
+        b = int(m.group(2) or a)
+        out.update(range(a, b + 1, int(m.group(3) or 1)))
+    return sorted(out)
+
+
+class SweepRun:
+    """What one `fail.alloc=N` boot showed."""
+
+    def __init__(self, n):
+        self.n = n
+        self.fired_in = None      # suite.case the failure fired in ("outside" if none)
+        self.never = None         # allocations the run made, if it never fired
+        self.failed = []          # suite.case (or `suite`) that failed
+        self.crash = []           # crash / hang / broken-log lines
+        self.leaks = []           # LEAK lines, with the case that moved the counter
+        self.bugs = []            # unexpected BUG lines
+        self.checks = []          # mm.check problems
+        self.other = []           # everything else x.py test would fail a run for
+        self.trace = []           # return addresses of the failed allocation
+        self.ranges = []          # (first, last, case) allocation ranges
+        self.seconds = 0.0
+        self.log_path = None
+        self.lines = []
+
+    def problems(self):
+        return self.crash + self.leaks + self.bugs + self.checks + self.other
+
+
+def fault_sweep_judge(n, k, r, probs, log_path, timeout, cal_ranges=()):
+    """Judge a sweep boot: failed cases are allowed (the injected failure
+    may fail the case that meets it); a crash, hang, broken log, LEAK,
+    unexpected BUG line or mm.check problem is not."""
+    s = SweepRun(n)
+    s.seconds, s.log_path, s.lines = r.seconds, log_path, r.lines
+    s.failed = [f"{c[0]}.{c[1]}" for c in k.cases if c[2] == "fail"]
+    s.failed += [f"{x} (suite)" for x in suite_level_failures(k)]
+    in_trace = False
+    for i, line in enumerate(r.lines):
+        text = line.split("] ", 1)[-1].strip() if line.startswith("[") else line.strip()
+        if FAIL_TRACE_START.search(line):
+            in_trace = True
+            continue
+        if in_trace:
+            m = TRACE_ADDR.search(line)
+            if m:
+                s.trace.append(m.group(1))
+                continue
+            if "Call Trace:" not in line:
+                in_trace = False
+        m = FAIL_FIRED.search(line)
+        if m:
+            s.fired_in = m.group(2) or "outside the test cases"
+        m = FAIL_NEVER.search(line)
+        if m:
+            s.never = int(m.group(2))
+        m = FAIL_RANGE.search(line)
+        if m:
+            s.ranges.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+        m = LEAK_LINE.match(line)
+        if m:
+            s.leaks.append(f"LEAK: {m.group(1)}: {m.group(2)}")
+        m = LEAK_CASE.match(line)
+        if m:
+            s.leaks.append(f"  {m.group(2)} changed by {m.group(3)} during "
+                           f"{m.group(1)}.{m.group(4)}")
+        if "BUG: " in line and not text.endswith(BUG_EXPECTED):
+            s.bugs.append(text)
+        if re.search(r"check (at boot|after the tests): .*FAILED", line):
+            s.checks.append(text)
+        if "KERNEL PANIC" in line or "interruption) on CPU" in line:
+            # A panic's message is on the next line.
+            after = r.lines[i + 1].strip() if i + 1 < len(r.lines) else ""
+            s.crash.append(text.replace(str(Path.home()) + "/.rustup/toolchains/", "")
+                           + (f" {after}" if after and "Call Trace" not in after else ""))
+    if k.status in (0, 1):
+        for what in ("buddy ok", "kernel space ok"):
+            if not any(f"check after the tests: {what}" in l for l in r.lines) and not s.checks:
+                s.checks.append(f"no `check after the tests: {what}` line")
+    if r.timed_out:
+        s.crash.append(f"hang: killed after the {timeout}-s timeout")
+    elif k.status is None:
+        s.crash.append("no EXIT: STATUS marker: the run did not finish")
+    elif k.status not in (0, 1):
+        s.crash.append(f"kernel status {k.status}")
+    if k.errors and not s.crash:
+        s.crash += [f"broken KTAP: {e}" for e in k.errors]
+    for p in probs:
+        # Failed cases make the kernel's status 1 and QEMU exit non-zero:
+        # allowed here. Refusals are BUG lines, judged above.
+        if (p.startswith("QEMU exited") or p == "kernel status 1" or p.startswith("kernel status")
+                or p.startswith("timed out") or p.startswith("unexpected refusal")
+                or p in k.errors):
+            continue
+        s.other.append(p)
+    if s.fired_in is None and s.never is None and s.trace:
+        # It fired, but the case did not end to say where (a crash): the
+        # calibration run's ranges say which case made allocation n.
+        s.fired_in = next((f"{c} (by the calibration run)" for a, b, c in cal_ranges
+                           if a <= n <= b), None)
+    if not s.crash and s.fired_in is None and s.never is None:
+        s.other.append("no `fail.alloc=N: injected ...` or `never reached` line at the end")
+    return s
+
+
+def n_ranges(ns):
+    """[3, 4, 5, 9] -> `3-5, 9`."""
+    out = []
+    for n in sorted(ns):
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def fault_sweep_findings(runs):
+    """Group the problems of the sweep's runs: {(kind, what): [runs]}, where
+    `what` names the case (a LEAK: the cases that moved the counter and
+    which counters) or the message with its numbers taken out."""
+    groups = {}
+    for s in runs:
+        keys = set()
+        moved = [l.strip() for l in s.leaks if l.startswith("  ")]
+        leaks = [l for l in s.leaks if not l.startswith("  ")]
+        counters, where = [], set()
+        for l in leaks:
+            counter = re.sub(r"^LEAK: \S+: (.*?) \d+ before.*$", r"\1", l)
+            by = {re.sub(r"^.* during ", "", m) for m in moved
+                  if m.startswith(counter + " changed")}
+            if counter == "BUG reports":
+                if not s.bugs:  # else the BUG lines themselves say more
+                    keys.add(("BUG", f"BUG reports counted in {', '.join(sorted(by))}"))
+                continue
+            counters.append(counter)
+            where |= by or {"suite " + l.split(":")[1].strip()}
+        if counters:
+            keys.add(("LEAK", f"{', '.join(counters)} in {', '.join(sorted(where))}"))
+        for b in s.bugs:
+            keys.add(("BUG", re.sub(r"0x[0-9a-f]+|\d+", "#", b)))
+        if s.crash:
+            what = re.sub(r"panicked at \S+:\d+:\d+: ", "panicked: ", s.crash[0])
+            keys.add(("CRASH", re.sub(r"0x[0-9a-f]+|\d+", "#", what)[:160]))
+        for c in s.checks:
+            keys.add(("MM.CHECK", re.sub(r"0x[0-9a-f]+|\d+", "#", c)[:160]))
+        for c in s.other:
+            keys.add(("OTHER", c[:160]))
+        for key in keys:
+            groups.setdefault(key, []).append(s)
+    return groups
+
+
+def symbolize_chains(addrs, elf):
+    """For return addresses of a trace: {addr: [(function, file:line), ...]},
+    the inline chain innermost first (llvm-symbolizer), or {} without it."""
+    tool = shutil.which("llvm-symbolizer")
+    if not addrs or not tool:
+        return {}
+    # A return address is the instruction after the call: look up the call.
+    r = subprocess.run([tool, "--obj", str(elf), "--functions=short", "--inlines",
+                        "--relative-address"] + [f"0x{int(a, 16) - 1:x}" for a in addrs],
+                       capture_output=True, text=True, timeout=120)
+    out = {}
+    for a, block in zip(addrs, r.stdout.strip().split("\n\n")):
+        lines = block.strip().splitlines()
+        frames = []
+        for f, loc in zip(lines[0::2], lines[1::2]):
+            loc = loc.replace(str(ROOT) + "/", "").rsplit(":", 1)[0]
+            frames.append((f, loc))
+        out[a] = frames
+    return out
+
+
+SITE_SKIP = ("kernel/src/mm/fail.rs", "kernel/src/mm/mod.rs", "kernel/src/panic.rs", "/rustlib/")
+
+
+def allocation_site(trace, chains, depth=3):
+    """The allocation the failure hit, as `fn file:line < caller < ...`:
+    the trace without fault injection, alloc_pages and library frames:
+    `depth` frames of it, then `...` and the case's own frame (the one
+    run_suite called) with the frame it called, if they are further out."""
+    frames = [f for a in trace for f in chains.get(a, [])
+              if not any(x in f[1] for x in SITE_SKIP) and f[0] != "??"]
+    shown = frames[:depth]
+    runner = next((i for i, f in enumerate(frames) if f[1].startswith("kernel/src/ktest/runner.rs")),
+                  None)
+    if runner is not None and runner > depth + 2:
+        # The case's frame and the one it called, where its handles live.
+        shown = frames[:depth] + [("...", "")] + frames[runner - 2:runner]
+    elif runner is not None:
+        shown = frames[:runner]
+    return " < ".join(f"{f} {loc}".strip() for f, loc in shown)
+
+
+def fault_sweep(args):
+    ensure_apt(QEMU, "qemu-system-misc")
+    elf = build(args.release, quiet=True)
+    memory = args.memory[0] if args.memory else "128M"
+    smp = args.smp or 1
+    timeout = FAULT_SWEEP_TIMEOUT if args.timeout is None else args.timeout
+    jobs = max(1, args.jobs)
+    if FAULT_SWEEP_DIR.exists():
+        shutil.rmtree(FAULT_SWEEP_DIR)
+    FAULT_SWEEP_DIR.mkdir(parents=True)
+    start = time.monotonic()
+    where = f"-m {memory}" + (f" --smp {smp}" if smp != 1 else "") + \
+        (f" --filter {args.filter}" if args.filter else "") + (" release" if args.release else " debug")
+
+    cal_ranges = []
+
+    def one(n):
+        k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter, timeout,
+                                               f"fail{n}", extra_append=f"fail.alloc={n}",
+                                               quiet=True, log_dir=FAULT_SWEEP_DIR)
+        return fault_sweep_judge(n, k, r, probs, log_path, timeout, cal_ranges)
+
+    # The calibration run: a failure that never fires counts the run's page
+    # allocations, case by case.
+    cal = one(FAULT_SWEEP_NEVER)
+    if cal.problems() or cal.failed or cal.never is None:
+        for p in cal.problems():
+            log(f"FAILED: [calibration] {p}")
+        log(f"[calibration] failed cases: {', '.join(cal.failed) or 'none'}")
+        print_problem_log(Run(cal.lines, 1, False, cal.seconds), "calibration", cal.log_path, elf)
+        log(f"the calibration run (fail.alloc={FAULT_SWEEP_NEVER}, never reached) must be clean")
+        return 1
+    top = cal.never
+    cal_ranges += cal.ranges
+    if args.fault_sweep_n:
+        ns = args.fault_sweep_n
+        spread = "the N given by --fault-sweep-n"
+    else:
+        ns = fault_sweep_spread(cal.ranges, top, args.fault_sweep_dense)
+        spread = (f"every N from 1 to {min(FAULT_SWEEP_FIRST, top)}; per case its first "
+                  f"{args.fault_sweep_dense} allocations, then doubling steps into it, and its last")
+    log(f"fault sweep ({where}): the calibration run made {top} page allocations in "
+        f"{len(cal.ranges)} cases ({cal.seconds:.1f} s); {len(ns)} boot{'s' if len(ns) != 1 else ''} with fail.alloc=N, "
+        f"{jobs} at a time: {spread}")
+    results = [cal]
+    done = 0
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for s in pool.map(one, ns):
+            done += 1
+            results.append(s)
+            where_ = f"in {s.fired_in}" if s.fired_in else (
+                f"never reached ({s.never} allocations)" if s.never is not None else "?")
+            bad = s.problems()
+            tag = "PROBLEM" if bad else "ok"
+            print(f"  [{done}/{len(ns)}] fail.alloc={s.n:<7} {tag:7} {where_}: "
+                  f"{len(s.failed)} failed" + (f" ({', '.join(s.failed[:3])}"
+                                               + (", ..." if len(s.failed) > 3 else "") + ")"
+                                               if s.failed else "")
+                  + (f"; {bad[0]}" if bad else ""), flush=True)
+    # Where each failure hit, from the trace the kernel printed.
+    addrs = sorted({a for s in results for a in s.trace})
+    chains = symbolize_chains(addrs, elf)
+    sites = {}
+    chains_hit = set()
+    for s in results:
+        s.site = allocation_site(s.trace, chains, 1).split(" < ")[0] if s.trace else ""
+        if s.site:
+            sites.setdefault(s.site, []).append(s.n)
+            chains_hit.add(allocation_site(s.trace, chains, 99))
+    swept = [s for s in results if s.n != FAULT_SWEEP_NEVER]
+    bad = [s for s in results if s.problems()]
+    failed_total = sum(len(s.failed) for s in swept)
+    # One paragraph per kind of problem: which N, where the failure hit,
+    # the lines of one run, and for a crash its console.
+    order = {"CRASH": 0, "MM.CHECK": 1, "BUG": 2, "LEAK": 3, "OTHER": 4}
+    for (kind, what), group in sorted(fault_sweep_findings(bad).items(),
+                                      key=lambda kv: (order[kv[0][0]], kv[1][0].n)):
+        first = group[0]
+        print(f"---- {kind}: {what}: {len(group)} run{'s' if len(group) > 1 else ''}, "
+              f"fail.alloc={n_ranges(s.n for s in group)} ----")
+        if kind == "LEAK":
+            by = {}
+            for s in group:
+                for l in s.leaks:
+                    m = re.match(r"\s+(.*) changed by ([+-]\d+) during", l)
+                    if m and m.group(1) != "BUG reports":
+                        by.setdefault(m.group(1), []).append(int(m.group(2)))
+            print("  " + "; ".join(f"{c} changed by {min(v, key=abs):+}"
+                                   + (f" to {max(v, key=abs):+}" if len(set(v)) > 1 else "")
+                                   for c, v in by.items()))
+        hit = sorted({(s.fired_in or "?", allocation_site(s.trace, chains) or "?")
+                      for s in group})
+        for case, site in hit[:4]:
+            print(f"  injected in {case} at {site}")
+        if len(hit) > 4:
+            print(f"  ... and {len(hit) - 4} more places")
+        print(f"  e.g. fail.alloc={first.n} (log {first.log_path.relative_to(ROOT)}): "
+              f"failed {', '.join(first.failed) or 'none'}")
+        for p in first.problems():
+            print(f"    {p}")
+        if kind == "CRASH":
+            print_problem_log(Run(first.lines, 1, False, first.seconds), f"fail{first.n}",
+                              first.log_path, elf)
+    fired = [s for s in swept if s.fired_in]
+    print(f"fault sweep: {len(swept)} runs, N from {min(ns) if ns else 0} to "
+          f"{max(ns) if ns else 0} of {top} page allocations, failure injected in "
+          f"{len(fired)} runs at {len(sites)} allocating functions by "
+          f"{len(chains_hit)} call chains, in "
+          f"{len({s.fired_in for s in fired})} cases; {failed_total} failed cases in all; "
+          f"{len(bad)} runs with problems "
+          f"({sum(1 for s in bad if s.crash)} crashed, {sum(1 for s in bad if s.leaks)} leaked, "
+          f"{sum(1 for s in bad if s.bugs)} BUG, {sum(1 for s in bad if s.checks)} mm.check, "
+          f"{sum(1 for s in bad if s.other)} other); {time.monotonic() - start:.0f} s",
+          flush=True)
+    if bad:
+        log("runs with problems: fail.alloc=" + ",".join(str(s.n) for s in bad))
+    return 1 if bad else 0
 
 
 def selftest(args):
@@ -1267,6 +1640,24 @@ def selftest(args):
           and {"lowcore (prefix area)", "kernel image", "memmap (struct page array)",
                "firmware (s390-ccw BIOS)", "free"} <= kinds,
           f"{len(regions)} regions, kinds {sorted(kinds)}")
+    # 14. fail.alloc=N applies to the whole run: the fault_injection suite
+    # skips rather than cancel it, the failure fires where the count says,
+    # and the sweep's judge sees the leak it causes; a count the run never
+    # reaches is reported as such.
+    k, r, probs, log_path = qemu_suite_run(elf, "128M", 1, "fault_injection,dat", 60, "failalloc",
+                                           quiet=True, extra_append="fail.alloc=10")
+    s = fault_sweep_judge(10, k, r, probs, log_path, 60)
+    check("fail.alloc=N outlives the fault_injection suite (its cases SKIP) and fires in the "
+          "case that makes allocation N; the sweep judges the leak",
+          [c[2] for c in k.cases if c[0] == "fault_injection"] == ["skip"] * 4
+          and s.fired_in == "dat.alias_region3_space" and s.trace and s.leaks and not s.crash
+          and not s.other, f"fired in {s.fired_in}, cases {k.cases[:5]}, problems {s.problems()}")
+    k, r, probs, log_path = qemu_suite_run(elf, "128M", 1, "clock", 60, "failnever",
+                                           quiet=True, extra_append="fail.alloc=5")
+    s = fault_sweep_judge(5, k, r, probs, log_path, 60)
+    check("fail.alloc=N that the run never reaches says how many allocations it made",
+          s.never is not None and s.never < 5 and not s.problems() and not s.failed and not probs,
+          f"never {s.never}, problems {s.problems()} {probs}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",
@@ -1558,14 +1949,16 @@ def main():
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--host-only", action="store_true", help="only cargo test on the host")
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
-    sp.add_argument("--memory", type=memory_sizes, default=DEFAULT_TEST_MEMORY,
+    sp.add_argument("--memory", type=memory_sizes, default=None,
                     metavar="SIZES", help="comma-separated memory sizes (default "
-                    + ",".join(DEFAULT_TEST_MEMORY) + ")")
+                    + ",".join(DEFAULT_TEST_MEMORY) + "; --fault-sweep: the first size, "
+                    "default 128M)")
     sp.add_argument("--smp", type=int, default=None, metavar="N",
                     help="CPUs for every boot (default: 1 at each memory size, then "
                     "128M with 2 and with 4)")
-    sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
-                    help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT})")
+    sp.add_argument("--timeout", type=int, default=None, metavar="S",
+                    help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT}; "
+                    f"--fault-sweep: {FAULT_SWEEP_TIMEOUT})")
     sp.add_argument("--full", action="store_true",
                     help="also boot a sweep of sizes up to 16G: " + ",".join(FULL_SWEEP_MEMORY)
                     + " (slow: the exhaustion tests walk 4M pages at 16G)")
@@ -1579,6 +1972,23 @@ def main():
                     help="prove the failure paths: a failing assertion, an unexpected "
                     "program check, a panic, a stack overflow, a crash on CPU 1, a hang "
                     "and a truncated log must each be reported as failures")
+    sp.add_argument("--fault-sweep", action="store_true",
+                    help="boot the suites (128M, 1 CPU, no host tests) with fail.alloc=N for a "
+                    "spread of N: a calibration run with a failure that never fires counts "
+                    "the run's page allocations case by case; then every N from 1 to "
+                    f"{FAULT_SWEEP_FIRST}, and for each case its first K=--fault-sweep-dense "
+                    "allocations, then its (K+1)th, (2K+1)th, (4K+1)th, ..., and its last. "
+                    "Failed cases are allowed and counted; a crash, hang, LEAK, unexpected "
+                    "BUG line or mm.check problem fails the sweep. Logs: build/fault-sweep/")
+    sp.add_argument("--fault-sweep-dense", type=int, default=FAULT_SWEEP_DENSE, metavar="K",
+                    help=f"--fault-sweep: every allocation of each case up to its K-th, then "
+                    f"doubling steps (default {FAULT_SWEEP_DENSE}; 0: only each case's first "
+                    "and last and the doubling steps)")
+    sp.add_argument("--fault-sweep-n", type=parse_n_list, default=None, metavar="LIST",
+                    help="--fault-sweep: boot with exactly these N instead of the spread: "
+                    "N, A-B or A-B/STEP, comma-separated (e.g. 1-1000/7)")
+    sp.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="J",
+                    help="--fault-sweep: boots at a time (default: 2, or 1 on one core)")
     sp.set_defaults(func=cmd_test)
 
     sp = sub.add_parser("mutants", help="mutation check: remove each piece of the "

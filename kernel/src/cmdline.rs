@@ -50,7 +50,7 @@ pub const PARAMS: &[(&str, Kind, &str)] = &[
     (
         "fail.alloc",
         Kind::Size,
-        "make the N-th page allocation from boot fail",
+        "make the N-th page allocation after boot fail (for the whole run)",
     ),
     (
         "bench",

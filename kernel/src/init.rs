@@ -88,9 +88,18 @@ pub fn start_kernel(boot: BootInfo) -> ! {
             ),
         }
     }
-    if let Ok(Some(n)) = cmd.size("fail.alloc") {
-        pr_info!("mm: fault injection: page allocation {} from now fails", n);
-        mm::fail::fail_alloc_nth(n);
+    match cmd.size("fail.alloc") {
+        Ok(Some(0)) => pr_info!(
+            "zdat: WARNING: `fail.alloc=0` does nothing: allocations count from 1 (ignored)"
+        ),
+        Ok(Some(n)) => {
+            pr_info!(
+                "mm: fault injection: page allocation {} from now fails (for the whole run)",
+                n
+            );
+            mm::fail::fail_alloc_cmdline(n);
+        }
+        _ => {}
     }
     if cmd.flag("mm.dump") {
         mm::dump(image);
@@ -130,6 +139,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         exit(ExitStatus::TestsFailed);
     }
     let summary = ktest::run(suites, &filter);
+    report_fail_alloc();
     if checks && !run_checks("after the tests") {
         exit(ExitStatus::TestsFailed);
     }
@@ -138,6 +148,25 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     } else {
         ExitStatus::TestsFailed
     })
+}
+
+/// What became of `fail.alloc=N`, in one line x.py parses:
+/// `fail.alloc=N: injected in SUITE.CASE` or `fail.alloc=N: never reached,
+/// the run made M page allocations`.
+fn report_fail_alloc() {
+    match mm::fail::cmdline_report() {
+        None => {}
+        Some((n, Ok(()))) => match ktest::fail_alloc_fired_in() {
+            Some((suite, case)) => pr_info!("fail.alloc={}: injected in {}.{}", n, suite, case),
+            None => pr_info!("fail.alloc={}: injected outside the test cases", n),
+        },
+        Some((n, Err(made))) => pr_info!(
+            "fail.alloc={}: never reached, the run made {} page allocations (fewer than {})",
+            n,
+            made,
+            n
+        ),
+    }
 }
 
 /// `mm.check`: the buddy allocator against the memmap, and the kernel's

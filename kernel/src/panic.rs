@@ -75,7 +75,7 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 }
 
 #[cfg(target_arch = "s390x")]
-pub use dump::fatal_interrupt;
+pub use dump::{backtrace_here, fatal_interrupt};
 
 #[cfg(target_arch = "s390x")]
 mod dump {
@@ -165,7 +165,8 @@ mod dump {
         exit(ExitStatus::Crash)
     }
 
-    /// Backtrace from the current frame (panics).
+    /// Backtrace from the current frame (panics, and the allocation
+    /// `fail.alloc=N` makes fail).
     pub fn backtrace_here() {
         let sp: u64;
         // SAFETY: reads r15 only.

@@ -11,7 +11,7 @@ pub mod ktap;
 mod runner;
 mod selftest;
 
-pub use runner::{list, run, Filter, Summary};
+pub use runner::{fail_alloc_fired_in, list, run, Filter, Summary};
 
 /// xorshift64*: a deterministic pseudo-random sequence for tests (fixed
 /// seeds make every run the same).

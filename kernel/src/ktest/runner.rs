@@ -130,6 +130,57 @@ fn leak_counters() -> impl Iterator<Item = Counter> {
     kernel.chain(EXTRA_COUNTERS.lock().into_iter().flatten())
 }
 
+/// Where the failure of `fail.alloc=N` from the command line fired:
+/// (suite, case or `(init)`/`(exit)`).
+static FAIL_ALLOC_FIRED_IN: Mutex<Option<(&'static str, &'static str)>> = Mutex::new(None);
+
+/// The suite and case (or `(init)`, `(exit)`) in which the failure of
+/// `fail.alloc=N` from the command line fired, if it fired in one.
+pub fn fail_alloc_fired_in() -> Option<(&'static str, &'static str)> {
+    *FAIL_ALLOC_FIRED_IN.lock()
+}
+
+/// `fail.alloc=N` from the command line, watched around a case (or a
+/// suite's init or exit): which of the run's allocations it made, so that
+/// x.py can aim N at every case, and whether the failure fired in it.
+/// Reads the countdown only: nothing is added to the allocator.
+struct FailWatch {
+    allocs: Option<u64>,
+    fired: bool,
+}
+
+impl FailWatch {
+    fn start() -> Self {
+        Self {
+            allocs: crate::mm::fail::cmdline_allocations(),
+            fired: crate::mm::fail::cmdline_fired(),
+        }
+    }
+
+    fn end(self, suite: &'static str, what: &'static str) {
+        use crate::mm::fail;
+        if fail::cmdline_fired() && !self.fired {
+            *FAIL_ALLOC_FIRED_IN.lock() = Some((suite, what));
+            if let Some((n, _)) = fail::cmdline_report() {
+                let from = self.allocs.map_or(0, |a| a + 1);
+                diag(format_args!(
+                    "fail.alloc={n}: injected in {suite}.{what} (allocations {from}-{n})"
+                ));
+            }
+        } else if let (Some(a), Some(b)) = (self.allocs, fail::cmdline_allocations()) {
+            if b > a {
+                diag(format_args!(
+                    "fail.alloc: allocations {}-{} in {}.{}",
+                    a + 1,
+                    b,
+                    suite,
+                    what
+                ));
+            }
+        }
+    }
+}
+
 /// Format KTAP lines into one buffer and print them with one console write.
 fn emit(f: impl FnOnce(&mut Ktap<&mut FixedBuf<1536>>) -> fmt::Result) {
     let mut out = FixedBuf::<1536>::new();
@@ -238,7 +289,9 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
     }
     let before = counters.map(|c| c.map(|(_, f)| f()));
     set_current(suite.name, 1);
+    let watch = FailWatch::start();
     let init = suite.init.map_or(Ok(()), |f| f());
+    watch.end(suite.name, "(init)");
     let mut sum = Summary::default();
     // Per counter, the first cases that changed it: (case, by how much).
     let mut moved: [[Option<(&str, i128)>; 3]; 6] = [[None; 3]; 6];
@@ -252,7 +305,9 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
         let case_before = counters.map(|c| c.map(|(_, f)| f()));
         let result = match init {
             Ok(()) => {
+                let watch = FailWatch::start();
                 let r = (case.run)();
+                watch.end(suite.name, case.name);
                 // A case's announcement of expected refusals ends with it.
                 crate::mm::expect_refusals(false);
                 r
@@ -300,7 +355,9 @@ fn run_suite(suite: &Suite, filter: &Filter<'_>, n: usize) -> Summary {
     }
     if init.is_ok() {
         if let Some(exit) = suite.exit {
+            let watch = FailWatch::start();
             exit();
+            watch.end(suite.name, "(exit)");
         }
     }
     for (i, (c, before)) in counters.iter().zip(before).enumerate() {

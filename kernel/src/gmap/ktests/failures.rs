@@ -162,6 +162,7 @@ pub(super) fn host_unmap_range_reports_a_refused_free() -> KResult {
 /// bit and every segment is linked.
 pub(super) fn protect_range_failure_changes_nothing() -> KResult {
     use crate::mm::fail;
+    crate::fault_tests::skip_while_cmdline_armed()?;
     let s = SEGMENT_SIZE;
     // Three segments around a 2 GiB boundary (a region-third entry each side).
     let a = 0x0123_4560_8000_0000u64 - s;
