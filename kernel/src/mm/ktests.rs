@@ -7,7 +7,7 @@ use super::buddy::{FreeError, MAX_ORDER};
 use super::page::PageType;
 use super::{alloc_pages, free_pages, free_pages_raw, heap, memmap, AllocError, AllocFlags, Pages};
 use crate::ktest::{KResult, Rng};
-use crate::{kassert, kassert_eq, kskip, ktest_suite, machine};
+use crate::{kassert, kassert_eq, kfail, kskip, ktest_suite, machine};
 
 /// Words of each page the pattern tests write (every 512 bytes).
 const PATTERN_STRIDE: usize = 512;
@@ -24,10 +24,49 @@ fn frame(pfn: Pfn) -> *mut u64 {
 /// Allocate every block of `order` there is, write a pattern into every
 /// page, verify them all, free them all. The blocks are chained through
 /// their first word, so the test needs no memory of its own.
+/// Blocks chained through word 0 of their first page (the test cannot
+/// hold a `Pages` per block: it allocates all of memory). Dropping it
+/// frees what is still chained, so a failed assertion leaks nothing.
+struct Chain {
+    head: u64,
+    order: u32,
+}
+
+impl Chain {
+    fn push(&mut self, pfn: Pfn) {
+        // SAFETY: word 0 of the block's first page holds the chain link.
+        unsafe { frame(pfn).write_volatile(self.head) };
+        self.head = pfn.0;
+    }
+
+    /// Take the first block off the chain (the caller frees it).
+    fn pop(&mut self) -> Option<Pfn> {
+        (self.head != u64::MAX).then(|| {
+            let pfn = Pfn(self.head);
+            // SAFETY: the link written by `push`.
+            self.head = unsafe { frame(pfn).read_volatile() };
+            pfn
+        })
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        while let Some(pfn) = self.pop() {
+            // SAFETY: every chained block came from alloc_pages(order) and
+            // nothing else refers to it.
+            let _ = unsafe { free_pages_raw(pfn, self.order) };
+        }
+    }
+}
+
 fn exhaust(order: u32) -> KResult {
     super::drain_pcp();
     let start = super::nr_free_pages();
-    let mut head = u64::MAX;
+    let mut chain = Chain {
+        head: u64::MAX,
+        order,
+    };
     let mut blocks = 0u64;
     loop {
         let p = match alloc_pages(order, AllocFlags::empty()) {
@@ -38,6 +77,8 @@ fn exhaust(order: u32) -> KResult {
             }
         };
         let (pfn, _) = p.into_raw();
+        chain.push(pfn);
+        blocks += 1;
         kassert!(
             pfn.is_aligned_to_order(order),
             "{:?} not aligned to order {}",
@@ -51,12 +92,10 @@ fn exhaust(order: u32) -> KResult {
                 unsafe { base.add(w).write_volatile(pattern(pg, w)) };
             }
         }
-        // SAFETY: word 0 of the block's first page holds the chain link.
-        unsafe { frame(pfn).write_volatile(head) };
-        head = pfn.0;
-        blocks += 1;
     }
-    // Exhausted: no block of this order or larger is left anywhere.
+    // Exhausted: no block of this order or larger is left anywhere (an
+    // injected failure is not exhaustion: this fails, and the chain goes
+    // back when dropped).
     let per_order = super::nr_free_per_order();
     for (o, n) in per_order.iter().enumerate().skip(order as usize) {
         kassert_eq!((o, *n), (o, 0));
@@ -64,24 +103,29 @@ fn exhaust(order: u32) -> KResult {
     kassert!(blocks > 0);
     // Verify every page (a page handed out twice would show the other
     // block's pattern), then free.
-    let mut pfn = head;
     let mut seen = 0u64;
-    while pfn != u64::MAX {
-        for pg in pfn..pfn + (1 << order) {
+    while let Some(pfn) = chain.pop() {
+        let mut bad = None;
+        for pg in pfn.0..pfn.0 + (1 << order) {
             let base = frame(Pfn(pg));
             for w in (PATTERN_STRIDE / 8..512).step_by(PATTERN_STRIDE / 8) {
                 // SAFETY: still allocated to this test.
                 let v = unsafe { base.add(w).read_volatile() };
-                kassert_eq!(v, pattern(pg, w));
+                if v != pattern(pg, w) && bad.is_none() {
+                    bad = Some((pg, w, v));
+                }
             }
         }
-        // SAFETY: the link written above.
-        let next = unsafe { frame(Pfn(pfn)).read_volatile() };
         // SAFETY: the block came from alloc_pages(order) above and nothing
         // refers to it after this.
-        let r = unsafe { free_pages_raw(Pfn(pfn), order) };
+        let r = unsafe { free_pages_raw(pfn, order) };
         kassert_eq!(r, Ok(()));
-        pfn = next;
+        if let Some((pg, w, v)) = bad {
+            return kfail!(
+                "pfn {pg:#x} word {w}: {v:#x}, expected {:#x}",
+                pattern(pg, w)
+            );
+        }
         seen += 1;
     }
     kassert_eq!(seen, blocks);
@@ -411,9 +455,26 @@ fn heap_failure_is_an_error() -> KResult {
 }
 
 fn heap_many_small_objects() -> KResult {
+    // Fallible throughout: the heap grows from the page allocator, which
+    // may fail (fail.alloc=N), and an infallible Box or push would then
+    // end the run instead of the case.
     let mut boxes: Vec<alloc::boxed::Box<[u64; 8]>> = Vec::new();
     for i in 0..20_000u64 {
-        boxes.push(alloc::boxed::Box::new([i; 8]));
+        if boxes.try_reserve(1).is_err() {
+            return kfail!("heap exhausted after {i} objects");
+        }
+        let layout = core::alloc::Layout::new::<[u64; 8]>();
+        // SAFETY: a non-zero-sized layout.
+        let p = unsafe { alloc::alloc::alloc(layout) } as *mut [u64; 8];
+        if p.is_null() {
+            return kfail!("heap exhausted after {i} objects");
+        }
+        // SAFETY: `p` is a fresh allocation of `[u64; 8]`'s layout, written
+        // before the Box owns it.
+        boxes.push(unsafe {
+            p.write([i; 8]);
+            alloc::boxed::Box::from_raw(p)
+        });
     }
     for (i, b) in boxes.iter().enumerate() {
         kassert_eq!(b[7], i as u64);
