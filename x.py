@@ -67,6 +67,14 @@ EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 
 MUTANTS = [
     {
+        "name": "guest-keeps-kernel-cr7",
+        "why": "a guest runs with the kernel's identity map as its secondary space (CR7)",
+        "file": "kernel/src/arch/s390x/guest.rs",
+        "find": """    "    lctlg 7,7,{asce}(%r2)",""",
+        "replace": """    // (mutant: CR7 stays the kernel's)""",
+        "expect": ["gmap_guest.guest_cannot_reach_kernel_memory_by_changing_space"],
+    },
+    {
         "name": "ipte-store",
         "why": "IPTE becomes a plain store of the PTE's invalid bit: no TLB purge",
         "file": "kernel/src/arch/s390x/dat.rs",

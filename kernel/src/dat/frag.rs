@@ -89,8 +89,10 @@ impl PteTable {
     /// table of order 0 with that half in use (both, for a PGSTE table).
     ///
     /// # Safety
-    /// No segment entry the hardware may use points at it any more, and no
-    /// other handle for it exists.
+    /// No segment entry the hardware may use points at it any more, no
+    /// other handle for it exists, and it goes back only to the space (the
+    /// fragment allocator) it came from: the handle does not know which
+    /// that is, so the allocator cannot check.
     pub unsafe fn from_raw(pa: PhysAddr, pgste: bool) -> Result<Self, FragError> {
         let half_ok = if pgste {
             pa.is_aligned(PAGE_SIZE)
@@ -152,13 +154,14 @@ impl Drop for PteTable {
             return;
         };
         let left = if self.pgste {
-            let _ = pt.frag_put(1);
-            pt.frag_put(0)
+            pt.frag_put(1).and(pt.frag_put(0))
         } else {
             pt.frag_put(half_of(self.pa))
         };
-        if left == Some(0) && !pt.frag_listed() {
-            free_page(self.page());
+        match left {
+            Some(0) if !pt.frag_listed() => free_page(self.page()),
+            Some(_) => {}
+            None => super::dat_bug(format_args!("{self:?} dropped, but it was free already")),
         }
     }
 }
@@ -301,8 +304,7 @@ impl FragAlloc {
             return;
         };
         let left = if self.pgste {
-            let _ = pt.frag_put(1);
-            pt.frag_put(0)
+            pt.frag_put(1).and(pt.frag_put(0))
         } else {
             pt.frag_put(half_of(t.pa))
         };

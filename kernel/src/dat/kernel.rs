@@ -38,7 +38,7 @@ static MORE_GUARDS: Mutex<[u64; 64]> = Mutex::new([0; 64]);
 
 /// Unmap the page at `va` from the kernel's space: the guard page of a
 /// stack allocated at run time.
-pub fn unmap_guard(va: u64) -> Result<(), SpaceError> {
+pub(crate) fn unmap_guard(va: u64) -> Result<(), SpaceError> {
     let k = KERNEL.get().ok_or(SpaceError::NotMapped)?;
     k.lock().unmap(va)?;
     if let Some(slot) = MORE_GUARDS.lock().iter_mut().find(|g| **g == 0) {

@@ -46,7 +46,9 @@ pub unsafe fn entry<'a>(pa: PhysAddr) -> &'a AtomicU64 {
 }
 
 /// Reads tables in the memmap's memory, for the software walker.
-pub struct PhysReader;
+/// Crate-internal: it reads any frame, which safe code outside must not
+/// (a frame lent as `&mut [u8]` may be one).
+pub(crate) struct PhysReader;
 
 impl TableReader for PhysReader {
     #[inline]

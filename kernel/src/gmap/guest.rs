@@ -27,8 +27,9 @@ pub enum GuestStop {
     /// More exits than allowed.
     TooManyExits,
     /// The guest PSW (its mask) is not one a guest may run with: problem
-    /// state, DAT on, primary-space mode, not a wait state. Refused before
-    /// anything runs.
+    /// state, DAT on, primary-space mode, not a wait state, interruptions
+    /// disabled (an interruption taken in the guest is an exit: the
+    /// kernel's handler would never see it). Refused before anything runs.
     BadPsw(u64),
 }
 
@@ -68,7 +69,7 @@ impl Vcpu {
             if m & mask::PROBLEM == 0
                 || m & mask::DAT == 0
                 || m & mask::ASC != mask::ASC_PRIMARY
-                || m & mask::WAIT != 0
+                || m & (mask::WAIT | mask::EXT | mask::IO | mask::MCHECK) != 0
             {
                 return Err(GuestStop::BadPsw(m));
             }

@@ -59,7 +59,11 @@ impl HostMm {
         })))
     }
 
-    pub fn space(&self) -> &AddressSpace {
+    /// The space: crate-internal, like `space_mut` (`AddressSpace::remap`
+    /// and `map_existing` take `&self`: through a shared view a caller
+    /// could point the host's pages, which its gmaps' guests see, at any
+    /// frame).
+    pub(crate) fn space(&self) -> &AddressSpace {
         &self.space
     }
 

@@ -229,7 +229,7 @@ pub fn page_address(page: &Page) -> Option<VirtAddr> {
 }
 
 /// Allocate `n` contiguous MAX_ORDER blocks; free each with MAX_ORDER.
-pub fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
+pub(crate) fn alloc_contig_blocks(n: u64) -> Result<Pfn, AllocError> {
     if fail::should_fail() {
         return Err(AllocError::NoMemory);
     }

@@ -75,6 +75,10 @@ global_asm!(
     // The guest's address space; instructions keep coming from the home
     // space (CR13) until the PSW switches to primary mode.
     "    lctlg 1,1,{asce}(%r2)",
+    // The secondary space too: a problem-state guest may SACF into
+    // secondary-space (or access-register) mode, and CR7 holds the
+    // kernel's identity map otherwise. run_guest puts it back.
+    "    lctlg 7,7,{asce}(%r2)",
     "    mvc {scratch}(16,%r0),{psw}(%r2)",
     "    lmg %r0,%r15,{gprs}(%r2)",
     "    lpswe {scratch}",
@@ -97,15 +101,24 @@ extern "C" {
 
 /// Run the guest until its next interruption.
 ///
+/// The guest runs with CR1 and CR7 (primary and secondary space) both
+/// `ctx.asce`, so no address-space mode it can switch to in problem state
+/// reaches the kernel's map (home space, CR13, is not available to a
+/// problem-state SACF); CR7 is restored on the way back.
+///
 /// # Safety
 /// `ctx.asce` must designate live tables for the whole run (the gmap and
-/// its host stay alive), and the guest PSW must be a problem-state PSW:
-/// whatever the guest does then ends in an interruption handled as an exit.
+/// its host stay alive), and the guest PSW must be a problem-state PSW
+/// with DAT on, not in home-space mode: whatever the guest does then ends
+/// in an interruption handled as an exit.
 pub unsafe fn run_guest(ctx: &mut GuestCtx) -> Exit {
     ctx.exit = None;
+    let cr7 = super::cr::stctg::<7>();
     // SAFETY: forwarded to the caller; zdat_run_guest returns through
     // zdat_guest_exit with r6-r15 restored, like a normal call.
     unsafe { zdat_run_guest(ctx as *mut GuestCtx as *mut u8) };
+    // SAFETY: the secondary space the kernel had before the run.
+    unsafe { super::cr::lctlg::<7>(cr7) };
     ctx.exit.unwrap_or(Exit::Other(IntClass::Restart))
 }
 

@@ -11,7 +11,7 @@ use crate::arch::pgm::code;
 use crate::dat::entry::SEGMENT_SIZE;
 use crate::gmap::{gmap_remove, Gmap, HostMm};
 use crate::ktest::{KResult, Outcome};
-use crate::{kassert_eq, kassert_matches};
+use crate::{kassert, kassert_eq, kassert_matches};
 
 // The guest program: sum r3 doublewords from r2 into r4, then SVC 1.
 // Position-independent (relative branch only), copied into guest memory.
@@ -30,9 +30,89 @@ core::arch::global_asm!(
     "zdat_guest_sum_end:",
 );
 
+// A guest that switches its address-space mode (SACF to the mode in r6:
+// 256 secondary, 768 home), loads r4 from and stores r5 to the address in
+// r2, switches back and ends with SVC 1.
+core::arch::global_asm!(
+    ".section .rodata.guest_sacf,\"a\"",
+    ".balign 8",
+    ".globl zdat_guest_sacf_start",
+    "zdat_guest_sacf_start:",
+    "    sacf 0(%r6)",
+    "    lg %r4,0(%r2)",
+    "    stg %r5,0(%r2)",
+    "    sacf 0",
+    "    svc 1",
+    ".globl zdat_guest_sacf_end",
+    "zdat_guest_sacf_end:",
+);
+
 extern "C" {
     static zdat_guest_sum_start: u8;
     static zdat_guest_sum_end: u8;
+    static zdat_guest_sacf_start: u8;
+    static zdat_guest_sacf_end: u8;
+}
+
+/// What the SACF guest targets: a kernel static at its identity-mapped
+/// address. The guest must neither read nor change it.
+static KERNEL_SECRET: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0x5ec2_e700_0000_c0de);
+
+/// A problem-state guest that switches to secondary-space or home-space
+/// mode reaches only its own space (secondary: the run loads CR7 with the
+/// gmap's ASCE too) or is refused (home space is not available in problem
+/// state; a guest PSW left in another mode is refused on re-entry): the
+/// kernel's memory stays out of reach.
+pub(super) fn guest_cannot_reach_kernel_memory_by_changing_space() -> KResult {
+    use crate::gmap::guest::{GuestStop, Vcpu};
+    use core::sync::atomic::Ordering;
+    // SAFETY: the two symbols bracket the guest program in .rodata.
+    let code = unsafe {
+        let s = core::ptr::addr_of!(zdat_guest_sacf_start);
+        let e = core::ptr::addr_of!(zdat_guest_sacf_end);
+        core::slice::from_raw_parts(s, e as usize - s as usize)
+    };
+    let secret = 0x5ec2_e700_0000_c0deu64;
+    let target = core::ptr::addr_of!(KERNEL_SECRET) as u64;
+    let h = host()?;
+    let g = gmap(&h, (1 << 31) - 1)?;
+    kassert_ok(g.gmap_map_segment(VM_BASE, 0, 64 * SEGMENT_SIZE))?;
+    {
+        let mut hm = h.lock();
+        kassert_ok(hm.populate(VM_BASE + CODE_GADDR, true).map(|_| ()))?;
+        if let Some(f) = hm.frame_bytes(VM_BASE + CODE_GADDR) {
+            f[..code.len()].copy_from_slice(code);
+        }
+    }
+    for mode in [256u64, 768] {
+        let mut cpu = Vcpu::new(&g, CODE_GADDR);
+        cpu.ctx.gprs[2] = target;
+        cpu.ctx.gprs[5] = 0xdead_beef_0bad_f00d;
+        cpu.ctx.gprs[6] = mode;
+        let r = cpu.run(&g, 100);
+        kassert_eq!(
+            KERNEL_SECRET.load(Ordering::SeqCst),
+            secret,
+            "SACF {}: the guest wrote the kernel's memory ({:?})",
+            mode,
+            r
+        );
+        kassert!(
+            !(r == Ok(1) && cpu.ctx.gprs[4] == secret),
+            "SACF {}: the guest read the kernel's memory",
+            mode
+        );
+        let refused = matches!(
+            r,
+            Err(GuestStop::BadPsw(_)) | Err(GuestStop::Program(..)) | Ok(1)
+        );
+        kassert!(refused, "SACF {}: {:?}", mode, r);
+        crate::ktest::diag(format_args!("guest SACF {mode}: {r:?}"));
+    }
+    kassert_eq!(gmap_remove(g), Ok(()));
+    drop(h);
+    Ok(())
 }
 
 fn guest_code() -> &'static [u8] {

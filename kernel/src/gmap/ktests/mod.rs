@@ -29,7 +29,8 @@ use failures::{
     protect_range_failure_changes_nothing, teardown_returns_every_page,
 };
 use guest_runs::{
-    guest_past_its_limit_is_stopped_cleanly, guest_sums_an_array_over_lazily_linked_segments,
+    guest_cannot_reach_kernel_memory_by_changing_space, guest_past_its_limit_is_stopped_cleanly,
+    guest_sums_an_array_over_lazily_linked_segments,
 };
 use linking::{
     freeing_a_host_pte_table_unlinks_and_fault_relinks, hardware_translation_for_each_asce_type,
@@ -163,6 +164,7 @@ ktest_suite!(
     "gmap_guest",
     [
         guest_sums_an_array_over_lazily_linked_segments,
-        guest_past_its_limit_is_stopped_cleanly
+        guest_past_its_limit_is_stopped_cleanly,
+        guest_cannot_reach_kernel_memory_by_changing_space
     ]
 );
