@@ -164,3 +164,17 @@ fn crst_tables_carry_their_level_and_free_on_drop() {
     fa.page_table_free(p);
     assert_eq!(counts(), before);
 }
+
+#[test]
+fn a_dropped_allocator_lets_its_listed_pages_go() {
+    let _s = mm::host_test_serial();
+    let before = counts();
+    let mut fa = FragAlloc::new(false);
+    let a = fa.page_table_alloc().unwrap();
+    assert_eq!(fa.list_len(), 1);
+    // The allocator goes first (its page still listed, half in use), then
+    // the table: the page must go back with it.
+    drop(fa);
+    drop(a);
+    assert_eq!(counts(), before);
+}

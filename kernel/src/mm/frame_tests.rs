@@ -149,3 +149,34 @@ fn from_raw_checks_the_type_tag() {
     drop(plain);
     assert_eq!(free_now(), before);
 }
+
+#[test]
+fn ctors_refuse_a_block_with_a_mapping_a_foreign_type_or_a_pin() {
+    use core::sync::atomic::Ordering;
+    let _s = host_test_serial();
+    let before = free_now();
+    // A `mapping` left set (the seed's bug, from the other side).
+    let p = alloc_pages(0, AllocFlags::empty()).unwrap();
+    p.page().generic().mapping.store(0x1000, Ordering::Relaxed);
+    let (p, e) = ptdesc::pagetable_pte_ctor(p).unwrap_err();
+    assert_eq!(e, PtDescError::NotAllocated(Some(PageType::Allocated)));
+    p.page().generic().mapping.store(0, Ordering::Relaxed);
+    // A block typed as something else (a heap block, say).
+    p.page().set_page_type(PageType::Heap);
+    let (p, e) = ptdesc::pagetable_pte_ctor(p).unwrap_err();
+    assert_eq!(e, PtDescError::NotAllocated(Some(PageType::Heap)));
+    p.page().set_page_type(PageType::Allocated);
+    drop(p);
+    // The gmap table ctor makes the same checks.
+    let p = alloc_pages(2, AllocFlags::empty()).unwrap();
+    p.page().page_ref_inc();
+    let (p, e) = gtdesc::gmap_table_ctor(p, 1, 0, 0).unwrap_err();
+    assert_eq!(e, GtDescError::NotAllocated(Some(PageType::Allocated)));
+    p.page().page_ref_dec();
+    p.page().generic().mapping.store(0x1000, Ordering::Relaxed);
+    let (p, e) = gtdesc::gmap_table_ctor(p, 1, 0, 0).unwrap_err();
+    assert_eq!(e, GtDescError::NotAllocated(Some(PageType::Allocated)));
+    p.page().generic().mapping.store(0, Ordering::Relaxed);
+    drop(p);
+    assert_eq!(free_now(), before);
+}
