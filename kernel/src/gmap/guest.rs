@@ -69,7 +69,7 @@ impl Vcpu {
             if m & mask::PROBLEM == 0
                 || m & mask::DAT == 0
                 || m & mask::ASC != mask::ASC_PRIMARY
-                || m & (mask::WAIT | mask::EXT | mask::IO | mask::MCHECK) != 0
+                || m & (mask::WAIT | mask::EXT | mask::IO | mask::MCHECK | mask::PER) != 0
             {
                 return Err(GuestStop::BadPsw(m));
             }

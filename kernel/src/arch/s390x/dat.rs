@@ -121,7 +121,7 @@ pub unsafe fn enable_dat_home(asce: u64) {
 }
 
 /// Load a doubleword from `va` in the secondary space (CR7).
-pub fn secondary_load_u64(va: u64) -> Result<u64, ProgramCheck> {
+pub(crate) fn secondary_load_u64(va: u64) -> Result<u64, ProgramCheck> {
     let v: u64;
     let (r0, r1): (u64, u64);
     // SAFETY: SACF to secondary mode for exactly one load and back to home

@@ -102,9 +102,13 @@ extern "C" {
 /// Run the guest until its next interruption.
 ///
 /// The guest runs with CR1 and CR7 (primary and secondary space) both
-/// `ctx.asce`, so no address-space mode it can switch to in problem state
-/// reaches the kernel's map (home space, CR13, is not available to a
-/// problem-state SACF); CR7 is restored on the way back.
+/// `ctx.asce`, so secondary-space mode, and access-register mode with
+/// ALET 0 or 1, reach only the guest's tables; home space (CR13) is not
+/// available to a problem-state SACF. CR7 is restored on the way back.
+/// Not covered: access-register mode with other ALETs, which would look
+/// them up through CR2 and CR5 (never loaded: 0); QEMU TCG refuses SACF
+/// to access-register mode with a specification exception, so this holds
+/// there, not on hardware.
 ///
 /// # Safety
 /// `ctx.asce` must designate live tables for the whole run (the gmap and

@@ -96,7 +96,7 @@ pub fn stap() -> u16 {
 }
 
 /// Read a doubleword of the lowcore (real address below 8 KiB).
-pub fn lowcore_read_u64(off: usize) -> u64 {
+pub(crate) fn lowcore_read_u64(off: usize) -> u64 {
     debug_assert!(off < 0x2000 && off.is_multiple_of(8));
     // SAFETY: the lowcore is always mapped (prefix area, identity/real);
     // reading it has no side effect.

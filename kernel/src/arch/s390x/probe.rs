@@ -9,7 +9,7 @@ use crate::arch::pgm::ProgramCheck;
 use crate::ex_table_entry;
 
 /// Load a doubleword from `addr` (current address space).
-pub fn load_u64(addr: u64) -> Result<u64, ProgramCheck> {
+pub(crate) fn load_u64(addr: u64) -> Result<u64, ProgramCheck> {
     let v: u64;
     let (r0, r1): (u64, u64);
     // SAFETY: a load has no effect besides its result; if the address is
@@ -30,7 +30,7 @@ pub fn load_u64(addr: u64) -> Result<u64, ProgramCheck> {
 }
 
 /// Load a byte from `addr`.
-pub fn load_u8(addr: u64) -> Result<u8, ProgramCheck> {
+pub(crate) fn load_u8(addr: u64) -> Result<u8, ProgramCheck> {
     let v: u64;
     let (r0, r1): (u64, u64);
     // SAFETY: as `load_u64`.
