@@ -127,7 +127,7 @@ MUTANTS = [
     {
         "name": "change-pte-no-ipte",
         "why": "protect and remap rewrite a present PTE without invalidating it",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
         // SAFETY: `pto` is this live page table.
         unsafe { self.ipte(pto, va) };
@@ -142,7 +142,7 @@ MUTANTS = [
     {
         "name": "unmap-page-no-ipte",
         "why": "a partial unmap clears PTEs without IPTE",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": "                                unsafe { self.ipte(pto, p) };",
         "replace": "",
         "filter": "tlb_warm",
@@ -151,7 +151,7 @@ MUTANTS = [
     {
         "name": "segment-protect-not-propagated",
         "why": "host segment protection does not reach linked gmap segments",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": "        self.segment_changed(va, new);\n",
         "replace": "",
         "filter": "tlb_warm",
@@ -160,8 +160,8 @@ MUTANTS = [
     {
         "name": "no-gmap-unlink",
         "why": "the host frees a PTE table without unlinking the gmap segments pointing at it",
-        "file": "kernel/src/dat/space.rs",
-        "find": "(h.table_unlink)(self.id, va & !(super::entry::SEGMENT_SIZE - 1), pto);",
+        "file": "kernel/src/dat/space/hooks.rs",
+        "find": "(h.table_unlink)(self.id, va & !(super::super::entry::SEGMENT_SIZE - 1), pto);",
         "replace": "let _ = (h, pto);",
         "filter": "tlb_warm",
         "expect": ["tlb_warm.host_unmap_segment_unlinks_loaded_gmap"],
@@ -169,7 +169,7 @@ MUTANTS = [
     {
         "name": "notify-after-change",
         "why": "the PTE notifier is called after the host PTE changed, not before",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
         self.notify_before_change(va, pea);
         // SAFETY: `pto` is this live page table.
@@ -186,7 +186,7 @@ MUTANTS = [
     {
         "name": "no-pte-notify",
         "why": "a host PTE with the PGSTE notify bit changes without calling the notifiers",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/hooks.rs",
         "find": "(h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));",
         "replace": "let _ = h;",
         "filter": "tlb_warm",
@@ -195,7 +195,7 @@ MUTANTS = [
     {
         "name": "space-drop-no-purge",
         "why": "a dropped address space frees its tables without clearing by ASCE",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/mod.rs",
         "find": """\
         tlb::flush_asce(self.asce);
         let (top, level) = (self.asce.origin(), self.asce.level());""",
@@ -218,8 +218,8 @@ MUTANTS = [
         "why": "mmu_gather accepts a table its entry still points at",
         "file": "kernel/src/dat/gather.rs",
         "find": """\
-        if unsafe { links(parent, t) } {
-            return Err(GatherError::StillLinked);
+        if unsafe { links(parent, &t) } {
+            return Err((t, GatherError::StillLinked));
         }""",
         "replace": "",
         "filter": "tlb_warm",
@@ -228,7 +228,7 @@ MUTANTS = [
     {
         "name": "map-range-keeps-growth",
         "why": "a failed map_range keeps the top level an earlier page added",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
                 self.downgrade_to(old_asce);
                 return Err(e);
@@ -259,7 +259,7 @@ MUTANTS = [
     {
         "name": "change-pte-no-ptlock",
         "why": "protect and remap change a PTE without its table's lock",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
         let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
         // SAFETY: a PTE of a live table, under its lock.
@@ -284,7 +284,7 @@ MUTANTS = [
     {
         "name": "map-existing-no-ptlock",
         "why": "a map into an existing page table checks and writes the PTE without its lock",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
         let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
         // SAFETY: the PTE of a live table of this space, under its lock.
@@ -320,12 +320,14 @@ MUTANTS = [
     {
         "name": "pte-table-freed-before-idte-smp",
         "why": "a whole segment's PTE table freed before its IDTE, instead of through mmu_gather",
-        "file": "kernel/src/dat/space.rs",
+        "file": "kernel/src/dat/space/ops.rs",
         "find": """\
                         unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
                         for i in 0..PTRS_PER_PTE as u64 {""",
         "replace": """\
-                        self.pte_free_now(pto);
+                        if let Ok(t) = unsafe { PteTable::from_raw(pto, self.pgste) } {
+                            self.frags.page_table_free(t);
+                        }
                         unsafe { g.invalidate_entry(tbl, Level::Segment, va) };
                         a = next;
                         continue;
@@ -337,8 +339,8 @@ MUTANTS = [
     {
         "name": "upgrade-drops-old-range",
         "why": "an ASCE upgrade does not make the old top entry 0 of the new one",
-        "file": "kernel/src/dat/space.rs",
-        "find": "            unsafe { entry(top) }.store(entry0.raw(), Ordering::Release);",
+        "file": "kernel/src/dat/space/upgrade.rs",
+        "find": "            top.entries()[0].store(entry0.raw(), Ordering::Release);",
         "replace": "            let _ = entry0;",
         "filter": "tlb_warm",
         "expect": ["tlb_warm.upgrade_keeps_the_loaded_top"],
