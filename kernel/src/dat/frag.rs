@@ -143,20 +143,36 @@ fn free_page(page: PhysAddr) {
     }
 }
 
-impl Drop for PteTable {
-    /// Without the allocator: give the half back; free the page if nothing
-    /// else holds it (see the module comment).
-    fn drop(&mut self) {
+impl PteTable {
+    /// The table's part of giving it back, with or without its allocator:
+    /// poison it and mark its half (both, for a PGSTE table) free in its
+    /// page. Returns the page's descriptor and the halves still in use
+    /// (`None`: the half was free already), or `None` (reported) if the
+    /// page is no page table.
+    fn put(&self) -> Option<(&'static PtDesc, Option<u32>)> {
         // SAFETY: the handle owns the table and nothing reaches it.
         unsafe { table::poison_pte_table(self.pa) };
-        let Some(pt) = self.ptdesc() else {
-            super::dat_bug(format_args!("{self:?} dropped: its page is no page table"));
-            return;
+        let Some(pt) = table::table_ptdesc(self.pa) else {
+            super::dat_bug(format_args!(
+                "{self:?} given back: its page is no page table"
+            ));
+            return None;
         };
         let left = if self.pgste {
             pt.frag_put(1).and(pt.frag_put(0))
         } else {
             pt.frag_put(half_of(self.pa))
+        };
+        Some((pt, left))
+    }
+}
+
+impl Drop for PteTable {
+    /// Without the allocator: give the half back; free the page if nothing
+    /// else holds it (see the module comment).
+    fn drop(&mut self) {
+        let Some((pt, left)) = self.put() else {
+            return;
         };
         match left {
             Some(0) if !pt.frag_listed() => free_page(self.page()),
@@ -296,19 +312,13 @@ impl FragAlloc {
             return;
         }
         let page = t.page();
-        // SAFETY: the handle owns the table and nothing reaches it.
-        unsafe { table::poison_pte_table(t.pa) };
-        let Some(pt) = table::table_ptdesc(t.pa) else {
-            super::dat_bug(format_args!("{t:?} freed: its page is no page table"));
-            let _ = t.into_raw();
+        let put = t.put();
+        // Given back above (or kept, reported, if its page is no page
+        // table): the handle's own Drop must not do it again.
+        core::mem::forget(t);
+        let Some((pt, left)) = put else {
             return;
         };
-        let left = if self.pgste {
-            pt.frag_put(1).and(pt.frag_put(0))
-        } else {
-            pt.frag_put(half_of(t.pa))
-        };
-        core::mem::forget(t);
         match left {
             // The other half is still used: the page has room again.
             Some(1) if !self.pgste => {
