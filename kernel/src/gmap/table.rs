@@ -48,6 +48,9 @@ impl From<GtDescError> for GmapTableError {
             }
             GtDescError::WrongOrder(_) => GmapTableError::Misaligned,
             GtDescError::Free(e) => GmapTableError::Free(e),
+            // memdesc: a descriptor allocation that failed is out of memory.
+            GtDescError::NoDescriptor => GmapTableError::NoMemory,
+            GtDescError::BadDescriptor => GmapTableError::NotGmapTable(None),
         }
     }
 }

@@ -8,11 +8,10 @@
 //! `MemMap`, so host tests run it on simulated memory.
 
 use core::fmt;
-use core::sync::atomic::Ordering;
 
 use super::addr::Pfn;
 use super::memmap::MemMap;
-use super::page::{Page, PageFlags, PageType, NIL};
+use super::page::{Page, PageType, NIL};
 
 /// Largest order: 2^10 pages = 4 MiB blocks.
 pub const MAX_ORDER: u32 = 10;
@@ -176,8 +175,7 @@ impl<'a> BuddyAllocator<'a> {
         for pfn in start.0..end {
             let p = self.page(pfn);
             if !p.has_type(PageType::Reserved) {
-                p.set_page_type(PageType::Reserved);
-                p.set_flags(PageFlags::RESERVED);
+                p.make_reserved();
                 self.nr_reserved += 1;
             }
         }
@@ -222,39 +220,26 @@ impl<'a> BuddyAllocator<'a> {
 
     fn list_add(&mut self, order: u32, pfn: u64) {
         let area = &mut self.free_area[order as usize];
-        let links = &self.map.pages()[pfn as usize].buddy().buddy_list;
-        links.next.store(area.head, Ordering::Relaxed);
-        links.prev.store(NIL, Ordering::Relaxed);
+        let p = &self.map.pages()[pfn as usize];
+        p.set_buddy_next(area.head);
+        p.set_buddy_prev(NIL);
         if area.head != NIL {
-            self.map.pages()[area.head as usize]
-                .buddy()
-                .buddy_list
-                .prev
-                .store(pfn, Ordering::Relaxed);
+            self.map.pages()[area.head as usize].set_buddy_prev(pfn);
         }
         area.head = pfn;
         area.nr_free += 1;
     }
 
     fn list_del(&mut self, order: u32, pfn: u64) {
-        let links = &self.page(pfn).buddy().buddy_list;
-        let next = links.next.load(Ordering::Relaxed);
-        let prev = links.prev.load(Ordering::Relaxed);
+        let p = self.page(pfn);
+        let (next, prev) = (p.buddy_next(), p.buddy_prev());
         if prev == NIL {
             self.free_area[order as usize].head = next;
         } else {
-            self.page(prev)
-                .buddy()
-                .buddy_list
-                .next
-                .store(next, Ordering::Relaxed);
+            self.page(prev).set_buddy_next(next);
         }
         if next != NIL {
-            self.page(next)
-                .buddy()
-                .buddy_list
-                .prev
-                .store(prev, Ordering::Relaxed);
+            self.page(next).set_buddy_prev(prev);
         }
         self.free_area[order as usize].nr_free -= 1;
     }
@@ -273,24 +258,16 @@ impl<'a> BuddyAllocator<'a> {
                 break;
             }
             let bp = self.page(buddy);
-            if !bp.has_type(PageType::Buddy)
-                || bp.buddy().order.load(Ordering::Relaxed) != order as u64
-            {
+            if !bp.has_type(PageType::Buddy) || bp.buddy_order() != order {
                 break;
             }
             self.list_del(order, buddy);
             // The buddy's head becomes a page inside the merged block.
-            bp.clear_union();
-            bp.set_page_type(PageType::Free);
+            bp.make_free();
             pfn &= buddy;
             order += 1;
         }
-        let p = self.page(pfn);
-        p.set_page_type(PageType::Buddy);
-        p.set_flags(PageFlags::empty());
-        p.set_refcount(0);
-        p.clear_union();
-        p.buddy().order.store(order as u64, Ordering::Relaxed);
+        self.page(pfn).make_buddy(order);
         self.list_add(order, pfn);
     }
 
@@ -310,28 +287,19 @@ impl<'a> BuddyAllocator<'a> {
         while o > order {
             o -= 1;
             let half = pfn + (1 << o);
-            let hp = self.page(half);
-            hp.set_page_type(PageType::Buddy);
-            hp.clear_union();
-            hp.buddy().order.store(o as u64, Ordering::Relaxed);
+            self.page(half).make_buddy(o);
             self.list_add(o, half);
         }
-        let p = self.page(pfn);
-        p.clear_union();
-        p.set_page_type(PageType::Free);
+        self.page(pfn).make_free();
         Some(pfn)
     }
 
     /// Make a block allocated: head Allocated with refcount 1 and its
     /// order, the other pages Tail.
     fn prep_new_block(&self, pfn: u64, order: u32) {
-        let head = self.page(pfn);
-        head.clear_union();
-        head.set_head(order);
-        head.set_refcount(1);
-        head.set_page_type(PageType::Allocated);
+        self.page(pfn).make_allocated(order);
         for t in pfn + 1..pfn + (1 << order) {
-            self.page(t).set_page_type(PageType::Tail);
+            self.page(t).make_tail();
         }
     }
 
@@ -346,12 +314,9 @@ impl<'a> BuddyAllocator<'a> {
             let Some(pfn) = self.rmqueue(order) else {
                 break;
             };
-            let p = self.page(pfn);
-            p.set_head(order);
-            p.set_refcount(0);
-            p.set_page_type(PageType::Pcp);
+            self.page(pfn).make_pcp(order);
             for t in pfn + 1..pfn + (1 << order) {
-                self.page(t).set_page_type(PageType::Tail);
+                self.page(t).make_tail();
             }
             push(pfn);
             got += 1;
@@ -368,11 +333,9 @@ impl<'a> BuddyAllocator<'a> {
         let p = self.page(pfn);
         debug_assert!(p.has_type(PageType::Pcp) && p.head_order() == order);
         for t in pfn + 1..pfn + (1 << order) {
-            self.page(t).set_page_type(PageType::Free);
+            self.page(t).make_free();
         }
-        p.set_head(0);
-        p.clear_union();
-        p.set_page_type(PageType::Free);
+        p.make_free();
         self.nr_free_pages += 1 << order;
         self.free_one_page(pfn, order);
     }
@@ -460,15 +423,10 @@ impl<'a> BuddyAllocator<'a> {
     pub fn free(&mut self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
         self.free_check(pfn, order)?;
         for t in pfn.0 + 1..pfn.0 + (1 << order) {
-            self.page(t).set_page_type(PageType::Free);
+            self.page(t).make_free();
         }
-        let head = self.page(pfn.0);
-        head.set_refcount(0);
-        head.set_flags(PageFlags::empty());
-        head.set_head(0);
+        self.page(pfn.0).make_free();
         self.nr_free_pages += 1 << order;
-        head.clear_union();
-        head.set_page_type(PageType::Free);
         self.free_one_page(pfn.0, order);
         Ok(())
     }
@@ -486,8 +444,7 @@ impl<'a> BuddyAllocator<'a> {
         for b in 0..blocks {
             let pfn = b * MAX_ORDER_PAGES;
             let p = self.page(pfn);
-            let free = p.has_type(PageType::Buddy)
-                && p.buddy().order.load(Ordering::Relaxed) == MAX_ORDER as u64;
+            let free = p.has_type(PageType::Buddy) && p.buddy_order() == MAX_ORDER;
             if !free {
                 run = 0;
                 continue;
@@ -529,9 +486,7 @@ impl<'a> BuddyAllocator<'a> {
                     });
                 }
                 let p = self.page(pfn);
-                if !p.has_type(PageType::Buddy)
-                    || p.buddy().order.load(Ordering::Relaxed) != order as u64
-                {
+                if !p.has_type(PageType::Buddy) || p.buddy_order() != order {
                     return Err(CheckError::ListEntry {
                         order,
                         pfn: Pfn(pfn),
@@ -543,7 +498,7 @@ impl<'a> BuddyAllocator<'a> {
                         pfn: Pfn(pfn),
                     });
                 }
-                if p.buddy().buddy_list.prev.load(Ordering::Relaxed) != prev {
+                if p.buddy_prev() != prev {
                     return Err(CheckError::ListLink {
                         order,
                         pfn: Pfn(pfn),
@@ -554,7 +509,7 @@ impl<'a> BuddyAllocator<'a> {
                     return Err(CheckError::Loop { order });
                 }
                 prev = pfn;
-                pfn = p.buddy().buddy_list.next.load(Ordering::Relaxed);
+                pfn = p.buddy_next();
             }
             let recorded = self.free_area[order as usize].nr_free;
             if counted != recorded {
@@ -573,11 +528,8 @@ impl<'a> BuddyAllocator<'a> {
             let p = self.page(pfn);
             let (span, inner) = match p.page_type() {
                 Some(PageType::Buddy) => {
-                    stats.free += 1 << p.buddy().order.load(Ordering::Relaxed);
-                    (
-                        1u64 << p.buddy().order.load(Ordering::Relaxed),
-                        PageType::Free,
-                    )
+                    stats.free += 1 << p.buddy_order();
+                    (1u64 << p.buddy_order(), PageType::Free)
                 }
                 Some(PageType::Pcp) => {
                     stats.pcp += 1 << p.head_order();
@@ -590,6 +542,10 @@ impl<'a> BuddyAllocator<'a> {
                 Some(PageType::Reserved) => {
                     stats.reserved += 1;
                     (1, PageType::Reserved)
+                }
+                Some(PageType::DescSlab) => {
+                    stats.other += 1;
+                    (1, PageType::Tail)
                 }
                 Some(PageType::PageTable) | Some(PageType::GmapTable) => {
                     stats.other += 1 << p.head_order();

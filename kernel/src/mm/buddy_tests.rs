@@ -2,6 +2,7 @@
 //! property test and one unit test per misuse case. They also run under
 //! Miri (`python3 x.py test --miri`), with smaller memory and fewer cases.
 
+#[cfg(not(feature = "memdesc"))]
 use core::sync::atomic::Ordering;
 
 use proptest::prelude::*;
@@ -82,7 +83,7 @@ fn free_blocks(map: &MemMap<'_>) -> Vec<(u64, u64)> {
         .iter()
         .enumerate()
         .filter(|(_, p)| p.has_type(PageType::Buddy))
-        .map(|(i, p)| (i as u64, p.buddy().order.load(Ordering::Relaxed)))
+        .map(|(i, p)| (i as u64, p.buddy_order() as u64))
         .collect()
 }
 
@@ -268,6 +269,9 @@ fn extra_reference_is_refused() {
     });
 }
 
+/// Overlay only: the memdesc word has no `mapping` (see
+/// `gtdesc`: a gmap table's gaddr lives in its descriptor).
+#[cfg(not(feature = "memdesc"))]
 #[test]
 fn non_null_mapping_is_refused() {
     with_alloc(|b| {
@@ -293,9 +297,18 @@ fn page_in_use_as_table_is_refused() {
     with_alloc(|b| {
         let p = b.alloc(0, AllocFlags::empty()).unwrap();
         let page = b.map().pfn_to_page(p).unwrap();
+        #[cfg(not(feature = "memdesc"))]
         page.set_page_type(PageType::PageTable);
+        // memdesc: the word points at a (stand-in) descriptor.
+        #[cfg(feature = "memdesc")]
+        let desc = super::page::MemdescHead::zeroed_for_tests();
+        #[cfg(feature = "memdesc")]
+        page.set_desc(PageType::PageTable, core::ptr::from_ref(&desc).cast());
         refused(b, p, 0, FreeError::InUse(PageType::PageTable));
+        #[cfg(not(feature = "memdesc"))]
         page.set_page_type(PageType::Allocated);
+        #[cfg(feature = "memdesc")]
+        page.make_allocated(0);
         b.free(p, 0).unwrap();
     });
 }
@@ -390,9 +403,12 @@ fn pcp_fast_path_and_misuse() {
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH - 1);
     // The owner leaves its words behind; the next allocation clears them.
     let page = map.pfn_to_page(a).unwrap();
-    page.generic().index.store(0x1234, Ordering::Relaxed);
-    page.generic().private.store(0x5678, Ordering::Relaxed);
-    page.generic().lru.prev.store(0x9abc, Ordering::Relaxed);
+    #[cfg(not(feature = "memdesc"))]
+    {
+        page.generic().index.store(0x1234, Ordering::Relaxed);
+        page.generic().private.store(0x5678, Ordering::Relaxed);
+        page.generic().lru.prev.store(0x9abc, Ordering::Relaxed);
+    }
     assert_eq!(free(a), Ok(()));
     assert_eq!(pcp.count(), super::pcp::PCP_BATCH);
     // LIFO: the page just freed comes back first, as Linux's prep_new_page
@@ -401,16 +417,22 @@ fn pcp_fast_path_and_misuse() {
     assert_eq!(alloc(), Ok(a));
     assert_eq!(page.refcount(), 1);
     assert!(page.has_type(PageType::Allocated));
-    assert_eq!(page.generic().lru.next.load(Ordering::Relaxed), 0);
-    assert_eq!(page.generic().mapping.load(Ordering::Relaxed), 0);
-    assert_eq!(page.generic().private.load(Ordering::Relaxed), 0);
+    #[cfg(not(feature = "memdesc"))]
+    {
+        assert_eq!(page.generic().lru.next.load(Ordering::Relaxed), 0);
+        assert_eq!(page.generic().mapping.load(Ordering::Relaxed), 0);
+        assert_eq!(page.generic().private.load(Ordering::Relaxed), 0);
+    }
     // Misuse on the fast path gets the same answers as the zone gives.
     page.page_ref_inc();
     assert_eq!(free(a), Err(FreeError::BadRefcount(2)));
     page.page_ref_dec();
-    page.generic().mapping.store(0x1000, Ordering::Relaxed);
-    assert_eq!(free(a), Err(FreeError::NonNullMapping(0x1000)));
-    page.generic().mapping.store(0, Ordering::Relaxed);
+    #[cfg(not(feature = "memdesc"))]
+    {
+        page.generic().mapping.store(0x1000, Ordering::Relaxed);
+        assert_eq!(free(a), Err(FreeError::NonNullMapping(0x1000)));
+        page.generic().mapping.store(0, Ordering::Relaxed);
+    }
     // A flag the owner set sends the page down the checked path, which
     // accepts it (flags are not misuse) and clears them.
     page.set_flags(super::page::PageFlags::DIRTY);
@@ -475,27 +497,23 @@ fn pcp_high_orders() {
         );
         assert_eq!(free(Pfn(a.0 + 1), order), Err(FreeError::NotHead));
         let tail = map.pfn_to_page(Pfn(a.0 + (1 << order) - 1)).unwrap();
-        tail.set_page_type(PageType::Allocated);
+        tail.make_allocated(0);
         assert_eq!(
             free(a, order),
             Err(FreeError::BadTail(Pfn(a.0 + (1 << order) - 1)))
         );
-        tail.set_page_type(PageType::Tail);
+        tail.make_tail();
         head.page_ref_inc();
         assert_eq!(free(a, order), Err(FreeError::BadRefcount(2)));
         head.page_ref_dec();
         // A page inside the block made to look like an allocated head of a
         // smaller order: not aligned to that order, so refused.
         let inner = map.pfn_to_page(Pfn(a.0 + 1)).unwrap();
-        inner.set_page_type(PageType::Allocated);
-        inner.set_head(order - 1);
-        inner.set_refcount(1);
+        inner.make_allocated(order - 1);
         if order > 1 {
             assert_eq!(free(Pfn(a.0 + 1), order - 1), Err(FreeError::BadOrder));
         }
-        inner.set_head(0);
-        inner.set_refcount(0);
-        inner.set_page_type(PageType::Tail);
+        inner.make_tail();
         assert_eq!(pcp.count(), before);
         assert_eq!(free(a, order), Ok(()));
         assert_eq!(free(a, order), Err(FreeError::AlreadyFree));

@@ -56,6 +56,7 @@ fn region_kind(
         Some(PageType::PageTable) => "page tables",
         Some(PageType::GmapTable) => "gmap tables",
         Some(PageType::Heap) => "heap",
+        Some(PageType::DescSlab) => "descriptors (memdesc)",
         Some(PageType::Reserved) => "reserved",
         // The other pages of a block belong to its head's kind.
         Some(PageType::Tail) => prev,

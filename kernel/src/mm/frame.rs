@@ -28,14 +28,17 @@ pub(in crate::mm) mod sealed {
     /// no other code can add a descriptor or call `release`.
     ///
     /// # Safety
-    /// The implementor is a `repr(C)` overlay of `Page`'s 64 bytes made
-    /// only of atomics, with `page_type` at the same offset (TABLE_MATCH),
-    /// so viewing a page of type `TYPE` as it is valid.
+    /// `of_page` of a page typed `TYPE` returns its descriptor: in the
+    /// overlay a `repr(C)` view of `Page`'s 64 bytes made only of atomics
+    /// (TABLE_MATCH), in memdesc the live descriptor its word points to.
     pub unsafe trait Desc: Sized + 'static {
         /// The page type of a page this descriptor describes.
         const TYPE: PageType;
         /// The block order every frame of this descriptor has, if fixed.
         const ORDER: Option<u32>;
+        /// The descriptor of a page of type `TYPE` (overlay: the page
+        /// itself; memdesc: what its word points to).
+        fn of_page(page: &Page) -> &Self;
         /// Give the block headed by `page` (of type `TYPE`) back: the dtor,
         /// then the allocator. A refusal is reported and the block stays
         /// allocated, owned by nobody.
@@ -98,9 +101,9 @@ impl<D: FrameDesc> Frame<D> {
 
     /// The descriptor, borrowed for as long as the handle lives.
     pub fn desc(&self) -> &D {
-        // SAFETY: the head is typed D::TYPE while the handle exists, and D
-        // is an atomics-only overlay of Page (the `Desc` contract).
-        unsafe { &*self.head.as_ptr().cast::<D>() }
+        // The head is typed D::TYPE while the handle exists (the `Desc`
+        // contract makes `of_page` right for it).
+        D::of_page(self.head())
     }
 
     /// Block order (0 for a PTE page, 2 for a CRST table).

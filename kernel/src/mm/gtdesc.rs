@@ -9,15 +9,18 @@
 //! Linux: the ptdesc overlay of include/linux/mm_types.h, for the tables of arch/s390/mm/gmap.c.
 
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(feature = "memdesc"))]
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::frame::{sealed, Frame};
 use super::page::{self, Page, PageType};
 use super::{FreeError, Pages};
 
 /// `struct gmap_table` (zdat's answer to "a distinct type for shadow and
-/// auxiliary tables"). Fields private: read through the accessors; only
-/// the ctor writes them.
+/// auxiliary tables"), overlay layout: a view of the page's 64 bytes.
+/// Fields private: read through the accessors; only the ctor writes them.
+#[cfg(not(feature = "memdesc"))]
 #[repr(C)]
 pub struct GmapTableDesc {
     __page_flags: AtomicU64,
@@ -37,15 +40,42 @@ pub struct GmapTableDesc {
 }
 
 // TABLE_MATCH against struct page, like PtDesc's.
-const _: () = assert!(offset_of!(GmapTableDesc, __page_flags) == page::FLAGS_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, _gt_pad_1) == page::LRU_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, _gt_s390_gaddr) == page::MAPPING_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, gt_gmap) == page::INDEX_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, gt_level) == page::PRIVATE_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, __page_type) == page::PAGE_TYPE_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, __page_refcount) == page::REFCOUNT_OFFSET);
-const _: () = assert!(offset_of!(GmapTableDesc, _gt_spare) == page::SPARE_OFFSET);
-const _: () = assert!(size_of::<GmapTableDesc>() == size_of::<Page>());
+#[cfg(not(feature = "memdesc"))]
+const _: () = {
+    assert!(offset_of!(GmapTableDesc, __page_flags) == page::FLAGS_OFFSET);
+    assert!(offset_of!(GmapTableDesc, _gt_pad_1) == page::LRU_OFFSET);
+    assert!(offset_of!(GmapTableDesc, _gt_s390_gaddr) == page::MAPPING_OFFSET);
+    assert!(offset_of!(GmapTableDesc, gt_gmap) == page::INDEX_OFFSET);
+    assert!(offset_of!(GmapTableDesc, gt_level) == page::PRIVATE_OFFSET);
+    assert!(offset_of!(GmapTableDesc, __page_type) == page::PAGE_TYPE_OFFSET);
+    assert!(offset_of!(GmapTableDesc, __page_refcount) == page::REFCOUNT_OFFSET);
+    assert!(offset_of!(GmapTableDesc, _gt_spare) == page::SPARE_OFFSET);
+    assert!(size_of::<GmapTableDesc>() == size_of::<Page>());
+};
+
+/// The gmap table descriptor, memdesc layout: its own 48-byte object from
+/// `desc::GTDESC_CACHE`, pointed to by the page's word. `_gt_s390_gaddr`
+/// aliases nothing here: a free that skips the dtor is refused because the
+/// page still says GmapTable, not because of a stale `mapping`.
+#[cfg(feature = "memdesc")]
+#[repr(C, align(16))]
+pub struct GmapTableDesc {
+    md: page::MemdescHead,
+    /// Guest address the table starts at (`_pt_s390_gaddr`).
+    _gt_s390_gaddr: AtomicU64,
+    /// The owning gmap's id.
+    gt_gmap: AtomicU64,
+    /// The table's level (raw: `gmap::table` knows the encoding).
+    gt_level: AtomicU64,
+    _gt_spare: AtomicU64,
+}
+
+#[cfg(feature = "memdesc")]
+const _: () = {
+    assert!(core::mem::align_of::<GmapTableDesc>() == super::desc::DESC_ALIGN);
+    assert!(offset_of!(GmapTableDesc, md) == 0);
+    assert!(size_of::<GmapTableDesc>() == 48);
+};
 
 /// Order of a gmap table block (16 KiB, a CRST table).
 pub const GMAP_TABLE_ORDER: u32 = 2;
@@ -69,6 +99,10 @@ pub enum GtDescError {
     WrongOrder(u32),
     /// The allocator refused the free (it printed why).
     Free(FreeError),
+    /// memdesc: no descriptor could be allocated (the ctor changed nothing).
+    NoDescriptor,
+    /// memdesc: the page's descriptor does not name the page back.
+    BadDescriptor,
 }
 
 /// The gmap-table view of a page, refused unless it is tagged GmapTable (a
@@ -77,16 +111,44 @@ pub fn page_gmap_table(page: &Page) -> Result<&GmapTableDesc, GtDescError> {
     if !page.has_type(PageType::GmapTable) {
         return Err(GtDescError::NotGmapTable(page.page_type()));
     }
-    // SAFETY: a repr(C) overlay of Page made only of atomics (asserted
-    // above); the type was checked.
-    Ok(unsafe { &*(page as *const Page as *const GmapTableDesc) })
+    let t = desc_of(page).ok_or(GtDescError::BadDescriptor)?;
+    #[cfg(feature = "memdesc")]
+    if t.md.page_addr() != core::ptr::from_ref(page).addr() as u64 {
+        return Err(GtDescError::BadDescriptor);
+    }
+    Ok(t)
 }
 
-/// The page a gmap table descriptor overlays.
+/// The descriptor of a page typed GmapTable (type checked by the caller).
+#[cfg(not(feature = "memdesc"))]
+fn desc_of(page: &Page) -> Option<&GmapTableDesc> {
+    // SAFETY: a repr(C) overlay of Page made only of atomics (asserted
+    // above); the caller checked the type.
+    Some(unsafe { &*(page as *const Page as *const GmapTableDesc) })
+}
+
+#[cfg(feature = "memdesc")]
+fn desc_of(page: &Page) -> Option<&GmapTableDesc> {
+    let p = page.desc_ptr(PageType::GmapTable)?;
+    // SAFETY: a GmapTable word points at a live descriptor from
+    // GTDESC_CACHE (stored by the ctor only; the dtor retypes the page
+    // before freeing it); atomics only.
+    Some(unsafe { &*p.cast::<GmapTableDesc>() })
+}
+
+/// The page a gmap table descriptor describes.
 pub fn gmap_table_page(t: &GmapTableDesc) -> &Page {
+    #[cfg(not(feature = "memdesc"))]
     // SAFETY: the inverse overlay; a GmapTableDesc exists only as a view
     // of a memmap page (its fields are private).
-    unsafe { &*(t as *const GmapTableDesc as *const Page) }
+    return unsafe { &*(t as *const GmapTableDesc as *const Page) };
+    #[cfg(feature = "memdesc")]
+    {
+        let p: *const Page = core::ptr::with_exposed_provenance(t.md.page_addr() as usize);
+        // SAFETY: the back-pointer the ctor set (an exposed memmap entry);
+        // the descriptor lives only while that page is a gmap table.
+        unsafe { &*p }
+    }
 }
 
 impl GmapTableDesc {
@@ -125,11 +187,15 @@ impl core::fmt::Debug for GmapTableDesc {
     }
 }
 
-// SAFETY: GmapTableDesc is a repr(C) atomics-only overlay of Page
-// (TABLE_MATCH asserts above).
+// SAFETY: overlay: a repr(C) atomics-only overlay of Page (TABLE_MATCH
+// asserts above); memdesc: `of_page` follows a GmapTable word to its live
+// descriptor.
 unsafe impl sealed::Desc for GmapTableDesc {
     const TYPE: PageType = PageType::GmapTable;
     const ORDER: Option<u32> = Some(GMAP_TABLE_ORDER);
+    fn of_page(page: &Page) -> &Self {
+        desc_of(page).unwrap_or_else(|| unreachable!("a GmapTable frame without its descriptor"))
+    }
     fn release(page: &'static Page) {
         // A refusal was reported (by the allocator or here); the table
         // stays allocated, owned by nobody.
@@ -162,10 +228,7 @@ pub fn gmap_table_ctor(
         let o = p.order();
         return Err((p, GtDescError::WrongOrder(o)));
     }
-    let page = p.into_head();
-    page.clear_union();
-    page.set_page_type(PageType::GmapTable);
-    let f = Frame::<GmapTableDesc>::from_head(page);
+    let f = retype(p)?;
     f._gt_s390_gaddr.store(gaddr, Ordering::Relaxed);
     f.gt_gmap.store(owner, Ordering::Relaxed);
     f.gt_level.store(level, Ordering::Relaxed);
@@ -183,29 +246,119 @@ pub fn gmap_table_dtor(
     if !page.has_type(PageType::GmapTable) {
         return Err((t, GtDescError::NotGmapTable(page.page_type())));
     }
+    #[cfg(feature = "memdesc")]
+    if page_gmap_table(page).is_err() {
+        return Err((t, GtDescError::BadDescriptor));
+    }
     let page = t.into_head();
     NR_GMAP_TABLES.fetch_sub(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+    #[cfg(not(feature = "memdesc"))]
+    unretype(page);
+    #[cfg(feature = "memdesc")]
+    free_desc(unretype(page));
+    Ok(Pages::from_head(page, GMAP_TABLE_ORDER))
+}
+
+/// The ctor's retyping: the block becomes a gmap table (memdesc: with a
+/// fresh descriptor; `NoDescriptor` hands the block back unchanged).
+fn retype(p: Pages) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
+    #[cfg(not(feature = "memdesc"))]
+    {
+        let page = p.into_head();
+        page.clear_union();
+        page.set_page_type(PageType::GmapTable);
+        Ok(Frame::from_head(page))
+    }
+    #[cfg(feature = "memdesc")]
+    {
+        let Ok(d) = super::desc::GTDESC_CACHE.alloc() else {
+            return Err((p, GtDescError::NoDescriptor));
+        };
+        let page = p.into_head();
+        // SAFETY: a fresh zeroed 16-byte aligned object of the descriptor's
+        // size (asserted against the cache), ours alone; atomics only.
+        let t = unsafe { &*d.as_ptr().cast::<GmapTableDesc>() };
+        t.md.init(page, GMAP_TABLE_ORDER);
+        page.set_desc(PageType::GmapTable, d.as_ptr());
+        Ok(Frame::from_head(page))
+    }
+}
+
+/// The dtor's retyping: the page is a plain allocated block again; the
+/// descriptor (memdesc) is returned for the caller to free, or to put
+/// back if the free is refused.
+#[cfg(not(feature = "memdesc"))]
+fn unretype(page: &Page) {
     page.clear_union();
     page.set_page_type(PageType::Allocated);
-    Ok(Pages::from_head(page, GMAP_TABLE_ORDER))
+}
+
+#[cfg(feature = "memdesc")]
+fn unretype(page: &Page) -> *const u8 {
+    let refs = page.refcount();
+    let d = page
+        .desc_ptr(PageType::GmapTable)
+        .unwrap_or(core::ptr::null());
+    page.make_allocated(GMAP_TABLE_ORDER);
+    page.set_refcount(refs);
+    d
+}
+
+#[cfg(feature = "memdesc")]
+fn free_desc(d: *const u8) {
+    if let Some(d) = core::ptr::NonNull::new(d.cast_mut()) {
+        // SAFETY: the descriptor came from GTDESC_CACHE in the ctor and the
+        // page no longer points at it.
+        unsafe { super::desc::GTDESC_CACHE.free(d) };
+    }
 }
 
 /// The dtor, then the allocator. A refusal (the allocator's, which it
 /// reports) gives the table back exactly as it was.
 pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDesc>, GtDescError)> {
-    let saved = (t.gaddr(), t.owner(), t.raw_level());
-    let p = gmap_table_dtor(t)?;
-    match super::free_pages(p) {
-        Ok(()) => Ok(()),
-        Err((p, e)) => {
-            let page = p.into_head();
-            page.set_page_type(PageType::GmapTable);
-            NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
-            let f = Frame::<GmapTableDesc>::from_head(page);
-            f._gt_s390_gaddr.store(saved.0, Ordering::Relaxed);
-            f.gt_gmap.store(saved.1, Ordering::Relaxed);
-            f.gt_level.store(saved.2, Ordering::Relaxed);
-            Err((f, GtDescError::Free(e)))
+    #[cfg(not(feature = "memdesc"))]
+    {
+        let saved = (t.gaddr(), t.owner(), t.raw_level());
+        let p = gmap_table_dtor(t)?;
+        match super::free_pages(p) {
+            Ok(()) => Ok(()),
+            Err((p, e)) => {
+                let page = p.into_head();
+                page.set_page_type(PageType::GmapTable);
+                NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+                let f = Frame::<GmapTableDesc>::from_head(page);
+                f._gt_s390_gaddr.store(saved.0, Ordering::Relaxed);
+                f.gt_gmap.store(saved.1, Ordering::Relaxed);
+                f.gt_level.store(saved.2, Ordering::Relaxed);
+                Err((f, GtDescError::Free(e)))
+            }
+        }
+    }
+    #[cfg(feature = "memdesc")]
+    {
+        // The descriptor is kept until the free succeeds: a refusal puts
+        // it back without allocating (a free path never allocates).
+        let page = t.head();
+        if !page.has_type(PageType::GmapTable) {
+            return Err((t, GtDescError::NotGmapTable(page.page_type())));
+        }
+        if page_gmap_table(page).is_err() {
+            return Err((t, GtDescError::BadDescriptor));
+        }
+        let page = t.into_head();
+        NR_GMAP_TABLES.fetch_sub(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+        let d = unretype(page);
+        match super::free_pages(Pages::from_head(page, GMAP_TABLE_ORDER)) {
+            Ok(()) => {
+                free_desc(d);
+                Ok(())
+            }
+            Err((p, e)) => {
+                let page = p.into_head();
+                page.set_desc(PageType::GmapTable, d);
+                NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+                Err((Frame::from_head(page), GtDescError::Free(e)))
+            }
         }
     }
 }
@@ -219,6 +372,9 @@ pub(crate) fn gmap_table_free_keeping_gaddr(
     t: Frame<GmapTableDesc>,
 ) -> Result<(), (Frame<GmapTableDesc>, GtDescError)> {
     let page = t.into_head();
+    // memdesc: the page keeps its GmapTable word (the descriptor holds the
+    // gaddr), so the allocator refuses it as still in use.
+    #[cfg(not(feature = "memdesc"))]
     page.set_page_type(PageType::Allocated);
     match super::free_pages(Pages::from_head(page, GMAP_TABLE_ORDER)) {
         Ok(()) => {
@@ -227,6 +383,7 @@ pub(crate) fn gmap_table_free_keeping_gaddr(
         }
         Err((p, e)) => {
             let page = p.into_head();
+            #[cfg(not(feature = "memdesc"))]
             page.set_page_type(PageType::GmapTable);
             Err((Frame::from_head(page), GtDescError::Free(e)))
         }

@@ -12,6 +12,8 @@
 
 pub mod addr;
 pub(crate) mod buddy;
+#[cfg(feature = "memdesc")]
+pub mod desc;
 mod dump;
 pub mod fail;
 pub mod frame;

@@ -15,9 +15,10 @@ use super::{
 };
 
 /// An owned block of 2^order frames from `alloc_pages`: like Linux's
-/// `struct page *`, a reference to the head page's entry, with the order in
-/// the entry address's low bits (entries are 64-byte aligned), so the
-/// handle is one word. Converting to a frame number is arithmetic, done
+/// `struct page *`, a reference to the head page's entry, so the handle is
+/// one word. The order is in the entry address's low bits in the overlay
+/// layout (entries are 64-byte aligned); the memdesc layout's 8-byte
+/// entries have no room, and the order is read from the head's word. Converting to a frame number is arithmetic, done
 /// only when asked. Not `Clone`: the handle is the ownership. Give it back
 /// with `free_pages` (which can refuse and say why); dropping it frees it
 /// too (a refusal is then reported and the block stays allocated, owned by
@@ -27,9 +28,14 @@ pub struct Pages {
     tagged: NonNull<Page>,
 }
 
-/// Low bits of `Pages::tagged` holding the order.
+/// Low bits of `Pages::tagged` holding the order (overlay layout).
+#[cfg(not(feature = "memdesc"))]
 const ORDER_TAG: usize = core::mem::align_of::<Page>() - 1;
+#[cfg(not(feature = "memdesc"))]
 const _: () = assert!(MAX_ORDER as usize <= ORDER_TAG);
+/// memdesc: nothing in the address; the head's word has the order.
+#[cfg(feature = "memdesc")]
+const ORDER_TAG: usize = 0;
 
 // SAFETY: a `Pages` is a `&'static Page` (Page is all atomics, so Sync)
 // plus an order; the frames it owns may be handed to another CPU.
@@ -58,6 +64,12 @@ impl Pages {
     #[inline(always)]
     fn new(page: &'static Page, order: u32) -> Self {
         debug_assert!(order <= MAX_ORDER);
+        #[cfg(feature = "memdesc")]
+        debug_assert_eq!(
+            page.head_order(),
+            order,
+            "Pages of a head whose word says another order"
+        );
         Self {
             tagged: NonNull::from(page).map_addr(|a| a | (order as usize & ORDER_TAG)),
         }
@@ -70,7 +82,10 @@ impl Pages {
 
     #[inline(always)]
     pub fn order(&self) -> u32 {
-        (self.tagged.addr().get() & ORDER_TAG) as u32
+        #[cfg(not(feature = "memdesc"))]
+        return (self.tagged.addr().get() & ORDER_TAG) as u32;
+        #[cfg(feature = "memdesc")]
+        return self.head().head_order();
     }
 
     pub fn nr_pages(&self) -> u64 {

@@ -92,9 +92,7 @@ impl<'a> PcpList<'a> {
     #[inline(always)]
     fn push(&self, page: &'a Page, order: u32) {
         let head = &self.heads[order as usize];
-        page.pcp()
-            .next
-            .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+        page.set_pcp_next(order, head.load(Ordering::Relaxed));
         head.store(ptr::from_ref(page).cast_mut(), Ordering::Relaxed);
         self.add_count(1 << order);
     }
@@ -104,7 +102,7 @@ impl<'a> PcpList<'a> {
         let head = &self.heads[order as usize];
         // SAFETY: the list holds only entries pushed as `&'a Page`.
         let page: &'a Page = unsafe { head.load(Ordering::Relaxed).as_ref()? };
-        head.store(page.pcp().next.load(Ordering::Relaxed), Ordering::Relaxed);
+        head.store(page.pcp_next(), Ordering::Relaxed);
         self.add_count(-(1 << order));
         Some(page)
     }
@@ -117,12 +115,7 @@ impl<'a> PcpList<'a> {
     #[inline(always)]
     pub fn alloc(&self, order: u32) -> Option<&'a Page> {
         let page = self.pop(order)?;
-        // `lru.next` held the list link; `private` is the last owner's.
-        let arm = page.pcp();
-        arm.next.store(ptr::null_mut(), Ordering::Relaxed);
-        arm._private.store(0, Ordering::Relaxed);
-        page.set_refcount(1);
-        page.set_page_type(PageType::Allocated);
+        page.pcp_to_allocated();
         Some(page)
     }
 
@@ -133,15 +126,10 @@ impl<'a> PcpList<'a> {
     /// when `over_high` says so.
     #[inline(always)]
     pub fn free(&self, page: &'a Page) -> bool {
-        // Flags and mapping both 0: one test of the two words or-ed.
-        if !(page.has_type(PageType::Allocated)
-            && page.refcount() == 1
-            && (page.raw_flags() | page.mapping()) == 0)
-        {
+        if !page.is_fresh_allocated(0) {
             return false;
         }
-        page.set_refcount(0);
-        page.set_page_type(PageType::Pcp);
+        page.allocated_to_pcp();
         self.push(page, 0);
         true
     }
@@ -161,15 +149,12 @@ impl<'a> PcpList<'a> {
             return false;
         };
         let page = &block[0];
-        if !(page.has_type(PageType::Allocated)
-            && page.refcount() == 1
-            && ((page.raw_flags() ^ Page::head_flags(order)) | page.mapping()) == 0
+        if !(page.is_fresh_allocated(order)
             && block[1..].iter().all(|t| t.has_type(PageType::Tail)))
         {
             return false;
         }
-        page.set_refcount(0);
-        page.set_page_type(PageType::Pcp);
+        page.allocated_to_pcp();
         self.push(page, order);
         true
     }
@@ -323,7 +308,7 @@ impl<'a> PcpList<'a> {
                     return Err((order as u32, pfn));
                 }
                 n += 1;
-                cur = page.pcp().next.load(Ordering::Relaxed);
+                cur = page.pcp_next();
             }
             pages += n << order;
         }

@@ -12,8 +12,12 @@
 //! fields are private; what outside code may change (the fragment count,
 //! the list link) is crate-internal, and only the lock is public.
 
-use core::mem::{offset_of, size_of, ManuallyDrop};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(feature = "memdesc"))]
+use core::mem::ManuallyDrop;
+use core::mem::{offset_of, size_of};
+#[cfg(not(feature = "memdesc"))]
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
 use super::frame::{sealed, Frame};
@@ -66,12 +70,14 @@ impl Drop for PtLockGuard<'_> {
 }
 
 /// `pt_list` or the two words it overlays (`_pt_pad_1`, `pmd_huge_pte`).
+#[cfg(not(feature = "memdesc"))]
 #[repr(C)]
 union PtListOrPad {
     pt_list: ManuallyDrop<ListLinks>,
     pad: ManuallyDrop<PtPad>,
 }
 
+#[cfg(not(feature = "memdesc"))]
 #[repr(C)]
 struct PtPad {
     /// Aliases `compound_head`: bit 0 must stay clear.
@@ -82,6 +88,7 @@ struct PtPad {
 /// `pt_index`, `pt_mm` or `pt_frag_refcount`. Linux's `pt_frag_refcount`
 /// is an `atomic_t` in the first four bytes of the word; zdat's uses the
 /// whole word, so that every access to it has one size (see `PtLock`).
+#[cfg(not(feature = "memdesc"))]
 #[repr(C)]
 union PtIndex {
     pt_index: ManuallyDrop<AtomicU64>,
@@ -89,8 +96,10 @@ union PtIndex {
     pt_frag_refcount: ManuallyDrop<AtomicU64>,
 }
 
-/// `struct ptdesc` (include/linux/mm_types.h). Fields private: reached
-/// through the accessors below.
+/// `struct ptdesc` (include/linux/mm_types.h), overlay layout: a view of
+/// the page's own 64 bytes. Fields private: reached through the accessors
+/// below.
+#[cfg(not(feature = "memdesc"))]
 #[repr(C)]
 pub struct PtDesc {
     __page_flags: AtomicU64,
@@ -107,15 +116,41 @@ pub struct PtDesc {
 }
 
 // TABLE_MATCH: every field where `struct page` has it.
-const _: () = assert!(offset_of!(PtDesc, __page_flags) == page::FLAGS_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, pt_list_or_pad) == page::LRU_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, __page_mapping) == page::MAPPING_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, pt_index) == page::INDEX_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, ptl) == page::PRIVATE_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, __page_type) == page::PAGE_TYPE_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, __page_refcount) == page::REFCOUNT_OFFSET);
-const _: () = assert!(offset_of!(PtDesc, pt_memcg_data) == page::SPARE_OFFSET);
-const _: () = assert!(size_of::<PtDesc>() <= size_of::<Page>());
+#[cfg(not(feature = "memdesc"))]
+const _: () = {
+    assert!(offset_of!(PtDesc, __page_flags) == page::FLAGS_OFFSET);
+    assert!(offset_of!(PtDesc, pt_list_or_pad) == page::LRU_OFFSET);
+    assert!(offset_of!(PtDesc, __page_mapping) == page::MAPPING_OFFSET);
+    assert!(offset_of!(PtDesc, pt_index) == page::INDEX_OFFSET);
+    assert!(offset_of!(PtDesc, ptl) == page::PRIVATE_OFFSET);
+    assert!(offset_of!(PtDesc, __page_type) == page::PAGE_TYPE_OFFSET);
+    assert!(offset_of!(PtDesc, __page_refcount) == page::REFCOUNT_OFFSET);
+    assert!(offset_of!(PtDesc, pt_memcg_data) == page::SPARE_OFFSET);
+    assert!(size_of::<PtDesc>() <= size_of::<Page>());
+};
+
+/// `struct ptdesc`, memdesc layout: allocated on its own from the
+/// descriptor allocator (`desc::PTDESC_CACHE`, 16-byte aligned), pointed
+/// to by the page's memdesc word. What Linux keeps in `struct page` for a
+/// page table and zdat uses: `pt_list`, `pt_index`/`pt_frag_refcount`,
+/// `ptl`; the memdesc head carries the back-pointer, order and refcount.
+#[cfg(feature = "memdesc")]
+#[repr(C, align(16))]
+pub struct PtDesc {
+    md: page::MemdescHead,
+    pt_list: ListLinks,
+    /// `pt_index`, or `pt_frag_refcount` for a PTE page (one word, as in
+    /// the overlay).
+    pt_index: AtomicU64,
+    ptl: PtLock,
+}
+
+#[cfg(feature = "memdesc")]
+const _: () = {
+    assert!(size_of::<PtDesc>() == 48);
+    assert!(core::mem::align_of::<PtDesc>() == super::desc::DESC_ALIGN);
+    assert!(offset_of!(PtDesc, md) == 0);
+};
 
 /// Why a descriptor cast, ctor or dtor was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +164,10 @@ pub enum PtDescError {
     NotAllocated(Option<PageType>),
     /// A ctor on a block of the wrong order for the table (its order).
     WrongOrder(u32),
+    /// memdesc: no descriptor could be allocated (the ctor changed nothing).
+    NoDescriptor,
+    /// memdesc: the page's descriptor does not name the page back.
+    BadDescriptor,
 }
 
 /// NR_PAGETABLE: pages in use as process page tables, kept by the ctors and
@@ -145,25 +184,58 @@ const FRAG_COUNT_MASK: u32 = 0xff;
 const FRAG_HALF_SHIFT: u32 = 8;
 
 /// `page_ptdesc`: the page-table view of a page, refused unless the page's
-/// type says it is a process page table.
+/// type says it is a process page table. Overlay: a cast. memdesc: the
+/// word's pointer, followed once its type is checked, and refused unless
+/// the descriptor names this page back (`BadDescriptor`).
 pub fn page_ptdesc(page: &Page) -> Result<&PtDesc, PtDescError> {
     if !page.has_type(PageType::PageTable) {
         return Err(PtDescError::NotPageTable(page.page_type()));
     }
-    Ok(page_ptdesc_unchecked(page))
+    #[cfg(not(feature = "memdesc"))]
+    return Ok(page_ptdesc_unchecked(page));
+    #[cfg(feature = "memdesc")]
+    {
+        let pt = page_ptdesc_unchecked(page).ok_or(PtDescError::BadDescriptor)?;
+        if pt.md.page_addr() != core::ptr::from_ref(page).addr() as u64 {
+            return Err(PtDescError::BadDescriptor);
+        }
+        Ok(pt)
+    }
 }
 
 /// The page-table view without the type check (callers checked it).
+#[cfg(not(feature = "memdesc"))]
 fn page_ptdesc_unchecked(page: &Page) -> &PtDesc {
     // SAFETY: PtDesc is a repr(C) overlay of Page's 64 bytes made only of
     // atomics (TABLE_MATCH asserts above): every bit pattern is valid.
     unsafe { &*(page as *const Page as *const PtDesc) }
 }
 
+/// The descriptor the page's word points to (its type was checked).
+#[cfg(feature = "memdesc")]
+fn page_ptdesc_unchecked(page: &Page) -> Option<&PtDesc> {
+    let p = page.desc_ptr(PageType::PageTable)?;
+    // SAFETY: a PageTable word points at a live PtDesc from PTDESC_CACHE
+    // (only the ctor stores it; the dtor retypes the page before freeing
+    // the descriptor), and PtDesc is atomics only.
+    Some(unsafe { &*p.cast::<PtDesc>() })
+}
+
 /// `ptdesc_page`.
+#[cfg(not(feature = "memdesc"))]
 pub fn ptdesc_page(pt: &PtDesc) -> &Page {
     // SAFETY: the inverse overlay; every PtDesc is a Page of the memmap.
     unsafe { &*(pt as *const PtDesc as *const Page) }
+}
+
+/// `ptdesc_page`: the descriptor's back-pointer.
+#[cfg(feature = "memdesc")]
+pub fn ptdesc_page(pt: &PtDesc) -> &Page {
+    let p: *const Page = core::ptr::with_exposed_provenance(pt.md.page_addr() as usize);
+    // SAFETY: the ctor set the back-pointer to the memmap entry of the
+    // table's head page (exposed), and a PtDesc exists only while that
+    // page is a page table: fields private, made only by the ctor.
+    unsafe { &*p }
 }
 
 /// `virt_to_ptdesc`: the descriptor of the page holding kernel address `va`.
@@ -188,7 +260,7 @@ impl core::fmt::Debug for PtDesc {
             f,
             "PtDesc({:#x}, type {:#x})",
             ptdesc_phys(self).0,
-            self.__page_type.load(Ordering::Relaxed)
+            ptdesc_page(self).raw_page_type()
         )
     }
 }
@@ -202,13 +274,23 @@ impl PtDesc {
     /// `pt_index` as the ctor left it: a `CRST_*` level tag for a CRST
     /// table (PTE tables use the word as `pt_frag_refcount`).
     pub fn pt_index(&self) -> u64 {
-        // SAFETY: atomics-only union: any member is valid to read.
-        unsafe { self.pt_index.pt_index.load(Ordering::Relaxed) }
+        self.index_word().load(Ordering::Relaxed)
     }
 
     pub fn pt_frag_refcount(&self) -> u32 {
+        self.frag_word().load(Ordering::Acquire) as u32
+    }
+
+    /// The `pt_index` word.
+    #[cfg(not(feature = "memdesc"))]
+    fn index_word(&self) -> &AtomicU64 {
         // SAFETY: atomics-only union: any member is valid to read.
-        unsafe { self.pt_index.pt_frag_refcount.load(Ordering::Acquire) as u32 }
+        unsafe { &self.pt_index.pt_index }
+    }
+
+    #[cfg(feature = "memdesc")]
+    fn index_word(&self) -> &AtomicU64 {
+        &self.pt_index
     }
 
     /// 2 KiB PTE tables in use in this page (0..=2).
@@ -226,9 +308,15 @@ impl PtDesc {
         self.pt_frag_refcount() & FRAG_LISTED != 0
     }
 
+    #[cfg(not(feature = "memdesc"))]
     fn frag_word(&self) -> &AtomicU64 {
         // SAFETY: atomics-only union.
         unsafe { &self.pt_index.pt_frag_refcount }
+    }
+
+    #[cfg(feature = "memdesc")]
+    fn frag_word(&self) -> &AtomicU64 {
+        &self.pt_index
     }
 
     /// Mark half `half` (0 or 1) used; false if it was used already. The
@@ -265,9 +353,15 @@ impl PtDesc {
         }
     }
 
+    #[cfg(not(feature = "memdesc"))]
     fn pt_list(&self) -> &ListLinks {
         // SAFETY: atomics-only union; `pt_list` overlays the two pad words.
         unsafe { &self.pt_list_or_pad.pt_list }
+    }
+
+    #[cfg(feature = "memdesc")]
+    fn pt_list(&self) -> &ListLinks {
+        &self.pt_list
     }
 
     /// `pt_list` links (real addresses of pages, 0 = none).
@@ -299,11 +393,19 @@ pub fn ptlock_ptr(pt: &PtDesc) -> &PtLock {
     &pt.ptl
 }
 
-// SAFETY: PtDesc is a repr(C) atomics-only overlay of Page (TABLE_MATCH
-// asserts above).
+// SAFETY: overlay: PtDesc is a repr(C) atomics-only overlay of Page
+// (TABLE_MATCH asserts above). memdesc: `of_page` follows the word of a
+// page typed PageTable to its live descriptor.
 unsafe impl sealed::Desc for PtDesc {
     const TYPE: PageType = PageType::PageTable;
     const ORDER: Option<u32> = None;
+    fn of_page(page: &Page) -> &Self {
+        #[cfg(not(feature = "memdesc"))]
+        return page_ptdesc_unchecked(page);
+        #[cfg(feature = "memdesc")]
+        return page_ptdesc_unchecked(page)
+            .unwrap_or_else(|| unreachable!("a PageTable frame without its descriptor"));
+    }
     fn release(page: &'static Page) {
         // The frame's Drop: dtor, then the allocator.
         match pagetable_dtor(Frame::from_head(page)) {
@@ -357,12 +459,28 @@ fn ctor(p: Pages, order: u32, index: u64) -> Result<Frame<PtDesc>, (Pages, PtDes
         let o = p.order();
         return Err((p, PtDescError::WrongOrder(o)));
     }
-    let page = p.into_head();
-    page.clear_union();
-    page.set_page_type(PageType::PageTable);
-    let f = Frame::<PtDesc>::from_head(page);
-    // SAFETY: atomics-only union.
-    unsafe { f.pt_index.pt_index.store(index, Ordering::Relaxed) };
+    #[cfg(not(feature = "memdesc"))]
+    let f = {
+        let page = p.into_head();
+        page.clear_union();
+        page.set_page_type(PageType::PageTable);
+        Frame::<PtDesc>::from_head(page)
+    };
+    #[cfg(feature = "memdesc")]
+    let f = {
+        let Ok(d) = super::desc::PTDESC_CACHE.alloc() else {
+            return Err((p, PtDescError::NoDescriptor));
+        };
+        let page = p.into_head();
+        // SAFETY: a fresh, zeroed, 16-byte aligned object of PtDesc's size
+        // (asserted against the cache), ours alone; PtDesc is atomics only,
+        // for which zero is valid.
+        let pt = unsafe { &*d.as_ptr().cast::<PtDesc>() };
+        pt.md.init(page, order);
+        page.set_desc(PageType::PageTable, d.as_ptr());
+        Frame::<PtDesc>::from_head(page)
+    };
+    f.index_word().store(index, Ordering::Relaxed);
     f.ptl.init();
     NR_PAGETABLE.fetch_add(1 << order, Ordering::Relaxed);
     Ok(f)
@@ -395,11 +513,30 @@ pub fn pagetable_dtor(pt: Frame<PtDesc>) -> Result<Pages, (Frame<PtDesc>, PtDesc
     if !page.has_type(PageType::PageTable) {
         return Err((pt, PtDescError::NotPageTable(page.page_type())));
     }
+    #[cfg(feature = "memdesc")]
+    if page_ptdesc(page).is_err() {
+        return Err((pt, PtDescError::BadDescriptor));
+    }
     let page = pt.into_head();
     let order = page.head_order();
     NR_PAGETABLE.fetch_sub(1 << order, Ordering::Relaxed);
-    page.clear_union();
-    page.set_page_type(PageType::Allocated);
+    #[cfg(not(feature = "memdesc"))]
+    {
+        page.clear_union();
+        page.set_page_type(PageType::Allocated);
+    }
+    #[cfg(feature = "memdesc")]
+    {
+        let refs = page.refcount();
+        let d = page.desc_ptr(PageType::PageTable);
+        page.make_allocated(order);
+        page.set_refcount(refs);
+        if let Some(d) = d.and_then(|d| core::ptr::NonNull::new(d.cast_mut())) {
+            // SAFETY: the descriptor came from PTDESC_CACHE in the ctor and
+            // nothing reaches it now that the page is retyped.
+            unsafe { super::desc::PTDESC_CACHE.free(d) };
+        }
+    }
     Ok(Pages::from_head(page, order))
 }
 
