@@ -27,12 +27,19 @@ pub fn skip_while_cmdline_armed() -> KResult {
     Ok(())
 }
 
-fn counts() -> (u64, u64, u64) {
+/// Free pages, page-table pages, gmap-table pages and (memdesc) the
+/// descriptors in use: what a failed operation must leave as it found.
+fn counts() -> (u64, u64, u64, u64) {
     mm::drain_pcp();
+    #[cfg(feature = "memdesc")]
+    let descs = mm::desc::nr_desc();
+    #[cfg(not(feature = "memdesc"))]
+    let descs = 0;
     (
         mm::nr_free_pages(),
         ptdesc::nr_pagetable(),
         gmap::table::nr_gmap_table_pages(),
+        descs,
     )
 }
 

@@ -188,6 +188,20 @@ fn run_checks(when: &str) -> bool {
             ok = false;
         }
     }
+    #[cfg(feature = "memdesc")]
+    match mm::desc::check() {
+        Ok(s) => pr_info!(
+            "check {}: descriptors ok: {} ptdescs, {} gmap-table descriptors, {} slab pages",
+            when,
+            s.ptdescs,
+            s.gtdescs,
+            s.slabs
+        ),
+        Err(e) => {
+            pr_info!("check {}: descriptors FAILED: {:?}", when, e);
+            ok = false;
+        }
+    }
     match crate::dat::kernel::check() {
         Some(Ok(s)) => pr_info!(
             "check {}: kernel space ok: {} CRST tables, {} PTE tables in {} pages, {} pages mapped",

@@ -19,6 +19,11 @@ fn now_tod() -> u64 {
     0
 }
 
+/// TOD units since `init` (the kernel's first steps).
+pub fn uptime_tod() -> u64 {
+    now_tod().wrapping_sub(BOOT_TOD.load(Ordering::Relaxed))
+}
+
 /// Microseconds since `init` (TOD bit 51 is one microsecond).
 pub fn uptime_us() -> u64 {
     now_tod().wrapping_sub(BOOT_TOD.load(Ordering::Relaxed)) >> 12

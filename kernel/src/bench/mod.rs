@@ -247,9 +247,71 @@ mod dat {
     }
 }
 
+/// TOD units to guest instructions under `-icount shift=0`.
+fn tod_to_instructions(tod: u64) -> u64 {
+    tod * 1000 / 4096
+}
+
+/// Parts per million of memory.
+fn ppm(bytes: u64, memory: u64) -> u64 {
+    bytes * 1_000_000 / memory.max(1)
+}
+
+/// Descriptor memory now: slab pages in memdesc, none in the overlay
+/// (its descriptors are the memmap's own entries).
+fn desc_bytes() -> u64 {
+    #[cfg(feature = "memdesc")]
+    return mm::desc::desc_bytes();
+    #[cfg(not(feature = "memdesc"))]
+    return 0;
+}
+
+/// What each memory-descriptor layout costs in memory: the memmap and the
+/// descriptors right after boot, and with every page the allocator will
+/// give made a PTE-table page (the most descriptors memory can need).
+fn layout_figures(boot_tod: u64) {
+    value(
+        "boot_instructions",
+        tod_to_instructions(boot_tod),
+        "instructions",
+    );
+    let Some(l) = mm::layout() else { return };
+    value(
+        "struct_page_bytes",
+        core::mem::size_of::<mm::page::Page>() as u64,
+        "bytes",
+    );
+    value("memmap_ppm", ppm(l.memmap_bytes, l.memory), "ppm");
+    value("desc_bytes_boot", desc_bytes(), "bytes");
+    value("desc_ppm_boot", ppm(desc_bytes(), l.memory), "ppm");
+    let mut tables = alloc::vec::Vec::new();
+    if tables.try_reserve((l.memory / PAGE_SIZE) as usize).is_err() {
+        kprintln!("BENCH-NOTE no heap for the page-table handles: full figures not measured");
+        return;
+    }
+    while let Ok(p) = mm::ptdesc::pagetable_alloc(0) {
+        match mm::ptdesc::pagetable_pte_ctor(p) {
+            Ok(t) => tables.push(t),
+            Err(_) => break,
+        }
+    }
+    let pages = tables.len() as u64;
+    let full = desc_bytes();
+    drop(tables);
+    value("full_pagetable_pages", pages, "pages");
+    value("desc_ppm_full", ppm(full, l.memory), "ppm");
+    value(
+        "memmap_desc_ppm_full",
+        ppm(l.memmap_bytes + full, l.memory),
+        "ppm",
+    );
+}
+
 /// Run every benchmark; the kernel exits afterwards.
 pub fn run() {
+    let boot_tod = crate::log::uptime_tod();
     kprintln!("BENCH-START");
+    layout_figures(boot_tod);
     baseline();
     memmap_init();
     buddy_order::<0>("buddy_order0_alloc_free");

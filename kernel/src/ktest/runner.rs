@@ -91,7 +91,7 @@ type Counter = (&'static str, fn() -> u64);
 /// The kernel's own counters, read once the subsystems are up (`ready`
 /// says whether a counter can be read yet: mm before `mm::init`, say).
 #[cfg(target_os = "none")]
-const KERNEL_COUNTERS: [(Counter, fn() -> bool); 4] = [
+const KERNEL_COUNTERS: [(Counter, fn() -> bool); 4 + cfg!(feature = "memdesc") as usize] = [
     (("free pages", crate::mm::nr_free_pages), || {
         crate::mm::layout().is_some()
     }),
@@ -106,6 +106,9 @@ const KERNEL_COUNTERS: [(Counter, fn() -> bool); 4] = [
     // Not a leak but a bug count: a suite during which the kernel reported
     // a BUG (`crate::bug`) fails.
     (("BUG reports", crate::bug::nr_reports), || true),
+    // memdesc: descriptors in use (a ctor without its dtor leaks one).
+    #[cfg(feature = "memdesc")]
+    (("descriptors", crate::mm::desc::nr_desc), || true),
 ];
 
 static EXTRA_COUNTERS: Mutex<[Option<Counter>; 2]> = Mutex::new([None; 2]);

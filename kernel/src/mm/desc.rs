@@ -304,3 +304,109 @@ pub fn desc_bytes() -> u64 {
 pub fn nr_desc() -> u64 {
     PTDESC_CACHE.inuse() + GTDESC_CACHE.inuse()
 }
+
+/// What `check` found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DescStats {
+    /// Pages whose word points at a ptdesc / a gmap table descriptor.
+    pub ptdescs: u64,
+    pub gtdescs: u64,
+    /// Slab pages of both caches.
+    pub slabs: u64,
+}
+
+/// An inconsistency `check` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DescCheckError {
+    /// The page's descriptor pointer is not an object of its type's cache.
+    NotAnObject { pfn: Pfn, addr: u64 },
+    /// The descriptor does not name this page back (freed, or shared by
+    /// two pages).
+    BackPointer { pfn: Pfn, names: u64 },
+    /// A descriptor's order is not a table's (its order).
+    Order { pfn: Pfn, order: u32 },
+    /// A slab's free list and in-use count do not add up to its objects.
+    Slab { pfn: Pfn, free: u64, inuse: u64 },
+    /// Descriptors pointed to by pages, objects in use in the slabs, and
+    /// the cache's count differ: a descriptor leaked (or was lost).
+    Count {
+        cache: &'static str,
+        pointed: u64,
+        in_slabs: u64,
+        recorded: u64,
+    },
+}
+
+/// Every descriptor pointer in the memmap against the caches: each points
+/// at an object of its type's cache whose back-pointer names its page, and
+/// the objects in use are exactly the ones pointed to. O(memory).
+pub fn check() -> Result<DescStats, DescCheckError> {
+    let map = super::memmap();
+    let mut st = DescStats::default();
+    for (pfn, page) in map.pages().iter().enumerate() {
+        let pfn = Pfn(pfn as u64);
+        let (cache, count, orders): (&DescCache, &mut u64, &[u32]) = match page.page_type() {
+            Some(PageType::PageTable) => (&PTDESC_CACHE, &mut st.ptdescs, &[0, 2]),
+            Some(PageType::GmapTable) => (&GTDESC_CACHE, &mut st.gtdescs, &[2]),
+            Some(PageType::DescSlab) => {
+                let h = DescCache::header(pfn.0);
+                let size = match h.cache.load(Ordering::Relaxed) {
+                    1 => PTDESC_CACHE.size,
+                    2 => GTDESC_CACHE.size,
+                    _ => 0,
+                };
+                let per = (PAGE_SIZE as usize - SLAB_HEADER)
+                    .checked_div(size)
+                    .unwrap_or(0) as u64;
+                let mut free = 0;
+                let mut off = h.free.load(Ordering::Relaxed);
+                while off != 0 && free <= per {
+                    free += 1;
+                    off = DescCache::obj_word(pfn.0, off % PAGE_SIZE).load(Ordering::Relaxed);
+                }
+                let inuse = h.inuse.load(Ordering::Relaxed);
+                if size == 0 || free + inuse != per {
+                    return Err(DescCheckError::Slab { pfn, free, inuse });
+                }
+                st.slabs += 1;
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(head) = page.desc_head() else {
+            return Err(DescCheckError::NotAnObject {
+                pfn,
+                addr: page.memdesc(),
+            });
+        };
+        let addr = core::ptr::from_ref(head).addr() as u64;
+        if cache.locate(addr).is_none() {
+            return Err(DescCheckError::NotAnObject { pfn, addr });
+        }
+        if head.page_addr() != core::ptr::from_ref(page).addr() as u64 {
+            return Err(DescCheckError::BackPointer {
+                pfn,
+                names: head.page_addr(),
+            });
+        }
+        if !orders.contains(&head.order()) {
+            return Err(DescCheckError::Order {
+                pfn,
+                order: head.order(),
+            });
+        }
+        *count += 1;
+    }
+    for (cache, pointed) in [(&PTDESC_CACHE, st.ptdescs), (&GTDESC_CACHE, st.gtdescs)] {
+        let (_, in_slabs) = cache.count_inuse_in_slabs();
+        if pointed != in_slabs || pointed != cache.inuse() {
+            return Err(DescCheckError::Count {
+                cache: cache.name,
+                pointed,
+                in_slabs,
+                recorded: cache.inuse(),
+            });
+        }
+    }
+    Ok(st)
+}

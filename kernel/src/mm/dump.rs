@@ -24,6 +24,13 @@ pub fn log_summary() {
         nr_reserved_pages(),
         heap::size() >> 10
     );
+    #[cfg(feature = "memdesc")]
+    crate::pr_info!(
+        "mm: memdesc layout: {}-byte struct page; {} descriptors in {} KiB of slabs",
+        core::mem::size_of::<page::Page>(),
+        super::desc::nr_desc(),
+        super::desc::desc_bytes() >> 10
+    );
 }
 
 /// `mm.dump`: free blocks per order, reserved pages, memmap size and

@@ -32,6 +32,8 @@ mod buddy_tests;
 mod frame_tests;
 #[cfg(target_os = "none")]
 mod ktests;
+#[cfg(target_os = "none")]
+mod layout_ktests;
 
 use spin::{Mutex, Once};
 
@@ -74,6 +76,8 @@ pub enum InitError {
     NoRoomForMemmap,
     /// Too little memory to run at all.
     TooSmall,
+    /// memdesc: more frames than a 28-bit buddy link can name (1 TiB).
+    TooLarge,
 }
 
 /// The s390-ccw BIOS QEMU still loads at (min(memory, 2 GiB) - 2 MiB),
@@ -116,6 +120,10 @@ pub(crate) fn init(
     let nr_pages = memory / PAGE_SIZE;
     if nr_pages < 1024 {
         return Err(InitError::TooSmall);
+    }
+    #[cfg(feature = "memdesc")]
+    if nr_pages > page::MEMDESC_MAX_PAGES {
+        return Err(InitError::TooLarge);
     }
     let memmap_start = image_end
         .align_up(PAGE_SIZE)

@@ -336,8 +336,12 @@ impl Page {
     }
 
     #[inline(always)]
-    pub(in crate::mm) fn pcp_to_allocated(&self) {
-        let order = ((self.load() & ORDER_BITS) >> ORDER_BITS_SHIFT) as u32;
+    /// `order` is the list's (a constant at the call): one store.
+    pub(in crate::mm) fn pcp_to_allocated(&self, order: u32) {
+        debug_assert_eq!(
+            ((self.load() & ORDER_BITS) >> ORDER_BITS_SHIFT) as u32,
+            order
+        );
         self.store(allocated_word(order));
     }
 
@@ -465,7 +469,7 @@ mod tests {
             pages[0].pcp_next().cast_const(),
             core::ptr::from_ref(&pages[1])
         );
-        pages[0].pcp_to_allocated();
+        pages[0].pcp_to_allocated(2);
         assert!(pages[0].is_fresh_allocated(2));
         pages[1].set_pcp_next(0, core::ptr::null_mut());
         assert!(pages[1].pcp_next().is_null());

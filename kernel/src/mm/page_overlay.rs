@@ -310,7 +310,7 @@ impl Page {
     /// link, `private` is the last owner's (Linux's post_alloc_hook clears
     /// it); flags already say the order.
     #[inline(always)]
-    pub(in crate::mm) fn pcp_to_allocated(&self) {
+    pub(in crate::mm) fn pcp_to_allocated(&self, _order: u32) {
         let arm = self.pcp();
         arm.next.store(core::ptr::null_mut(), Ordering::Relaxed);
         arm._private.store(0, Ordering::Relaxed);

@@ -115,7 +115,7 @@ impl<'a> PcpList<'a> {
     #[inline(always)]
     pub fn alloc(&self, order: u32) -> Option<&'a Page> {
         let page = self.pop(order)?;
-        page.pcp_to_allocated();
+        page.pcp_to_allocated(order);
         Some(page)
     }
 
