@@ -28,6 +28,8 @@ pub mod ptdesc;
 
 #[cfg(test)]
 mod buddy_tests;
+#[cfg(all(test, feature = "memdesc"))]
+mod desc_tests;
 #[cfg(test)]
 mod frame_tests;
 #[cfg(target_os = "none")]
