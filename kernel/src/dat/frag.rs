@@ -258,6 +258,44 @@ impl FragAlloc {
     /// page on the list, or a new page (whole, with PGSTEs, for a pgste
     /// space).
     pub fn page_table_alloc(&mut self) -> Result<PteTable, AllocError> {
+        let t = self.page_table_alloc_uninit()?;
+        init(&t);
+        Ok(t)
+    }
+
+    /// A fresh PTE table already filled for a range (map_range's bulk
+    /// path): PTEs `first..first + n` are `raw0`, `raw0 + 4096`, ... and
+    /// every other entry is empty, written in one pass, so the table is
+    /// complete before its segment entry is linked.
+    pub(crate) fn page_table_alloc_filled(
+        &mut self,
+        first: usize,
+        n: usize,
+        raw0: u64,
+    ) -> Result<PteTable, AllocError> {
+        let t = self.page_table_alloc_uninit()?;
+        let e = t.entries();
+        let end = (first + n).min(e.len());
+        let first = first.min(end);
+        for p in &e[..first] {
+            p.store(Pte::empty().raw(), Ordering::Relaxed);
+        }
+        let mut raw = raw0;
+        for p in &e[first..end] {
+            p.store(raw, Ordering::Relaxed);
+            raw += mm::addr::PAGE_SIZE;
+        }
+        for p in &e[end..] {
+            p.store(Pte::empty().raw(), Ordering::Relaxed);
+        }
+        for p in t.pgstes() {
+            p.store(0, Ordering::Relaxed);
+        }
+        Ok(t)
+    }
+
+    /// A table whose entries the caller fills before anything sees it.
+    fn page_table_alloc_uninit(&mut self) -> Result<PteTable, AllocError> {
         if !self.pgste && self.list != 0 {
             let page = PhysAddr(self.list);
             let pt = Self::desc(page.0).ok_or(AllocError::NoMemory)?;
@@ -273,7 +311,6 @@ impl FragAlloc {
                 pgste: false,
                 owner: self.id,
             };
-            init(&t);
             return Ok(t);
         }
         let p = ptdesc::pagetable_alloc(0)?;
@@ -291,7 +328,6 @@ impl FragAlloc {
             pgste: self.pgste,
             owner: self.id,
         };
-        init(&t);
         if !self.pgste {
             self.list_add(page);
         }

@@ -45,6 +45,19 @@ pub unsafe fn entry<'a>(pa: PhysAddr) -> &'a AtomicU64 {
     unsafe { AtomicU64::from_ptr(entry_ptr(pa)) }
 }
 
+/// `n` consecutive table entries from real address `pa` (within one
+/// frame): one address conversion for a loop over a table.
+///
+/// # Safety
+/// As for `entry`, for each of the `n` entries.
+#[inline]
+pub(crate) unsafe fn entries_at<'a>(pa: PhysAddr, n: usize) -> &'a [AtomicU64] {
+    debug_assert!(pa.page_offset() as usize + n * 8 <= PAGE_SIZE as usize);
+    // SAFETY: forwarded to the caller; the memmap covers the frame, and
+    // the entries lie inside it.
+    unsafe { core::slice::from_raw_parts(entry_ptr(pa).cast::<AtomicU64>(), n) }
+}
+
 /// Reads tables in the memmap's memory, for the software walker.
 /// Crate-internal: it reads any frame, which safe code outside must not
 /// (a frame lent as `&mut [u8]` may be one).

@@ -6,7 +6,9 @@
 use core::sync::atomic::Ordering;
 
 use super::super::dat_bug;
-use super::super::entry::{pte_index, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE};
+use super::super::entry::{
+    pte_index, Level, Prot, Pte, RegionEntry, SegmentEntry, PTRS_PER_PTE, SEGMENT_SIZE,
+};
 use super::super::frag::PteTable;
 use super::super::gather::{tlb_gather_mmu, GatherError, GatheredTable, MmuGather};
 use super::super::table::{self, entry, CrstTable};
@@ -28,6 +30,53 @@ impl AddressSpace {
     /// Walk to the page table for `va`, allocating what is missing; each
     /// table allocated is recorded in `new` so a failure can undo it.
     fn walk_alloc(&mut self, va: u64, new: &mut NewTables) -> Result<PhysAddr, SpaceError> {
+        let table = self.walk_alloc_crst(va, new)?;
+        let ea = PhysAddr(table.0 + Level::Segment.index(va) as u64 * 8);
+        // SAFETY: an entry of a live segment table of this space.
+        let slot = unsafe { entry(ea) };
+        let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
+        if !s.is_invalid() {
+            return Ok(s.page_table());
+        }
+        let t = self.frags.page_table_alloc()?;
+        self.link_pte_table(table, va, t, new)
+    }
+
+    /// Link the fresh PTE table `t` into the (invalid) segment entry for
+    /// `va` of segment table `table`, recording it in `new`.
+    fn link_pte_table(
+        &mut self,
+        table: PhysAddr,
+        va: u64,
+        t: PteTable,
+        new: &mut NewTables,
+    ) -> Result<PhysAddr, SpaceError> {
+        let ea = PhysAddr(table.0 + Level::Segment.index(va) as u64 * 8);
+        // SAFETY: an entry of a live segment table of this space.
+        let slot = unsafe { entry(ea) };
+        let linked = match SegmentEntry::table(t.phys(), false) {
+            Ok(e) => e,
+            Err(e) => {
+                // Cannot happen (2 KiB aligned); the table goes back.
+                self.frags.page_table_free(t);
+                return Err(e.into());
+            }
+        };
+        let pto = t.into_raw();
+        new.push(NewTable {
+            parent: table,
+            parent_level: Level::Segment,
+            va,
+            child: pto,
+        });
+        // Invalid → valid needs no invalidation.
+        slot.store(linked.raw(), Ordering::Release);
+        Ok(pto)
+    }
+
+    /// Walk to the segment table for `va`, allocating the region and
+    /// segment tables that are missing (recorded in `new`).
+    fn walk_alloc_crst(&mut self, va: u64, new: &mut NewTables) -> Result<PhysAddr, SpaceError> {
         self.upgrade_for(va)?;
         let mut l = self.asce.level();
         let mut table = self.asce.origin();
@@ -57,31 +106,7 @@ impl AddressSpace {
             table = next;
             l = lower;
         }
-        let ea = PhysAddr(table.0 + Level::Segment.index(va) as u64 * 8);
-        // SAFETY: an entry of a live segment table of this space.
-        let slot = unsafe { entry(ea) };
-        let s = SegmentEntry::from_raw(slot.load(Ordering::Acquire));
-        if !s.is_invalid() {
-            return Ok(s.page_table());
-        }
-        let t = self.frags.page_table_alloc()?;
-        let linked = match SegmentEntry::table(t.phys(), false) {
-            Ok(e) => e,
-            Err(e) => {
-                // Cannot happen (2 KiB aligned); the table goes back.
-                self.frags.page_table_free(t);
-                return Err(e.into());
-            }
-        };
-        let pto = t.into_raw();
-        new.push(NewTable {
-            parent: table,
-            parent_level: Level::Segment,
-            va,
-            child: pto,
-        });
-        slot.store(linked.raw(), Ordering::Release);
-        Ok(pto)
+        Ok(table)
     }
 
     /// Undo the tables a failed operation allocated, newest first.
@@ -171,22 +196,43 @@ impl AddressSpace {
         if pa.0 & (PAGE_SIZE - 1) != 0 || pa.0.checked_add(len).is_none() {
             return Err(SpaceError::Misaligned);
         }
+        // Nothing in the range may be mapped: one segment walk per
+        // segment, then its PTEs in a row (a missing table skips it whole).
+        let seg_end = |a: u64| (a | (SEGMENT_SIZE - 1)).saturating_add(1).min(end);
         let mut a = va;
         while a < end {
-            if self.pte(a).is_present() {
-                return Err(SpaceError::AlreadyMapped);
+            let next = seg_end(a);
+            if let Some(pto) = self.pte_table(a) {
+                if self
+                    .ptes(pto, a, next)
+                    .iter()
+                    .any(|p| Pte::from_raw(p.load(Ordering::Acquire)).is_present())
+                {
+                    return Err(SpaceError::AlreadyMapped);
+                }
             }
-            // Skip a whole missing page table at once.
-            a = if self.pte_table(a).is_none() {
-                (a | (super::super::entry::SEGMENT_SIZE - 1)).saturating_add(1)
-            } else {
-                a + PAGE_SIZE
-            };
+            a = next;
         }
+        // Fails only for a frame beyond the PTE's field: checked for the
+        // last frame before anything changes, so the loops below need not.
+        Pte::new(PhysAddr(pa.0 + (end - va) - PAGE_SIZE), prot)?;
         let old_asce = self.asce;
         let mut a = va;
         while a < end {
-            if let Err(e) = self.map(a, PhysAddr(pa.0 + (a - va)), prot) {
+            // A segment with a PTE table: its pages straight into it, a
+            // store and an add each, under its lock. Without one: the
+            // table is allocated already filled, then linked (the tables
+            // above it allocated on the way as `map` would).
+            let next = seg_end(a);
+            let frame = PhysAddr(pa.0 + (a - va));
+            let r = match self.pte_table(a) {
+                Some(pto) => {
+                    self.fill_ptes(pto, a, next, frame, prot);
+                    Ok(())
+                }
+                None => self.map_segment_filled(a, next, frame, prot),
+            };
+            if let Err(e) = r {
                 // Undo the pages mapped so far (freeing the tables they
                 // needed), then any growth of the top they made.
                 if a > va {
@@ -198,7 +244,61 @@ impl AddressSpace {
                 self.downgrade_to(old_asce);
                 return Err(e);
             }
-            a += PAGE_SIZE;
+            a = next;
+        }
+        Ok(())
+    }
+
+    /// The PTEs for `[va, end)` (one segment) in page table `pto`.
+    fn ptes(&self, pto: PhysAddr, va: u64, end: u64) -> &[core::sync::atomic::AtomicU64] {
+        let first = PhysAddr(pto.0 + pte_index(va) as u64 * 8);
+        // SAFETY: PTEs of a live page table of this space, borrowed no
+        // longer than the space.
+        unsafe { table::entries_at(first, ((end - va) / PAGE_SIZE) as usize) }
+    }
+
+    /// Map `[va, end)` (within one segment whose page table `pto` exists,
+    /// every PTE of it empty) to consecutive frames from `pa`: one lock,
+    /// one entry computed, then a store and an add per page. Invalid →
+    /// valid needs no invalidation.
+    fn fill_ptes(&self, pto: PhysAddr, va: u64, end: u64, pa: PhysAddr, prot: Prot) {
+        // map_range checked the range's last frame fits a PTE.
+        let Ok(pte) = Pte::new(pa, prot) else {
+            dat_bug(format_args!(
+                "fill_ptes {va:#x}: frame {pa:?} does not fit a PTE"
+            ));
+            return;
+        };
+        let mut raw = pte.raw();
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        for p in self.ptes(pto, va, end) {
+            p.store(raw, Ordering::Release);
+            raw += PAGE_SIZE;
+        }
+    }
+
+    /// Map `[va, end)` (one segment, no PTE table yet) to frames from
+    /// `pa`: the tables above allocated as needed, the PTE table filled
+    /// before its segment entry is written ("segment entries written as
+    /// their tables complete"). A failure undoes this segment's tables and
+    /// changes nothing else.
+    fn map_segment_filled(
+        &mut self,
+        va: u64,
+        end: u64,
+        pa: PhysAddr,
+        prot: Prot,
+    ) -> Result<(), SpaceError> {
+        let raw0 = Pte::new(pa, prot)?.raw();
+        let mut new = NewTables::new();
+        let r = self.walk_alloc_crst(va, &mut new).and_then(|table| {
+            let n = ((end - va) / PAGE_SIZE) as usize;
+            let t = self.frags.page_table_alloc_filled(pte_index(va), n, raw0)?;
+            self.link_pte_table(table, va, t, &mut new)
+        });
+        if let Err(e) = r {
+            self.undo(&mut new);
+            return Err(e);
         }
         Ok(())
     }
