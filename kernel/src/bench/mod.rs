@@ -322,6 +322,117 @@ fn layout_figures(boot_tod: u64) {
     );
 }
 
+/// What sharing PTE tables with gmaps costs: a `gmap_fault` that links a
+/// segment, an unlink, a host PTE change that 1, 4 and 16 linked gmaps
+/// must see, and the notifier call a protected page adds to it.
+mod gmaps {
+    use super::{report, stck};
+    use crate::dat::entry::{Prot, SEGMENT_SIZE};
+    use crate::gmap::{gmap_create, gmap_remove, Access, HostMm};
+    use crate::mm::addr::PAGE_SIZE;
+    use alloc::vec::Vec;
+
+    /// Host segments used.
+    const SEGS: u64 = 32;
+    const LIMIT: u64 = 1 << 31;
+
+    fn count_notify(_gmap: u64, _start: u64, _end: u64) {
+        NOTIFIED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+    static NOTIFIED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+    /// Protect and unprotect each page of host segment 0 `rounds` times:
+    /// TOD per PTE change.
+    fn host_changes(host: &alloc::sync::Arc<spin::Mutex<HostMm>>, rounds: u64) -> (u64, u64) {
+        let mut h = host.lock();
+        let pages = SEGMENT_SIZE / PAGE_SIZE;
+        let t0 = stck();
+        for _ in 0..rounds {
+            for i in 0..pages {
+                let _ = h.protect(i * PAGE_SIZE, Prot::ReadOnly);
+                let _ = h.protect(i * PAGE_SIZE, Prot::ReadWrite);
+            }
+        }
+        (rounds * pages * 2, stck() - t0)
+    }
+
+    pub fn run() {
+        let Ok(host) = HostMm::new(LIMIT) else { return };
+        if host.lock().populate_range(0, SEGS * SEGMENT_SIZE).is_err() {
+            return;
+        }
+        let Ok(g) = gmap_create(&host, LIMIT) else {
+            return;
+        };
+        if g.gmap_map_segment(0, 0, SEGS * SEGMENT_SIZE).is_err() {
+            return;
+        }
+        // First touch of each segment: translate, find the host page
+        // present, link the host PTE table into the gmap (its tables
+        // allocated on the first one).
+        let t0 = stck();
+        for i in 0..SEGS {
+            let _ = g.gmap_fault(i * SEGMENT_SIZE, Access::Read);
+        }
+        report("gmap_fault_link_segment", SEGS, stck() - t0);
+        let t0 = stck();
+        for i in 0..SEGS {
+            let _ = g.gmap_unmap_segment(i * SEGMENT_SIZE, SEGMENT_SIZE);
+        }
+        report("gmap_unlink_segment", SEGS, stck() - t0);
+        let _ = gmap_remove(g);
+        // A host PTE change with segment 0 linked into k gmaps.
+        let (n, tod) = host_changes(&host, 2);
+        report("gmap_host_pte_change_0_linked", n, tod);
+        for k in [1u64, 4, 16] {
+            let mut gs = Vec::new();
+            for _ in 0..k {
+                let Ok(g) = gmap_create(&host, LIMIT) else {
+                    break;
+                };
+                let _ = g.gmap_map_segment(0, 0, SEGMENT_SIZE);
+                let _ = g.gmap_fault(0, Access::Read);
+                gs.push(g);
+            }
+            let (n, tod) = host_changes(&host, 2);
+            let mut name = crate::fmtbuf::FixedBuf::<48>::new();
+            let _ = core::fmt::Write::write_fmt(
+                &mut name,
+                format_args!("gmap_host_pte_change_{k}_linked"),
+            );
+            report(name.as_str(), n, tod);
+            if k == 1 {
+                // The same changes on pages a gmap protected (PGSTE notify
+                // bit): each first change calls the notifier. Re-armed
+                // before every change, so the difference to the row above
+                // is the protect plus the notifier call.
+                crate::gmap::notify::gmap_register_pte_notifier(count_notify);
+                let pages = SEGMENT_SIZE / PAGE_SIZE;
+                let mut tod = 0;
+                for i in 0..pages {
+                    let _ = gs[0].gmap_protect_range(i * PAGE_SIZE, PAGE_SIZE);
+                    let t0 = stck();
+                    let _ = host.lock().protect(i * PAGE_SIZE, Prot::ReadOnly);
+                    tod += stck() - t0;
+                    let _ = host.lock().protect(i * PAGE_SIZE, Prot::ReadWrite);
+                }
+                crate::gmap::notify::gmap_unregister_pte_notifier(count_notify);
+                report("gmap_host_pte_change_notified", pages, tod);
+                // The notifier ran once per change (else the row above
+                // measured something else).
+                super::value(
+                    "gmap_notifier_calls_per_256_changes",
+                    NOTIFIED.load(core::sync::atomic::Ordering::Relaxed),
+                    "calls",
+                );
+            }
+            for g in gs {
+                let _ = gmap_remove(g);
+            }
+        }
+    }
+}
+
 /// Run every benchmark; the kernel exits afterwards.
 pub fn run() {
     let boot_tod = crate::log::uptime_tod();
@@ -333,6 +444,7 @@ pub fn run() {
     buddy_order::<3>("buddy_order3_alloc_free");
     alloc_all_then_free();
     dat::run(mm::layout().map_or(0, |l| l.memory));
+    gmaps::run();
     #[cfg(feature = "bench")]
     {
         peers::linked_list();
