@@ -112,7 +112,7 @@ mod peers {
                 unsafe { heap.deallocate(core::hint::black_box(p), layout) };
             }
         });
-        drop(heap);
+        // `heap` (no Drop) is not used past this point: its region goes.
         let _ = mm::free_pages(region);
     }
 
