@@ -487,6 +487,18 @@ def run_checked(cmd, **kw):
 # ---------------------------------------------------------------------------
 # Build
 
+# The two struct page layouts, chosen at build time: the overlay (default: a
+# 64-byte struct page with a union) and memdesc (cargo feature `memdesc`: an
+# 8-byte struct page and separate descriptors). boot's `memdesc` feature
+# turns on kernel/memdesc, and boot's own code if it ever needs it.
+LAYOUTS = ("overlay", "memdesc")
+MEMDESC_FEATURE = "memdesc"
+# The memdesc ELF has a CARGO_TARGET_DIR of its own. Both layouts' ELFs must
+# exist at once (x.py test boots both, x.py bench compares them); in one
+# target dir the feature switch would make cargo rebuild the kernel and boot
+# crates and overwrite the other layout's zdat every time.
+MEMDESC_TARGET_DIR = ROOT / "target" / "memdesc"
+
 
 def kernel_cargo_args(release, features=()):
     args = ["-p", "boot", "--target", TARGET,
@@ -524,6 +536,19 @@ def build(release=False, quiet=False, features=(), root=ROOT, target_dir=None,
             return None
         die(f"build produced no kernel at {elf}")
     return elf
+
+
+def build_layout(layout, release=False, quiet=False, features=()):
+    """Build the kernel ELF of one struct page layout (LAYOUTS): the overlay
+    in target/, memdesc with its feature in MEMDESC_TARGET_DIR."""
+    if layout == "memdesc":
+        return build(release, quiet, features=list(features) + [MEMDESC_FEATURE],
+                     target_dir=MEMDESC_TARGET_DIR)
+    return build(release, quiet, features=features)
+
+
+def layout_of(args):
+    return "memdesc" if getattr(args, "memdesc", False) else "overlay"
 
 
 # ---------------------------------------------------------------------------
@@ -705,7 +730,7 @@ def parse_suite(lines, i, number, k):
 
 
 def cmd_build(args):
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     log(f"kernel: {elf.relative_to(ROOT)}")
 
 
@@ -847,7 +872,7 @@ def cmd_clean(args):
 
 def cmd_run(args):
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     # The sclp suite checks what SCLP reports against what QEMU was given.
     append = run_append(args.memory, args.smp, args.append or "")
     cmd = qemu_cmd(elf, args.memory, args.smp, append, args.qemu_args)
@@ -869,7 +894,7 @@ def cmd_walk(args):
     """dat.walk=ADDR[,space]: the translation of ADDR, level by level, with
     the hardware's LRAG beside the software walker."""
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     r = boot(qemu_cmd(elf, args.memory, 1, f"dat.walk={args.addr},{args.space}"), 60)
     shown = False
     for line in r.lines:
@@ -1852,7 +1877,7 @@ def run_append(memory, smp, extra=""):
 def cmd_gdb(args):
     ensure_apt(QEMU, "qemu-system-misc")
     ensure_apt(GDB, "gdb-multiarch")
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     BUILD_DIR.mkdir(exist_ok=True)
     console = BUILD_DIR / "gdb-console.log"
     cmd = qemu_cmd(elf, args.memory, args.smp, run_append(args.memory, args.smp, args.append or ""),
@@ -1905,8 +1930,13 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add_memdesc(sp, what="build and boot the memdesc layout's kernel (cargo feature "
+                    "memdesc, its own target dir target/memdesc) instead of the overlay's"):
+        sp.add_argument("--memdesc", action="store_true", help=what)
+
     def add_common(sp, memory=True):
         sp.add_argument("--release", action="store_true", help="build with optimisations")
+        add_memdesc(sp)
         if memory:
             sp.add_argument("-m", "--memory", type=memory_size, default="128M", metavar="SIZE",
                             help="guest memory, QEMU syntax (default 128M)")
@@ -1914,6 +1944,7 @@ def main():
 
     sp = sub.add_parser("build", help="build the kernel ELF")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
+    add_memdesc(sp, "build the memdesc layout's kernel (into target/memdesc)")
     sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("bench", help="benchmarks under -icount: guest instructions per "
