@@ -44,6 +44,12 @@ FULL_SWEEP_MEMORY = ["97M", "255M", "257M", "777M", "1023M", "1025M", "2047M", "
 # x.py test also boots these with 2 and 4 CPUs (the SMP stress suite).
 DEFAULT_SMP = [2, 4]
 SMP_MEMORY = ["128M"]
+# x.py test (no --memory, --smp or --memdesc) also boots the memdesc layout's
+# kernel: at these sizes on 1 CPU (an odd number of 1 MiB segments, and a
+# memmap of many pages), then with these CPU counts at MEMDESC_SMP_MEMORY.
+MEMDESC_TEST_MEMORY = ["65M", "1G"]
+MEMDESC_SMP = [2]
+MEMDESC_SMP_MEMORY = ["128M"]
 DEFAULT_TIMEOUT = 600
 EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 
@@ -1094,7 +1100,7 @@ def test_list(args):
     """Boot once with ktest.list: every suite.case the selection runs (the
     suites that run only when named are marked)."""
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     append = "ktest.list" + (f" ktest.filter={args.filter}" if args.filter else "")
     r = boot(qemu_cmd(elf, "128M", 1, append), 60)
     cases = [l for l in r.lines if re.match(r"^[a-z0-9_]+\.[a-z0-9_]+( |$)", l)]
@@ -1106,7 +1112,8 @@ def test_list(args):
     if errors or r.returncode != 0:
         return 1
     log(f"{sum(1 for l in cases if '(explicit' not in l)} cases selected"
-        + (f" by {args.filter}" if args.filter else ""))
+        + (f" by {args.filter}" if args.filter else "")
+        + (" (memdesc layout)" if args.memdesc else ""))
     return 0
 
 
@@ -1123,6 +1130,42 @@ def deviations_named(lines):
         if m and m.group(2) not in names:
             names.append(m.group(2))
     return names
+
+
+def test_plan(args):
+    """The QEMU boots of x.py test: [(memory, cpus, layout)]. Every memory
+    size on one CPU, then the SMP runs (unless --smp names one CPU count for
+    all). --memdesc: that plan with the memdesc kernel only. With neither
+    --memory, --smp nor --memdesc, the memdesc kernel's own boots follow."""
+    layout = layout_of(args)
+    memory = list(args.memory or DEFAULT_TEST_MEMORY)
+    if args.full:
+        memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
+    if args.smp is None:
+        plan = [(m, 1, layout) for m in memory] + [
+            (m, n, layout) for n in DEFAULT_SMP for m in SMP_MEMORY]
+    else:
+        plan = [(m, args.smp, layout) for m in memory]
+    if layout == "overlay" and args.memory is None and args.smp is None:
+        plan += [(m, 1, "memdesc") for m in MEMDESC_TEST_MEMORY] + [
+            (m, n, "memdesc") for n in MEMDESC_SMP for m in MEMDESC_SMP_MEMORY]
+    return plan
+
+
+def boot_label(memory, smp, layout):
+    """`128M-smp2`, `memdesc-65M`: names the boot's log, build/test-LABEL.log."""
+    return ("memdesc-" if layout == "memdesc" else "") + memory + (f"-smp{smp}" if smp != 1 else "")
+
+
+def describe_plan(plan):
+    """`64M, 128M with 2 CPUs; memdesc layout: 65M, 128M with 2 CPUs`."""
+    parts = []
+    for layout in LAYOUTS:
+        boots = ", ".join(m + (f" with {n} CPUs" if n != 1 else "")
+                          for m, n, lay in plan if lay == layout)
+        if boots:
+            parts.append(boots if layout == "overlay" else f"{layout} layout: {boots}")
+    return "; ".join(parts)
 
 
 def cmd_test(args):
@@ -1149,21 +1192,16 @@ def cmd_test(args):
             problems.append(f"miri: {f} failed")
     if not args.host_only:
         ensure_apt(QEMU, "qemu-system-misc")
-        elf = build(args.release, quiet=True)
-        # Every memory size on one CPU, then the SMP runs (unless --smp
-        # names one CPU count for all).
-        memory = list(args.memory or DEFAULT_TEST_MEMORY)
-        if args.full:
-            memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
-        if args.smp is None:
-            plan = [(m, 1) for m in memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
-        else:
-            plan = [(m, args.smp) for m in memory]
+        plan = test_plan(args)
+        # Both ELFs first: a layout that does not build stops x.py before
+        # any boot, not halfway through the matrix.
+        elfs = {layout: build_layout(layout, args.release, quiet=True)
+                for layout in LAYOUTS if any(b[2] == layout for b in plan)}
         if len(plan) > 1:
-            log(f"{len(plan)} boots: " + ", ".join(
-                f"{m}" + (f" with {n} CPUs" if n != 1 else "") for m, n in plan))
-        for i, (memory, smp) in enumerate(plan):
-            label = f"{memory}" + (f"-smp{smp}" if smp != 1 else "")
+            log(f"{len(plan)} boots: " + describe_plan(plan))
+        for i, (memory, smp, layout) in enumerate(plan):
+            elf = elfs[layout]
+            label = boot_label(memory, smp, layout)
             if len(plan) > 1:
                 log(f"[boot {i + 1}/{len(plan)} {label}]")
             k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
@@ -1446,7 +1484,7 @@ def allocation_site(trace, chains, depth=3):
 
 def fault_sweep(args):
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     memory = args.memory[0] if args.memory else "128M"
     smp = args.smp or 1
     timeout = FAULT_SWEEP_TIMEOUT if args.timeout is None else args.timeout
@@ -1456,7 +1494,8 @@ def fault_sweep(args):
     FAULT_SWEEP_DIR.mkdir(parents=True)
     start = time.monotonic()
     where = f"-m {memory}" + (f" --smp {smp}" if smp != 1 else "") + \
-        (f" --filter {args.filter}" if args.filter else "") + (" release" if args.release else " debug")
+        (f" --filter {args.filter}" if args.filter else "") + (" release" if args.release else " debug") + \
+        (", memdesc layout" if args.memdesc else "")
 
     cal_ranges = []
 
@@ -1983,8 +2022,17 @@ def main():
     sp = sub.add_parser("test", help="host unit tests and in-kernel KTAP suites",
                         description="Run `cargo test` on the host, then boot the KTAP "
                         "suites in QEMU at each memory size; print every case and one "
-                        "closing line `N passed, N failed, N skipped`.")
+                        "closing line `N passed, N failed, N skipped`. The memdesc "
+                        "kernel boots too, at "
+                        + ", ".join(MEMDESC_TEST_MEMORY) + " and "
+                        + ", ".join(f"{m} with {n} CPUs" for n in MEMDESC_SMP
+                                    for m in MEMDESC_SMP_MEMORY)
+                        + " after the overlay's boots (not when --memory or --smp is "
+                        "given: those boot the overlay kernel only).")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
+    add_memdesc(sp, "boot the memdesc kernel only: the "
+                "whole boot plan (memory sizes, --smp) with the memdesc kernel; with "
+                "--list or --fault-sweep, the memdesc kernel")
     sp.add_argument("--filter", metavar="GLOB", help="ktest.filter: suite or suite.case "
                     "globs, comma-separated; host tests run when their module::name "
                     "contains a glob (`.` read as `::`)")
@@ -1993,11 +2041,13 @@ def main():
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
     sp.add_argument("--memory", type=memory_sizes, default=None,
                     metavar="SIZES", help="comma-separated memory sizes (default "
-                    + ",".join(DEFAULT_TEST_MEMORY) + "; --fault-sweep: the first size, "
-                    "default 128M)")
+                    + ",".join(DEFAULT_TEST_MEMORY) + ", then the memdesc boots; given "
+                    "without --memdesc, the overlay kernel only; --fault-sweep: the first "
+                    "size, default 128M)")
     sp.add_argument("--smp", type=int, default=None, metavar="N",
                     help="CPUs for every boot (default: 1 at each memory size, then "
-                    "128M with 2 and with 4)")
+                    "128M with 2 and with 4, then the memdesc boots; given without --memdesc, "
+                    "the overlay kernel only)")
     sp.add_argument("--timeout", type=int, default=None, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT}; "
                     f"--fault-sweep: {FAULT_SWEEP_TIMEOUT})")
