@@ -948,35 +948,62 @@ def cargo_tests(cmd, stderr_tail=None):
     return passed, failed, ignored
 
 
-def host_tests(release, filt=None):
-    """cargo test on the host. With `filt` (the --filter globs), only the
-    host tests whose `module::path::name` matches a glob, with `.` read as
-    `::` and any position allowed (`buddy` runs mm::buddy_tests::...)."""
+def host_test_cmd(layout, release):
+    """The host cargo test command of one layout. memdesc runs the library's
+    tests only: the trybuild compile-fail tests (tests/compile_fail.rs) pin
+    the compiler's messages in .stderr files, and run in the default
+    (overlay) layout only."""
+    if layout == "memdesc":
+        cmd = ["cargo", "test", "-p", "kernel", "--lib", "--features", "memdesc"]
+    else:
+        cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
+    return cmd + (["--release"] if release else [])
+
+
+def host_tests(release, filt=None, layouts=LAYOUTS):
+    """cargo test on the host, for each layout: {layout: (passed, failed,
+    ignored)}. With `filt` (the --filter globs), only the host tests whose
+    `module::path::name` matches a glob, with `.` read as `::` and any
+    position allowed (`buddy` runs mm::buddy_tests::...)."""
     ensure_toolchain()
-    cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
-    if release:
-        cmd.append("--release")
-    if not filt:
-        return cargo_tests(cmd)
-    r = subprocess.run(cmd + ["--", "--list", "--format", "terse"], cwd=ROOT,
-                       capture_output=True, text=True)
-    names = [l[:-len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
-    globs = ["*" + g.replace(".", "::") + "*" for g in filt.split(",") if g]
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-    if not chosen:
-        log(f"host: no host test matches --filter {filt} ({len(names)} host tests; "
-            "their names are module::path::name, e.g. dat::space_tests)")
-        return 0, 0, 0
-    return cargo_tests(cmd + ["--", "--exact"] + chosen)
+    out = {}
+    for layout in layouts:
+        cmd = host_test_cmd(layout, release)
+        if not filt:
+            out[layout] = cargo_tests(cmd)
+            continue
+        r = subprocess.run(cmd + ["--", "--list", "--format", "terse"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            # A build that fails is a failure, not "no test matches".
+            log(shlex.join(cmd + ["--", "--list"]))
+            sys.stderr.write(r.stderr)
+            out[layout] = (0, 1, 0)
+            continue
+        names = [l[:-len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
+        globs = ["*" + g.replace(".", "::") + "*" for g in filt.split(",") if g]
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not chosen:
+            log(f"host ({layout}): no host test matches --filter {filt} ({len(names)} host tests; "
+                "their names are module::path::name, e.g. dat::space_tests)")
+            out[layout] = (0, 0, 0)
+            continue
+        out[layout] = cargo_tests(cmd + ["--", "--exact"] + chosen)
+    return out
 
 
-def miri_tests():
+def miri_tests(layouts=LAYOUTS):
     """The struct page layout and buddy-allocator tests under Miri (smaller
-    simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
+    simulated memory and fewer proptest cases there, see buddy_tests.rs), in
+    each layout: {layout: (passed, failed, ignored)}."""
     ensure_toolchain(extra=["miri"])
     run_checked(["cargo", "miri", "setup"], capture_output=True)
-    return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib", "--", "mm::", "dat::frag_tests"],
-                       stderr_tail=4000)
+    out = {}
+    for layout in layouts:
+        features = ["--features", "memdesc"] if layout == "memdesc" else []
+        out[layout] = cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib"] + features
+                                  + ["--", "mm::", "dat::frag_tests"], stderr_tail=4000)
+    return out
 
 
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False,
@@ -1178,18 +1205,27 @@ def cmd_test(args):
     deviations_seen = []
     passed = failed = skipped = 0
     problems = []
+    # Host tests and Miri in both layouts; --memdesc: the memdesc ones only.
+    layouts = ["memdesc"] if args.memdesc else list(LAYOUTS)
     if not args.qemu_only:
-        p, f, s = host_tests(args.release, args.filter)
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        if f:
-            problems.append(f"host: {f} failed")
-        if args.host_only and args.filter and p + f + s == 0:
+        counts = host_tests(args.release, args.filter, layouts)
+        for layout, (p, f, s) in counts.items():
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            if f:
+                problems.append(f"host ({layout}): {f} failed")
+        if len(counts) > 1:
+            log("host: " + "; ".join(f"{layout} {p} passed, {f} failed, {s} ignored"
+                                     for layout, (p, f, s) in counts.items()))
+        if args.host_only and args.filter and not any(sum(c) for c in counts.values()):
             problems.append(f"--filter {args.filter} selects no host test")
     if args.miri:
-        p, f, s = miri_tests()
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        if f:
-            problems.append(f"miri: {f} failed")
+        counts = miri_tests(layouts)
+        for layout, (p, f, s) in counts.items():
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            if f:
+                problems.append(f"miri ({layout}): {f} failed")
+        log("miri: " + "; ".join(f"{layout} {p} passed, {f} failed, {s} ignored"
+                                 for layout, (p, f, s) in counts.items()))
     if not args.host_only:
         ensure_apt(QEMU, "qemu-system-misc")
         plan = test_plan(args)
@@ -2022,15 +2058,16 @@ def main():
     sp = sub.add_parser("test", help="host unit tests and in-kernel KTAP suites",
                         description="Run `cargo test` on the host, then boot the KTAP "
                         "suites in QEMU at each memory size; print every case and one "
-                        "closing line `N passed, N failed, N skipped`. The memdesc "
-                        "kernel boots too, at "
+                        "closing line `N passed, N failed, N skipped`. Both struct page "
+                        "layouts are tested: the host tests (and Miri) run again with the "
+                        "memdesc feature, and the memdesc kernel boots at "
                         + ", ".join(MEMDESC_TEST_MEMORY) + " and "
                         + ", ".join(f"{m} with {n} CPUs" for n in MEMDESC_SMP
                                     for m in MEMDESC_SMP_MEMORY)
                         + " after the overlay's boots (not when --memory or --smp is "
                         "given: those boot the overlay kernel only).")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
-    add_memdesc(sp, "boot the memdesc kernel only: the "
+    add_memdesc(sp, "test the memdesc layout only: its host tests (and Miri), and the "
                 "whole boot plan (memory sizes, --smp) with the memdesc kernel; with "
                 "--list or --fault-sweep, the memdesc kernel")
     sp.add_argument("--filter", metavar="GLOB", help="ktest.filter: suite or suite.case "
@@ -2055,8 +2092,8 @@ def main():
                     help="also boot a sweep of sizes up to 16G: " + ",".join(FULL_SWEEP_MEMORY)
                     + " (slow: the exhaustion tests walk 4M pages at 16G)")
     sp.add_argument("--miri", action="store_true",
-                    help="also run the struct page and buddy tests under Miri (installs "
-                    "the miri component)")
+                    help="also run the struct page and buddy tests under Miri, in both "
+                    "layouts (installs the miri component)")
     sp.add_argument("--list", action="store_true",
                     help="list every suite.case the selection would run (suites that run "
                     "only when named are marked), then exit")
