@@ -760,15 +760,32 @@ VALUE_TARGETS = {
 }
 
 
-def cmd_bench(args):
-    """Boot the benchmarks under -icount (1 ns of virtual time per guest
-    instruction): TOD deltas are instruction counts, identical run to run."""
-    ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(release=True, quiet=True, features=["kernel/bench"])
-    cmd = qemu_cmd(elf, args.memory, 1, "bench",
-                   ["-icount", "shift=0,sleep=off", "-rtc", "base=2000-01-01T00:00:00"])
-    log(shlex.join(cmd))
-    r = boot(cmd, args.timeout)
+# memdesc's goal against the overlay, in the same bench run: (the most
+# memdesc's instructions/op may be, as a multiple of the overlay's, what).
+MEMDESC_RATIO_TARGETS = {
+    "buddy_order0_alloc_free": (1.25, "the 8-byte struct page costs at most 25% more per page"),
+}
+# Figures the memdesc layout alone must hold: (limit, what the limit means).
+# The other targets above are absolute and hold for both layouts, but for the
+# peer ratio, which is the overlay's.
+MEMDESC_VALUE_TARGETS = {
+    "memmap_ppm": (2000, "the memmap takes at most 0.2% of memory"),
+}
+# The kernel's memory figures (BENCHV lines), in both layouts where it has
+# them (x.py prints whatever it gets; `-` where a layout has none):
+#   memmap_ppm            memmap bytes per million bytes of memory
+#   desc_bytes_boot       descriptor memory in use right after boot
+#   desc_ppm_boot         the same per million bytes of memory
+#   desc_ppm_full         descriptor memory per million bytes, memory full of page tables
+#   memmap_desc_ppm_full  memmap + descriptors, the same condition
+#   boot_instructions     guest instructions from reset to the start of the bench run
+
+
+def bench_parse(r):
+    """(instructions/op by benchmark, {figure: (value, unit)}) from a bench
+    run's console, or None when the run did not finish."""
+    if "BENCH-END" not in r.lines or r.timed_out:
+        return None
     results = {}
     values = {}
     for line in r.lines:
@@ -780,10 +797,6 @@ def cmd_bench(args):
             ops, tod = int(m.group(2)), int(m.group(3))
             # 4096 TOD units per microsecond, 1000 instructions per microsecond.
             results[m.group(1)] = tod * 1000 / 4096 / max(ops, 1)
-    if "BENCH-END" not in r.lines or r.timed_out:
-        for line in r.lines[-30:]:
-            print(line)
-        die("the benchmark run did not finish")
     base = results.pop("baseline_empty_loop", 0.0)
     table = {}
     for name, v in results.items():
@@ -791,58 +804,188 @@ def cmd_bench(args):
         # whole-run figures, which have no loop of their own to subtract).
         per_op = v - base if name.startswith(("buddy_order", "peer_", "dat_")) else v
         table[name] = round(per_op, 1)
-    # Ratios against each peer for the rows that do the peers' work (one
-    # page allocated and freed): how many times fewer instructions we take.
+    return table, values
+
+
+def peer_ratios(table):
+    """Ratios against each peer for the rows that do the peers' work (one
+    page allocated and freed): how many times fewer instructions we take."""
     peers = [p for p in BENCH_PEERS if p in table]
-    ratios = {}
-    for ours in BENCH_PEER_ROWS:
-        if ours in table and table[ours] > 0:
-            ratios[ours] = {p: round(table[p] / table[ours], 1) for p in peers}
-    head = "".join(f" {'x ' + BENCH_PEERS[p]:>12}" for p in peers)
-    print(f"{'benchmark':44} {'instr/op':>10}{head}")
-    for name, v in table.items():
-        cols = "".join(f" {ratios[name][p]:11.1f}x" for p in peers) if name in ratios else ""
-        print(f"{name:44} {v:10.1f}{cols}")
-    if values:
-        print()
-        print(f"{'figure':44} {'value':>10}")
-        for name, (v, unit) in values.items():
-            print(f"{name:44} {v:10} {unit}")
-    missed = []
+    return {ours: {p: round(table[p] / table[ours], 1) for p in peers}
+            for ours in BENCH_PEER_ROWS if ours in table and table[ours] > 0}
+
+
+def wrap_command(cmd, width=112):
+    """A command as shell lines of at most about `width` characters, each
+    option with its value, `\\` at the end of all but the last."""
+    words = [shlex.quote(w) for w in cmd]
+    groups = []
+    for w in words:
+        if groups and groups[-1].startswith("-") and " " not in groups[-1] and not w.startswith("-"):
+            groups[-1] += " " + w
+        else:
+            groups.append(w)
+    lines = [groups[0]]
+    for g in groups[1:]:
+        if len(lines[-1]) + 1 + len(g) > width:
+            lines.append("    " + g)
+        else:
+            lines[-1] += " " + g
+    return " \\\n".join(lines)
+
+
+def cmd_bench(args):
+    """Boot the benchmarks under -icount (1 ns of virtual time per guest
+    instruction): TOD deltas are instruction counts, identical run to run.
+    Both layouts (--memdesc: memdesc only), each from its own target dir,
+    under the same QEMU command, compared in one report."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    layouts = ["memdesc"] if args.memdesc else list(LAYOUTS)
+    elfs = {layout: build_layout(layout, release=True, quiet=True, features=["kernel/bench"])
+            for layout in layouts}
+    icount = ["-icount", "shift=0,sleep=off", "-rtc", "base=2000-01-01T00:00:00"]
+    cmds = {layout: qemu_cmd(elf, args.memory, 1, "bench", icount) for layout, elf in elfs.items()}
+    shown = qemu_cmd("ELF", args.memory, 1, "bench", icount)
+    log("the bench command, ELF being each layout's kernel:\n" + wrap_command(shown))
+    for layout, elf in elfs.items():
+        log(f"  {layout + ' ELF:':13} {elf.relative_to(ROOT)}")
+    # Both at once: under -icount with sleep=off the figures are guest
+    # instruction counts, whatever else the host is doing.
+    with ThreadPoolExecutor(max_workers=len(layouts)) as pool:
+        runs = dict(zip(layouts, pool.map(lambda l: boot(cmds[l], args.timeout), layouts)))
+    got = {}
+    for layout, r in runs.items():
+        parsed = bench_parse(r)
+        if parsed is None:
+            print(f"---- [{layout}] console, last 30 lines ----")
+            for line in r.lines[-30:]:
+                print(line)
+            die(f"the {layout} benchmark run did not finish"
+                + (f" (killed after {args.timeout} s)" if r.timed_out else ""))
+        got[layout] = parsed
+    tables = {layout: t for layout, (t, _) in got.items()}
+    values = {layout: v for layout, (_, v) in got.items()}
+    ratios = {layout: peer_ratios(t) for layout, t in tables.items()}
+    both = len(layouts) == 2
+    # The peer columns: the overlay's ratios (memdesc's with --memdesc).
+    first = layouts[0]
+    peers = [p for p in BENCH_PEERS if p in tables[first]]
+    md_vs_ov = {}
+    if both:
+        ov, md = tables["overlay"], tables["memdesc"]
+        md_vs_ov = {n: round(md[n] / ov[n], 3) for n in ov if n in md and ov[n] > 0}
+    names = list(dict.fromkeys(n for t in tables.values() for n in t))
+    figures = list(dict.fromkeys(n for v in values.values() for n in v))
+    w = max([40] + [len(n) + 1 for n in names + figures])
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     print()
+    top = "".join(f" {layout:>10}" for layout in layouts) + (f" {'memdesc/':>9}" if both else "")
+    sub = "".join(f" {'instr/op':>10}" for _ in layouts) + (f" {'overlay':>9}" if both else "")
+    peer_top = "".join(f" {'x ' + BENCH_PEERS[p]:>10}" for p in peers)
+    peer_sub = "".join(f" {'(' + first + ')':>10}" for _ in peers)
+    print(f"{'':{w}}{top}{peer_top}")
+    print(f"{'benchmark':{w}}{sub}{peer_sub}")
+    for name in names:
+        cols = "".join(f" {num(tables[l].get(name), '.1f'):>10}" for l in layouts)
+        if both:
+            r = md_vs_ov.get(name)
+            cols += f" {'-' if r is None else f'{r:.2f}x':>9}"
+        if name in ratios[first]:
+            cols += "".join(f" {ratios[first][name][p]:9.1f}x" for p in peers)
+        print(f"{name:{w}}{cols}")
+    if figures:
+        print()
+        print(f"{'figure':{w}}" + "".join(f" {layout:>10}" for layout in layouts) + "  unit")
+        for name in figures:
+            unit = next(v[name][1] for v in values.values() if name in v)
+            cols = "".join(f" {num(values[l][name][0] if name in values[l] else None, 'd'):>10}"
+                           for l in layouts)
+            print(f"{name:{w}}{cols}  {unit}")
+
+    # The targets: one line each, every layout it applies to.
+    print()
+    print("targets" + (" (--check: a MISSED one fails the command):" if args.check else ":"))
+    missed = []
+    checked = []
+
+    def target(heading, what, verdicts):
+        """verdicts: [(layout, shown value, met or None when not checked[,
+        the value for bench.json when `shown` is more than a number])]."""
+        parts = []
+        for layout, shown, ok, *value in verdicts:
+            checked.append({"target": heading, "layout": layout, "met": ok,
+                            "value": value[0] if value else (shown if ok is not None else None)})
+            if ok is None:
+                parts.append(f"{layout} {shown}")
+                continue
+            parts.append(f"{layout} {shown} {'met' if ok else 'MISSED'}")
+            if not ok:
+                missed.append(f"{layout} {heading}")
+        print(f"  {heading}: " + "; ".join(parts))
+        if what:
+            print(f"    {what}")
+
+    def value_verdicts(name, limit, among):
+        out = []
+        for layout in among:
+            if name in values[layout]:
+                v = values[layout][name][0]
+                out.append((layout, v, v <= limit))
+            else:
+                out.append((layout, "not reported", None))
+        return out
+
     for name, (limit, what) in VALUE_TARGETS.items():
-        if name in values:
-            v = values[name][0]
-            ok = v <= limit
-            print(f"{name}: {v} (target <= {limit}: {what}) {'met' if ok else 'MISSED'}")
-            if not ok:
-                missed.append(name)
-    for ours, (peers, limit, ratio) in BENCH_TARGETS.items():
-        if ours not in table:
+        if any(name in values[l] for l in layouts):
+            target(f"{name} <= {limit}", what, value_verdicts(name, limit, layouts))
+    for ours, (peer_names, limit, ratio) in BENCH_TARGETS.items():
+        if not any(ours in tables[l] for l in layouts):
             continue
-        v = table[ours]
-        ok = v <= limit
-        line = f"{ours}: {v:.1f} instructions (target <= {limit}) {'met' if ok else 'MISSED'}"
-        if not ok:
-            missed.append(ours)
-        present = [table[p] for p in peers if p in table]
-        if present and ratio:
-            best = min(present)
-            got = best / v if v > 0 else float("inf")
-            ok = got >= ratio
-            line += f"; {got:.1f}x fewer than the better peer ({best:.1f}) (target >= {ratio}x) {'met' if ok else 'MISSED'}"
-            if not ok:
-                missed.append(ours + " ratio")
-        print(line)
+        target(f"{ours} <= {limit} instructions/op", None,
+               [(l, tables[l][ours], tables[l][ours] <= limit) if ours in tables[l]
+                else (l, "not reported", None) for l in layouts])
+        present = {p: tables["overlay"][p] for p in peer_names
+                   if "overlay" in tables and p in tables["overlay"]}
+        if ratio and present and ours in tables["overlay"]:
+            best = min(present, key=present.get)
+            v = tables["overlay"][ours]
+            got_ratio = present[best] / v if v > 0 else float("inf")
+            target(f"{ours} >= {ratio}x fewer instructions than the better peer", None,
+                   [("overlay", f"{got_ratio:.1f}x ({BENCH_PEERS.get(best, best)} {present[best]:.1f})",
+                     got_ratio >= ratio, round(got_ratio, 2))])
+    if "memdesc" in layouts:
+        for name, (limit, what) in MEMDESC_RATIO_TARGETS.items():
+            heading = f"{name} <= {limit}x the overlay's instructions/op"
+            if not both:
+                target(heading, what, [("memdesc", "not checked (no overlay run)", None)])
+            elif name in md_vs_ov:
+                r = md_vs_ov[name]
+                target(heading, what, [("memdesc", f"{r:.2f}x ({tables['memdesc'][name]:.1f} vs "
+                                        f"{tables['overlay'][name]:.1f})", r <= limit, r)])
+            else:
+                target(heading, what, [("memdesc", "not reported", None)])
+        for name, (limit, what) in MEMDESC_VALUE_TARGETS.items():
+            target(f"{name} <= {limit}", what, value_verdicts(name, limit, ["memdesc"]))
+
     BUILD_DIR.mkdir(exist_ok=True)
     out = BUILD_DIR / "bench.json"
     import json
-    out.write_text(json.dumps({"unit": "guest instructions per operation",
-                               "memory": args.memory, "results": table,
-                               "ratios_vs_peers": ratios,
-                               "figures": {k: {"value": v, "unit": u} for k, (v, u) in values.items()}},
-                              indent=2) + "\n")
-    log(f"figures written to {out.relative_to(ROOT)}")
+    report = {"unit": "guest instructions per operation", "memory": args.memory,
+              "command": shlex.join(shown)}
+    for layout in layouts:
+        report[layout] = {"elf": str(elfs[layout].relative_to(ROOT)),
+                          "results": tables[layout], "ratios_vs_peers": ratios[layout],
+                          "figures": {k: {"value": v, "unit": u}
+                                      for k, (v, u) in values[layout].items()}}
+    report["ratios"] = {"memdesc_vs_overlay": md_vs_ov}
+    report["targets"] = checked
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    log(f"figures written to {out.relative_to(ROOT)}"
+        + (f"; {len(missed)} target(s) MISSED" if missed else ""))
     if missed and args.check:
         return 1
     return 0
@@ -2024,15 +2167,20 @@ def main():
 
     sp = sub.add_parser("bench", help="benchmarks under -icount: guest instructions per "
                         "operation, compared with peer allocators",
-                        description="Boot a release kernel with the `bench` flag under "
-                        "`-icount shift=0,sleep=off`; print instructions per operation "
-                        "with ratios against the peers and write build/bench.json.")
+                        description="Build a release kernel with the `bench` feature "
+                        "in each struct page layout (overlay in target/, memdesc in "
+                        "target/memdesc) and boot both under the same "
+                        "`-icount shift=0,sleep=off` command; print instructions per "
+                        "operation side by side with the memdesc/overlay ratio and the "
+                        "overlay's ratios against the peers, each layout's memory figures, "
+                        "the targets met or MISSED, and write build/bench.json.")
     sp.add_argument("-m", "--memory", type=memory_size, default="256M", metavar="SIZE",
                     help="guest memory (default 256M)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"kill QEMU after S seconds (default {DEFAULT_TIMEOUT})")
     sp.add_argument("--check", action="store_true",
                     help="exit non-zero when a target is missed")
+    add_memdesc(sp, "benchmark the memdesc layout only (default: both layouts, compared)")
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("lint", help="cargo fmt --check and clippy (host and s390x), "
