@@ -6,10 +6,18 @@
     python3 x.py gdb            QEMU halted at reset, gdb attached
     python3 x.py walk ADDR      the DAT translation of ADDR, level by level
     python3 x.py bench          benchmarks, in guest instructions under -icount
-    python3 x.py lint           cargo fmt --check and clippy, warnings denied
+    python3 x.py lint           cargo fmt --check, clippy and doc, warnings denied
     python3 x.py mutants        mutation check: does a test fail when a piece of
                                 the TLB-invalidation discipline is removed?
     python3 x.py build | clean
+
+Two struct page layouts, chosen at build time: the overlay (default) and
+memdesc (cargo feature `memdesc`, built in its own target dir, target/memdesc,
+so both ELFs exist side by side). `--memdesc` makes run, test, bench, walk,
+gdb and build use the memdesc kernel (test and bench: only it). Without it,
+test boots both kernels (only the overlay's when --memory or --smp is given)
+and runs the host tests and Miri in both layouts, bench compares the two
+layouts in one report, and lint checks both.
 
 Every subcommand installs what it needs: the pinned toolchain (rustup), and
 QEMU / gdb-multiarch (apt-get, when running as root).
@@ -993,25 +1001,40 @@ def cmd_bench(args):
 
 def cmd_lint(args):
     """cargo fmt --check, clippy on the host library and on the s390x kernel,
-    cargo doc of the library (private items too), warnings denied."""
+    cargo doc of the library (private items too), warnings denied; clippy
+    and doc once per struct page layout."""
     ensure_toolchain()
+    memdesc = ["--features", MEMDESC_FEATURE]
+    s390x = kernel_cargo_args(False)
+    # (command, target dir): the memdesc kernel's clippy and doc go to its own
+    # target dir, as its build does (target/doc stays the overlay's docs).
     steps = [
-        ["cargo", "fmt", "--all", "--", "--check"],
-        ["cargo", "clippy", "--workspace", "--exclude", "boot", "--all-targets",
-         "--", "-D", "warnings"],
-        ["cargo", "clippy"] + kernel_cargo_args(False)[:2] + ["-p", "kernel"]
-        + kernel_cargo_args(False)[2:] + ["--", "-D", "warnings"],
-        ["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"],
+        (["cargo", "fmt", "--all", "--", "--check"], None),
+        (["cargo", "clippy", "--workspace", "--exclude", "boot", "--all-targets",
+          "--", "-D", "warnings"], None),
+        (["cargo", "clippy", "-p", "kernel"] + memdesc + ["--all-targets", "--", "-D", "warnings"],
+         None),
+        (["cargo", "clippy"] + s390x[:2] + ["-p", "kernel"] + s390x[2:]
+         + ["--", "-D", "warnings"], None),
+        (["cargo", "clippy"] + s390x[:2] + ["-p", "kernel"] + s390x[2:] + memdesc
+         + ["--", "-D", "warnings"], MEMDESC_TARGET_DIR),
+        (["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"], None),
+        (["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"] + memdesc,
+         MEMDESC_TARGET_DIR),
     ]
-    for cmd in steps:
-        log(shlex.join(cmd))
-        env = None
+    for cmd, target_dir in steps:
+        env = dict(os.environ)
+        shown = shlex.join(cmd)
+        if target_dir is not None:
+            env["CARGO_TARGET_DIR"] = str(target_dir)
+            shown = f"CARGO_TARGET_DIR={target_dir.relative_to(ROOT)} {shown}"
+        log(shown)
         if cmd[1] == "doc":
-            env = dict(os.environ, RUSTDOCFLAGS="-D warnings")
+            env["RUSTDOCFLAGS"] = "-D warnings"
         rc = run_cargo(cmd, env=env)
         if rc != 0:
-            die(f"command failed ({rc}): {shlex.join(cmd)}", rc)
-    log("lint clean")
+            die(f"command failed ({rc}): {shown}", rc)
+    log("lint clean (both layouts)")
 
 
 def cmd_clean(args):
@@ -2183,8 +2206,8 @@ def main():
     add_memdesc(sp, "benchmark the memdesc layout only (default: both layouts, compared)")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("lint", help="cargo fmt --check and clippy (host and s390x), "
-                        "warnings denied")
+    sp = sub.add_parser("lint", help="cargo fmt --check, clippy (host and s390x) and "
+                        "cargo doc, in both layouts, warnings denied")
     sp.set_defaults(func=cmd_lint)
 
     sp = sub.add_parser("clean", help="remove build outputs")
