@@ -6,10 +6,18 @@
     python3 x.py gdb            QEMU halted at reset, gdb attached
     python3 x.py walk ADDR      the DAT translation of ADDR, level by level
     python3 x.py bench          benchmarks, in guest instructions under -icount
-    python3 x.py lint           cargo fmt --check and clippy, warnings denied
+    python3 x.py lint           cargo fmt --check, clippy and doc, warnings denied
     python3 x.py mutants        mutation check: does a test fail when a piece of
                                 the TLB-invalidation discipline is removed?
     python3 x.py build | clean
+
+Two struct page layouts, chosen at build time: the overlay (default) and
+memdesc (cargo feature `memdesc`, built in its own target dir, target/memdesc,
+so both ELFs exist side by side). `--memdesc` makes run, test, bench, walk,
+gdb and build use the memdesc kernel (test and bench: only it). Without it,
+test boots both kernels (only the overlay's when --memory or --smp is given)
+and runs the host tests and Miri in both layouts, bench compares the two
+layouts in one report, and lint checks both.
 
 Every subcommand installs what it needs: the pinned toolchain (rustup), and
 QEMU / gdb-multiarch (apt-get, when running as root).
@@ -44,6 +52,12 @@ FULL_SWEEP_MEMORY = ["97M", "255M", "257M", "777M", "1023M", "1025M", "2047M", "
 # x.py test also boots these with 2 and 4 CPUs (the SMP stress suite).
 DEFAULT_SMP = [2, 4]
 SMP_MEMORY = ["128M"]
+# x.py test (no --memory, --smp or --memdesc) also boots the memdesc layout's
+# kernel: at these sizes on 1 CPU (an odd number of 1 MiB segments, and a
+# memmap of many pages), then with these CPU counts at MEMDESC_SMP_MEMORY.
+MEMDESC_TEST_MEMORY = ["65M", "1G"]
+MEMDESC_SMP = [2]
+MEMDESC_SMP_MEMORY = ["128M"]
 DEFAULT_TIMEOUT = 600
 EXIT_MARKER = re.compile(r"^EXIT: STATUS=(\d+)")
 
@@ -487,6 +501,18 @@ def run_checked(cmd, **kw):
 # ---------------------------------------------------------------------------
 # Build
 
+# The two struct page layouts, chosen at build time: the overlay (default: a
+# 64-byte struct page with a union) and memdesc (cargo feature `memdesc`: an
+# 8-byte struct page and separate descriptors). boot's `memdesc` feature
+# turns on kernel/memdesc, and boot's own code if it ever needs it.
+LAYOUTS = ("overlay", "memdesc")
+MEMDESC_FEATURE = "memdesc"
+# The memdesc ELF has a CARGO_TARGET_DIR of its own. Both layouts' ELFs must
+# exist at once (x.py test boots both, x.py bench compares them); in one
+# target dir the feature switch would make cargo rebuild the kernel and boot
+# crates and overwrite the other layout's zdat every time.
+MEMDESC_TARGET_DIR = ROOT / "target" / "memdesc"
+
 
 def kernel_cargo_args(release, features=()):
     args = ["-p", "boot", "--target", TARGET,
@@ -524,6 +550,19 @@ def build(release=False, quiet=False, features=(), root=ROOT, target_dir=None,
             return None
         die(f"build produced no kernel at {elf}")
     return elf
+
+
+def build_layout(layout, release=False, quiet=False, features=()):
+    """Build the kernel ELF of one struct page layout (LAYOUTS): the overlay
+    in target/, memdesc with its feature in MEMDESC_TARGET_DIR."""
+    if layout == "memdesc":
+        return build(release, quiet, features=list(features) + [MEMDESC_FEATURE],
+                     target_dir=MEMDESC_TARGET_DIR)
+    return build(release, quiet, features=features)
+
+
+def layout_of(args):
+    return "memdesc" if getattr(args, "memdesc", False) else "overlay"
 
 
 # ---------------------------------------------------------------------------
@@ -705,7 +744,7 @@ def parse_suite(lines, i, number, k):
 
 
 def cmd_build(args):
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     log(f"kernel: {elf.relative_to(ROOT)}")
 
 
@@ -729,15 +768,32 @@ VALUE_TARGETS = {
 }
 
 
-def cmd_bench(args):
-    """Boot the benchmarks under -icount (1 ns of virtual time per guest
-    instruction): TOD deltas are instruction counts, identical run to run."""
-    ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(release=True, quiet=True, features=["kernel/bench"])
-    cmd = qemu_cmd(elf, args.memory, 1, "bench",
-                   ["-icount", "shift=0,sleep=off", "-rtc", "base=2000-01-01T00:00:00"])
-    log(shlex.join(cmd))
-    r = boot(cmd, args.timeout)
+# memdesc's goal against the overlay, in the same bench run: (the most
+# memdesc's instructions/op may be, as a multiple of the overlay's, what).
+MEMDESC_RATIO_TARGETS = {
+    "buddy_order0_alloc_free": (1.25, "the 8-byte struct page costs at most 25% more per page"),
+}
+# Figures the memdesc layout alone must hold: (limit, what the limit means).
+# The other targets above are absolute and hold for both layouts, but for the
+# peer ratio, which is the overlay's.
+MEMDESC_VALUE_TARGETS = {
+    "memmap_ppm": (2000, "the memmap takes at most 0.2% of memory"),
+}
+# The kernel's memory figures (BENCHV lines), in both layouts where it has
+# them (x.py prints whatever it gets; `-` where a layout has none):
+#   memmap_ppm            memmap bytes per million bytes of memory
+#   desc_bytes_boot       descriptor memory in use right after boot
+#   desc_ppm_boot         the same per million bytes of memory
+#   desc_ppm_full         descriptor memory per million bytes, memory full of page tables
+#   memmap_desc_ppm_full  memmap + descriptors, the same condition
+#   boot_instructions     guest instructions from reset to the start of the bench run
+
+
+def bench_parse(r):
+    """(instructions/op by benchmark, {figure: (value, unit)}) from a bench
+    run's console, or None when the run did not finish."""
+    if "BENCH-END" not in r.lines or r.timed_out:
+        return None
     results = {}
     values = {}
     for line in r.lines:
@@ -749,10 +805,6 @@ def cmd_bench(args):
             ops, tod = int(m.group(2)), int(m.group(3))
             # 4096 TOD units per microsecond, 1000 instructions per microsecond.
             results[m.group(1)] = tod * 1000 / 4096 / max(ops, 1)
-    if "BENCH-END" not in r.lines or r.timed_out:
-        for line in r.lines[-30:]:
-            print(line)
-        die("the benchmark run did not finish")
     base = results.pop("baseline_empty_loop", 0.0)
     table = {}
     for name, v in results.items():
@@ -760,58 +812,188 @@ def cmd_bench(args):
         # whole-run figures, which have no loop of their own to subtract).
         per_op = v - base if name.startswith(("buddy_order", "peer_", "dat_")) else v
         table[name] = round(per_op, 1)
-    # Ratios against each peer for the rows that do the peers' work (one
-    # page allocated and freed): how many times fewer instructions we take.
+    return table, values
+
+
+def peer_ratios(table):
+    """Ratios against each peer for the rows that do the peers' work (one
+    page allocated and freed): how many times fewer instructions we take."""
     peers = [p for p in BENCH_PEERS if p in table]
-    ratios = {}
-    for ours in BENCH_PEER_ROWS:
-        if ours in table and table[ours] > 0:
-            ratios[ours] = {p: round(table[p] / table[ours], 1) for p in peers}
-    head = "".join(f" {'x ' + BENCH_PEERS[p]:>12}" for p in peers)
-    print(f"{'benchmark':44} {'instr/op':>10}{head}")
-    for name, v in table.items():
-        cols = "".join(f" {ratios[name][p]:11.1f}x" for p in peers) if name in ratios else ""
-        print(f"{name:44} {v:10.1f}{cols}")
-    if values:
-        print()
-        print(f"{'figure':44} {'value':>10}")
-        for name, (v, unit) in values.items():
-            print(f"{name:44} {v:10} {unit}")
-    missed = []
+    return {ours: {p: round(table[p] / table[ours], 1) for p in peers}
+            for ours in BENCH_PEER_ROWS if ours in table and table[ours] > 0}
+
+
+def wrap_command(cmd, width=112):
+    """A command as shell lines of at most about `width` characters, each
+    option with its value, `\\` at the end of all but the last."""
+    words = [shlex.quote(w) for w in cmd]
+    groups = []
+    for w in words:
+        if groups and groups[-1].startswith("-") and " " not in groups[-1] and not w.startswith("-"):
+            groups[-1] += " " + w
+        else:
+            groups.append(w)
+    lines = [groups[0]]
+    for g in groups[1:]:
+        if len(lines[-1]) + 1 + len(g) > width:
+            lines.append("    " + g)
+        else:
+            lines[-1] += " " + g
+    return " \\\n".join(lines)
+
+
+def cmd_bench(args):
+    """Boot the benchmarks under -icount (1 ns of virtual time per guest
+    instruction): TOD deltas are instruction counts, identical run to run.
+    Both layouts (--memdesc: memdesc only), each from its own target dir,
+    under the same QEMU command, compared in one report."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    layouts = ["memdesc"] if args.memdesc else list(LAYOUTS)
+    elfs = {layout: build_layout(layout, release=True, quiet=True, features=["kernel/bench"])
+            for layout in layouts}
+    icount = ["-icount", "shift=0,sleep=off", "-rtc", "base=2000-01-01T00:00:00"]
+    cmds = {layout: qemu_cmd(elf, args.memory, 1, "bench", icount) for layout, elf in elfs.items()}
+    shown = qemu_cmd("ELF", args.memory, 1, "bench", icount)
+    log("the bench command, ELF being each layout's kernel:\n" + wrap_command(shown))
+    for layout, elf in elfs.items():
+        log(f"  {layout + ' ELF:':13} {elf.relative_to(ROOT)}")
+    # Both at once: under -icount with sleep=off the figures are guest
+    # instruction counts, whatever else the host is doing.
+    with ThreadPoolExecutor(max_workers=len(layouts)) as pool:
+        runs = dict(zip(layouts, pool.map(lambda l: boot(cmds[l], args.timeout), layouts)))
+    got = {}
+    for layout, r in runs.items():
+        parsed = bench_parse(r)
+        if parsed is None:
+            print(f"---- [{layout}] console, last 30 lines ----")
+            for line in r.lines[-30:]:
+                print(line)
+            die(f"the {layout} benchmark run did not finish"
+                + (f" (killed after {args.timeout} s)" if r.timed_out else ""))
+        got[layout] = parsed
+    tables = {layout: t for layout, (t, _) in got.items()}
+    values = {layout: v for layout, (_, v) in got.items()}
+    ratios = {layout: peer_ratios(t) for layout, t in tables.items()}
+    both = len(layouts) == 2
+    # The peer columns: the overlay's ratios (memdesc's with --memdesc).
+    first = layouts[0]
+    peers = [p for p in BENCH_PEERS if p in tables[first]]
+    md_vs_ov = {}
+    if both:
+        ov, md = tables["overlay"], tables["memdesc"]
+        md_vs_ov = {n: round(md[n] / ov[n], 3) for n in ov if n in md and ov[n] > 0}
+    names = list(dict.fromkeys(n for t in tables.values() for n in t))
+    figures = list(dict.fromkeys(n for v in values.values() for n in v))
+    w = max([40] + [len(n) + 1 for n in names + figures])
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     print()
+    top = "".join(f" {layout:>10}" for layout in layouts) + (f" {'memdesc/':>9}" if both else "")
+    sub = "".join(f" {'instr/op':>10}" for _ in layouts) + (f" {'overlay':>9}" if both else "")
+    peer_top = "".join(f" {'x ' + BENCH_PEERS[p]:>10}" for p in peers)
+    peer_sub = "".join(f" {'(' + first + ')':>10}" for _ in peers)
+    print(f"{'':{w}}{top}{peer_top}")
+    print(f"{'benchmark':{w}}{sub}{peer_sub}")
+    for name in names:
+        cols = "".join(f" {num(tables[l].get(name), '.1f'):>10}" for l in layouts)
+        if both:
+            r = md_vs_ov.get(name)
+            cols += f" {'-' if r is None else f'{r:.2f}x':>9}"
+        if name in ratios[first]:
+            cols += "".join(f" {ratios[first][name][p]:9.1f}x" for p in peers)
+        print(f"{name:{w}}{cols}")
+    if figures:
+        print()
+        print(f"{'figure':{w}}" + "".join(f" {layout:>10}" for layout in layouts) + "  unit")
+        for name in figures:
+            unit = next(v[name][1] for v in values.values() if name in v)
+            cols = "".join(f" {num(values[l][name][0] if name in values[l] else None, 'd'):>10}"
+                           for l in layouts)
+            print(f"{name:{w}}{cols}  {unit}")
+
+    # The targets: one line each, every layout it applies to.
+    print()
+    print("targets" + (" (--check: a MISSED one fails the command):" if args.check else ":"))
+    missed = []
+    checked = []
+
+    def target(heading, what, verdicts):
+        """verdicts: [(layout, shown value, met or None when not checked[,
+        the value for bench.json when `shown` is more than a number])]."""
+        parts = []
+        for layout, shown, ok, *value in verdicts:
+            checked.append({"target": heading, "layout": layout, "met": ok,
+                            "value": value[0] if value else (shown if ok is not None else None)})
+            if ok is None:
+                parts.append(f"{layout} {shown}")
+                continue
+            parts.append(f"{layout} {shown} {'met' if ok else 'MISSED'}")
+            if not ok:
+                missed.append(f"{layout} {heading}")
+        print(f"  {heading}: " + "; ".join(parts))
+        if what:
+            print(f"    {what}")
+
+    def value_verdicts(name, limit, among):
+        out = []
+        for layout in among:
+            if name in values[layout]:
+                v = values[layout][name][0]
+                out.append((layout, v, v <= limit))
+            else:
+                out.append((layout, "not reported", None))
+        return out
+
     for name, (limit, what) in VALUE_TARGETS.items():
-        if name in values:
-            v = values[name][0]
-            ok = v <= limit
-            print(f"{name}: {v} (target <= {limit}: {what}) {'met' if ok else 'MISSED'}")
-            if not ok:
-                missed.append(name)
-    for ours, (peers, limit, ratio) in BENCH_TARGETS.items():
-        if ours not in table:
+        if any(name in values[l] for l in layouts):
+            target(f"{name} <= {limit}", what, value_verdicts(name, limit, layouts))
+    for ours, (peer_names, limit, ratio) in BENCH_TARGETS.items():
+        if not any(ours in tables[l] for l in layouts):
             continue
-        v = table[ours]
-        ok = v <= limit
-        line = f"{ours}: {v:.1f} instructions (target <= {limit}) {'met' if ok else 'MISSED'}"
-        if not ok:
-            missed.append(ours)
-        present = [table[p] for p in peers if p in table]
-        if present and ratio:
-            best = min(present)
-            got = best / v if v > 0 else float("inf")
-            ok = got >= ratio
-            line += f"; {got:.1f}x fewer than the better peer ({best:.1f}) (target >= {ratio}x) {'met' if ok else 'MISSED'}"
-            if not ok:
-                missed.append(ours + " ratio")
-        print(line)
+        target(f"{ours} <= {limit} instructions/op", None,
+               [(l, tables[l][ours], tables[l][ours] <= limit) if ours in tables[l]
+                else (l, "not reported", None) for l in layouts])
+        present = {p: tables["overlay"][p] for p in peer_names
+                   if "overlay" in tables and p in tables["overlay"]}
+        if ratio and present and ours in tables["overlay"]:
+            best = min(present, key=present.get)
+            v = tables["overlay"][ours]
+            got_ratio = present[best] / v if v > 0 else float("inf")
+            target(f"{ours} >= {ratio}x fewer instructions than the better peer", None,
+                   [("overlay", f"{got_ratio:.1f}x ({BENCH_PEERS.get(best, best)} {present[best]:.1f})",
+                     got_ratio >= ratio, round(got_ratio, 2))])
+    if "memdesc" in layouts:
+        for name, (limit, what) in MEMDESC_RATIO_TARGETS.items():
+            heading = f"{name} <= {limit}x the overlay's instructions/op"
+            if not both:
+                target(heading, what, [("memdesc", "not checked (no overlay run)", None)])
+            elif name in md_vs_ov:
+                r = md_vs_ov[name]
+                target(heading, what, [("memdesc", f"{r:.2f}x ({tables['memdesc'][name]:.1f} vs "
+                                        f"{tables['overlay'][name]:.1f})", r <= limit, r)])
+            else:
+                target(heading, what, [("memdesc", "not reported", None)])
+        for name, (limit, what) in MEMDESC_VALUE_TARGETS.items():
+            target(f"{name} <= {limit}", what, value_verdicts(name, limit, ["memdesc"]))
+
     BUILD_DIR.mkdir(exist_ok=True)
     out = BUILD_DIR / "bench.json"
     import json
-    out.write_text(json.dumps({"unit": "guest instructions per operation",
-                               "memory": args.memory, "results": table,
-                               "ratios_vs_peers": ratios,
-                               "figures": {k: {"value": v, "unit": u} for k, (v, u) in values.items()}},
-                              indent=2) + "\n")
-    log(f"figures written to {out.relative_to(ROOT)}")
+    report = {"unit": "guest instructions per operation", "memory": args.memory,
+              "command": shlex.join(shown)}
+    for layout in layouts:
+        report[layout] = {"elf": str(elfs[layout].relative_to(ROOT)),
+                          "results": tables[layout], "ratios_vs_peers": ratios[layout],
+                          "figures": {k: {"value": v, "unit": u}
+                                      for k, (v, u) in values[layout].items()}}
+    report["ratios"] = {"memdesc_vs_overlay": md_vs_ov}
+    report["targets"] = checked
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    log(f"figures written to {out.relative_to(ROOT)}"
+        + (f"; {len(missed)} target(s) MISSED" if missed else ""))
     if missed and args.check:
         return 1
     return 0
@@ -819,25 +1001,40 @@ def cmd_bench(args):
 
 def cmd_lint(args):
     """cargo fmt --check, clippy on the host library and on the s390x kernel,
-    cargo doc of the library (private items too), warnings denied."""
+    cargo doc of the library (private items too), warnings denied; clippy
+    and doc once per struct page layout."""
     ensure_toolchain()
+    memdesc = ["--features", MEMDESC_FEATURE]
+    s390x = kernel_cargo_args(False)
+    # (command, target dir): the memdesc kernel's clippy and doc go to its own
+    # target dir, as its build does (target/doc stays the overlay's docs).
     steps = [
-        ["cargo", "fmt", "--all", "--", "--check"],
-        ["cargo", "clippy", "--workspace", "--exclude", "boot", "--all-targets",
-         "--", "-D", "warnings"],
-        ["cargo", "clippy"] + kernel_cargo_args(False)[:2] + ["-p", "kernel"]
-        + kernel_cargo_args(False)[2:] + ["--", "-D", "warnings"],
-        ["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"],
+        (["cargo", "fmt", "--all", "--", "--check"], None),
+        (["cargo", "clippy", "--workspace", "--exclude", "boot", "--all-targets",
+          "--", "-D", "warnings"], None),
+        (["cargo", "clippy", "-p", "kernel"] + memdesc + ["--all-targets", "--", "-D", "warnings"],
+         None),
+        (["cargo", "clippy"] + s390x[:2] + ["-p", "kernel"] + s390x[2:]
+         + ["--", "-D", "warnings"], None),
+        (["cargo", "clippy"] + s390x[:2] + ["-p", "kernel"] + s390x[2:] + memdesc
+         + ["--", "-D", "warnings"], MEMDESC_TARGET_DIR),
+        (["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"], None),
+        (["cargo", "doc", "-p", "kernel", "--no-deps", "--document-private-items"] + memdesc,
+         MEMDESC_TARGET_DIR),
     ]
-    for cmd in steps:
-        log(shlex.join(cmd))
-        env = None
+    for cmd, target_dir in steps:
+        env = dict(os.environ)
+        shown = shlex.join(cmd)
+        if target_dir is not None:
+            env["CARGO_TARGET_DIR"] = str(target_dir)
+            shown = f"CARGO_TARGET_DIR={target_dir.relative_to(ROOT)} {shown}"
+        log(shown)
         if cmd[1] == "doc":
-            env = dict(os.environ, RUSTDOCFLAGS="-D warnings")
+            env["RUSTDOCFLAGS"] = "-D warnings"
         rc = run_cargo(cmd, env=env)
         if rc != 0:
-            die(f"command failed ({rc}): {shlex.join(cmd)}", rc)
-    log("lint clean")
+            die(f"command failed ({rc}): {shown}", rc)
+    log("lint clean (both layouts)")
 
 
 def cmd_clean(args):
@@ -847,7 +1044,7 @@ def cmd_clean(args):
 
 def cmd_run(args):
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     # The sclp suite checks what SCLP reports against what QEMU was given.
     append = run_append(args.memory, args.smp, args.append or "")
     cmd = qemu_cmd(elf, args.memory, args.smp, append, args.qemu_args)
@@ -869,7 +1066,7 @@ def cmd_walk(args):
     """dat.walk=ADDR[,space]: the translation of ADDR, level by level, with
     the hardware's LRAG beside the software walker."""
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     r = boot(qemu_cmd(elf, args.memory, 1, f"dat.walk={args.addr},{args.space}"), 60)
     shown = False
     for line in r.lines:
@@ -917,35 +1114,62 @@ def cargo_tests(cmd, stderr_tail=None):
     return passed, failed, ignored
 
 
-def host_tests(release, filt=None):
-    """cargo test on the host. With `filt` (the --filter globs), only the
-    host tests whose `module::path::name` matches a glob, with `.` read as
-    `::` and any position allowed (`buddy` runs mm::buddy_tests::...)."""
+def host_test_cmd(layout, release):
+    """The host cargo test command of one layout. memdesc runs the library's
+    tests only: the trybuild compile-fail tests (tests/compile_fail.rs) pin
+    the compiler's messages in .stderr files, and run in the default
+    (overlay) layout only."""
+    if layout == "memdesc":
+        cmd = ["cargo", "test", "-p", "kernel", "--lib", "--features", "memdesc"]
+    else:
+        cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
+    return cmd + (["--release"] if release else [])
+
+
+def host_tests(release, filt=None, layouts=LAYOUTS):
+    """cargo test on the host, for each layout: {layout: (passed, failed,
+    ignored)}. With `filt` (the --filter globs), only the host tests whose
+    `module::path::name` matches a glob, with `.` read as `::` and any
+    position allowed (`buddy` runs mm::buddy_tests::...)."""
     ensure_toolchain()
-    cmd = ["cargo", "test", "--workspace", "--exclude", "boot"]
-    if release:
-        cmd.append("--release")
-    if not filt:
-        return cargo_tests(cmd)
-    r = subprocess.run(cmd + ["--", "--list", "--format", "terse"], cwd=ROOT,
-                       capture_output=True, text=True)
-    names = [l[:-len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
-    globs = ["*" + g.replace(".", "::") + "*" for g in filt.split(",") if g]
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-    if not chosen:
-        log(f"host: no host test matches --filter {filt} ({len(names)} host tests; "
-            "their names are module::path::name, e.g. dat::space_tests)")
-        return 0, 0, 0
-    return cargo_tests(cmd + ["--", "--exact"] + chosen)
+    out = {}
+    for layout in layouts:
+        cmd = host_test_cmd(layout, release)
+        if not filt:
+            out[layout] = cargo_tests(cmd)
+            continue
+        r = subprocess.run(cmd + ["--", "--list", "--format", "terse"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            # A build that fails is a failure, not "no test matches".
+            log(shlex.join(cmd + ["--", "--list"]))
+            sys.stderr.write(r.stderr)
+            out[layout] = (0, 1, 0)
+            continue
+        names = [l[:-len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
+        globs = ["*" + g.replace(".", "::") + "*" for g in filt.split(",") if g]
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not chosen:
+            log(f"host ({layout}): no host test matches --filter {filt} ({len(names)} host tests; "
+                "their names are module::path::name, e.g. dat::space_tests)")
+            out[layout] = (0, 0, 0)
+            continue
+        out[layout] = cargo_tests(cmd + ["--", "--exact"] + chosen)
+    return out
 
 
-def miri_tests():
+def miri_tests(layouts=LAYOUTS):
     """The struct page layout and buddy-allocator tests under Miri (smaller
-    simulated memory and fewer proptest cases there, see buddy_tests.rs)."""
+    simulated memory and fewer proptest cases there, see buddy_tests.rs), in
+    each layout: {layout: (passed, failed, ignored)}."""
     ensure_toolchain(extra=["miri"])
     run_checked(["cargo", "miri", "setup"], capture_output=True)
-    return cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib", "--", "mm::", "dat::frag_tests"],
-                       stderr_tail=4000)
+    out = {}
+    for layout in layouts:
+        features = ["--features", "memdesc"] if layout == "memdesc" else []
+        out[layout] = cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib"] + features
+                                  + ["--", "mm::", "dat::frag_tests"], stderr_tail=4000)
+    return out
 
 
 def qemu_suite_run(elf, memory, smp, filt, timeout, label, extra_append="", quiet=False,
@@ -1069,7 +1293,7 @@ def test_list(args):
     """Boot once with ktest.list: every suite.case the selection runs (the
     suites that run only when named are marked)."""
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     append = "ktest.list" + (f" ktest.filter={args.filter}" if args.filter else "")
     r = boot(qemu_cmd(elf, "128M", 1, append), 60)
     cases = [l for l in r.lines if re.match(r"^[a-z0-9_]+\.[a-z0-9_]+( |$)", l)]
@@ -1081,7 +1305,8 @@ def test_list(args):
     if errors or r.returncode != 0:
         return 1
     log(f"{sum(1 for l in cases if '(explicit' not in l)} cases selected"
-        + (f" by {args.filter}" if args.filter else ""))
+        + (f" by {args.filter}" if args.filter else "")
+        + (" (memdesc layout)" if args.memdesc else ""))
     return 0
 
 
@@ -1100,6 +1325,42 @@ def deviations_named(lines):
     return names
 
 
+def test_plan(args):
+    """The QEMU boots of x.py test: [(memory, cpus, layout)]. Every memory
+    size on one CPU, then the SMP runs (unless --smp names one CPU count for
+    all). --memdesc: that plan with the memdesc kernel only. With neither
+    --memory, --smp nor --memdesc, the memdesc kernel's own boots follow."""
+    layout = layout_of(args)
+    memory = list(args.memory or DEFAULT_TEST_MEMORY)
+    if args.full:
+        memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
+    if args.smp is None:
+        plan = [(m, 1, layout) for m in memory] + [
+            (m, n, layout) for n in DEFAULT_SMP for m in SMP_MEMORY]
+    else:
+        plan = [(m, args.smp, layout) for m in memory]
+    if layout == "overlay" and args.memory is None and args.smp is None:
+        plan += [(m, 1, "memdesc") for m in MEMDESC_TEST_MEMORY] + [
+            (m, n, "memdesc") for n in MEMDESC_SMP for m in MEMDESC_SMP_MEMORY]
+    return plan
+
+
+def boot_label(memory, smp, layout):
+    """`128M-smp2`, `memdesc-65M`: names the boot's log, build/test-LABEL.log."""
+    return ("memdesc-" if layout == "memdesc" else "") + memory + (f"-smp{smp}" if smp != 1 else "")
+
+
+def describe_plan(plan):
+    """`64M, 128M with 2 CPUs; memdesc layout: 65M, 128M with 2 CPUs`."""
+    parts = []
+    for layout in LAYOUTS:
+        boots = ", ".join(m + (f" with {n} CPUs" if n != 1 else "")
+                          for m, n, lay in plan if lay == layout)
+        if boots:
+            parts.append(boots if layout == "overlay" else f"{layout} layout: {boots}")
+    return "; ".join(parts)
+
+
 def cmd_test(args):
     if args.selftest:
         return selftest(args)
@@ -1110,35 +1371,39 @@ def cmd_test(args):
     deviations_seen = []
     passed = failed = skipped = 0
     problems = []
+    # Host tests and Miri in both layouts; --memdesc: the memdesc ones only.
+    layouts = ["memdesc"] if args.memdesc else list(LAYOUTS)
     if not args.qemu_only:
-        p, f, s = host_tests(args.release, args.filter)
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        if f:
-            problems.append(f"host: {f} failed")
-        if args.host_only and args.filter and p + f + s == 0:
+        counts = host_tests(args.release, args.filter, layouts)
+        for layout, (p, f, s) in counts.items():
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            if f:
+                problems.append(f"host ({layout}): {f} failed")
+        if len(counts) > 1:
+            log("host: " + "; ".join(f"{layout} {p} passed, {f} failed, {s} ignored"
+                                     for layout, (p, f, s) in counts.items()))
+        if args.host_only and args.filter and not any(sum(c) for c in counts.values()):
             problems.append(f"--filter {args.filter} selects no host test")
     if args.miri:
-        p, f, s = miri_tests()
-        passed, failed, skipped = passed + p, failed + f, skipped + s
-        if f:
-            problems.append(f"miri: {f} failed")
+        counts = miri_tests(layouts)
+        for layout, (p, f, s) in counts.items():
+            passed, failed, skipped = passed + p, failed + f, skipped + s
+            if f:
+                problems.append(f"miri ({layout}): {f} failed")
+        log("miri: " + "; ".join(f"{layout} {p} passed, {f} failed, {s} ignored"
+                                 for layout, (p, f, s) in counts.items()))
     if not args.host_only:
         ensure_apt(QEMU, "qemu-system-misc")
-        elf = build(args.release, quiet=True)
-        # Every memory size on one CPU, then the SMP runs (unless --smp
-        # names one CPU count for all).
-        memory = list(args.memory or DEFAULT_TEST_MEMORY)
-        if args.full:
-            memory += [m for m in FULL_SWEEP_MEMORY if m not in memory]
-        if args.smp is None:
-            plan = [(m, 1) for m in memory] + [(m, n) for n in DEFAULT_SMP for m in SMP_MEMORY]
-        else:
-            plan = [(m, args.smp) for m in memory]
+        plan = test_plan(args)
+        # Both ELFs first: a layout that does not build stops x.py before
+        # any boot, not halfway through the matrix.
+        elfs = {layout: build_layout(layout, args.release, quiet=True)
+                for layout in LAYOUTS if any(b[2] == layout for b in plan)}
         if len(plan) > 1:
-            log(f"{len(plan)} boots: " + ", ".join(
-                f"{m}" + (f" with {n} CPUs" if n != 1 else "") for m, n in plan))
-        for i, (memory, smp) in enumerate(plan):
-            label = f"{memory}" + (f"-smp{smp}" if smp != 1 else "")
+            log(f"{len(plan)} boots: " + describe_plan(plan))
+        for i, (memory, smp, layout) in enumerate(plan):
+            elf = elfs[layout]
+            label = boot_label(memory, smp, layout)
             if len(plan) > 1:
                 log(f"[boot {i + 1}/{len(plan)} {label}]")
             k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
@@ -1421,7 +1686,7 @@ def allocation_site(trace, chains, depth=3):
 
 def fault_sweep(args):
     ensure_apt(QEMU, "qemu-system-misc")
-    elf = build(args.release, quiet=True)
+    elf = build_layout(layout_of(args), args.release, quiet=True)
     memory = args.memory[0] if args.memory else "128M"
     smp = args.smp or 1
     timeout = FAULT_SWEEP_TIMEOUT if args.timeout is None else args.timeout
@@ -1431,7 +1696,8 @@ def fault_sweep(args):
     FAULT_SWEEP_DIR.mkdir(parents=True)
     start = time.monotonic()
     where = f"-m {memory}" + (f" --smp {smp}" if smp != 1 else "") + \
-        (f" --filter {args.filter}" if args.filter else "") + (" release" if args.release else " debug")
+        (f" --filter {args.filter}" if args.filter else "") + (" release" if args.release else " debug") + \
+        (", memdesc layout" if args.memdesc else "")
 
     cal_ranges = []
 
@@ -1852,7 +2118,7 @@ def run_append(memory, smp, extra=""):
 def cmd_gdb(args):
     ensure_apt(QEMU, "qemu-system-misc")
     ensure_apt(GDB, "gdb-multiarch")
-    elf = build(args.release)
+    elf = build_layout(layout_of(args), args.release)
     BUILD_DIR.mkdir(exist_ok=True)
     console = BUILD_DIR / "gdb-console.log"
     cmd = qemu_cmd(elf, args.memory, args.smp, run_append(args.memory, args.smp, args.append or ""),
@@ -1905,8 +2171,13 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add_memdesc(sp, what="build and boot the memdesc layout's kernel (cargo feature "
+                    "memdesc, its own target dir target/memdesc) instead of the overlay's"):
+        sp.add_argument("--memdesc", action="store_true", help=what)
+
     def add_common(sp, memory=True):
         sp.add_argument("--release", action="store_true", help="build with optimisations")
+        add_memdesc(sp)
         if memory:
             sp.add_argument("-m", "--memory", type=memory_size, default="128M", metavar="SIZE",
                             help="guest memory, QEMU syntax (default 128M)")
@@ -1914,23 +2185,29 @@ def main():
 
     sp = sub.add_parser("build", help="build the kernel ELF")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
+    add_memdesc(sp, "build the memdesc layout's kernel (into target/memdesc)")
     sp.set_defaults(func=cmd_build)
 
     sp = sub.add_parser("bench", help="benchmarks under -icount: guest instructions per "
                         "operation, compared with peer allocators",
-                        description="Boot a release kernel with the `bench` flag under "
-                        "`-icount shift=0,sleep=off`; print instructions per operation "
-                        "with ratios against the peers and write build/bench.json.")
+                        description="Build a release kernel with the `bench` feature "
+                        "in each struct page layout (overlay in target/, memdesc in "
+                        "target/memdesc) and boot both under the same "
+                        "`-icount shift=0,sleep=off` command; print instructions per "
+                        "operation side by side with the memdesc/overlay ratio and the "
+                        "overlay's ratios against the peers, each layout's memory figures, "
+                        "the targets met or MISSED, and write build/bench.json.")
     sp.add_argument("-m", "--memory", type=memory_size, default="256M", metavar="SIZE",
                     help="guest memory (default 256M)")
     sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"kill QEMU after S seconds (default {DEFAULT_TIMEOUT})")
     sp.add_argument("--check", action="store_true",
                     help="exit non-zero when a target is missed")
+    add_memdesc(sp, "benchmark the memdesc layout only (default: both layouts, compared)")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("lint", help="cargo fmt --check and clippy (host and s390x), "
-                        "warnings denied")
+    sp = sub.add_parser("lint", help="cargo fmt --check, clippy (host and s390x) and "
+                        "cargo doc, in both layouts, warnings denied")
     sp.set_defaults(func=cmd_lint)
 
     sp = sub.add_parser("clean", help="remove build outputs")
@@ -1952,8 +2229,18 @@ def main():
     sp = sub.add_parser("test", help="host unit tests and in-kernel KTAP suites",
                         description="Run `cargo test` on the host, then boot the KTAP "
                         "suites in QEMU at each memory size; print every case and one "
-                        "closing line `N passed, N failed, N skipped`.")
+                        "closing line `N passed, N failed, N skipped`. Both struct page "
+                        "layouts are tested: the host tests (and Miri) run again with the "
+                        "memdesc feature, and the memdesc kernel boots at "
+                        + ", ".join(MEMDESC_TEST_MEMORY) + " and "
+                        + ", ".join(f"{m} with {n} CPUs" for n in MEMDESC_SMP
+                                    for m in MEMDESC_SMP_MEMORY)
+                        + " after the overlay's boots (not when --memory or --smp is "
+                        "given: those boot the overlay kernel only).")
     sp.add_argument("--release", action="store_true", help="build with optimisations")
+    add_memdesc(sp, "test the memdesc layout only: its host tests (and Miri), and the "
+                "whole boot plan (memory sizes, --smp) with the memdesc kernel; with "
+                "--list or --fault-sweep, the memdesc kernel")
     sp.add_argument("--filter", metavar="GLOB", help="ktest.filter: suite or suite.case "
                     "globs, comma-separated; host tests run when their module::name "
                     "contains a glob (`.` read as `::`)")
@@ -1962,11 +2249,13 @@ def main():
     g.add_argument("--qemu-only", action="store_true", help="only the QEMU suites")
     sp.add_argument("--memory", type=memory_sizes, default=None,
                     metavar="SIZES", help="comma-separated memory sizes (default "
-                    + ",".join(DEFAULT_TEST_MEMORY) + "; --fault-sweep: the first size, "
-                    "default 128M)")
+                    + ",".join(DEFAULT_TEST_MEMORY) + ", then the memdesc boots; given "
+                    "without --memdesc, the overlay kernel only; --fault-sweep: the first "
+                    "size, default 128M)")
     sp.add_argument("--smp", type=int, default=None, metavar="N",
                     help="CPUs for every boot (default: 1 at each memory size, then "
-                    "128M with 2 and with 4)")
+                    "128M with 2 and with 4, then the memdesc boots; given without --memdesc, "
+                    "the overlay kernel only)")
     sp.add_argument("--timeout", type=int, default=None, metavar="S",
                     help=f"per-boot timeout in seconds (default {DEFAULT_TIMEOUT}; "
                     f"--fault-sweep: {FAULT_SWEEP_TIMEOUT})")
@@ -1974,8 +2263,8 @@ def main():
                     help="also boot a sweep of sizes up to 16G: " + ",".join(FULL_SWEEP_MEMORY)
                     + " (slow: the exhaustion tests walk 4M pages at 16G)")
     sp.add_argument("--miri", action="store_true",
-                    help="also run the struct page and buddy tests under Miri (installs "
-                    "the miri component)")
+                    help="also run the struct page and buddy tests under Miri, in both "
+                    "layouts (installs the miri component)")
     sp.add_argument("--list", action="store_true",
                     help="list every suite.case the selection would run (suites that run "
                     "only when named are marked), then exit")
