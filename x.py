@@ -755,6 +755,9 @@ BENCH_TARGETS = {
     "buddy_order0_alloc_free": (["peer_linked_list_allocator_page",
                                  "peer_buddy_system_allocator_frame"], 150, 5.0),
     "memmap_init_per_frame": ([], 20, None),
+    # Issue "Cost that grows no faster than the work": the identity map
+    # (any map_range) at most 10 instructions per page, tables included.
+    "dat_map_range_per_page_64mib": ([], 10, None),
 }
 # The peers, with a short column title, and our rows comparable to them.
 BENCH_PEERS = {
@@ -810,7 +813,10 @@ def bench_parse(r):
     for name, v in results.items():
         # Loop overhead is subtracted from the timed loops (not from the
         # whole-run figures, which have no loop of their own to subtract).
-        per_op = v - base if name.startswith(("buddy_order", "peer_", "dat_")) else v
+        # dat_map_range times map_range alone, with no loop per page.
+        looped = name.startswith(("buddy_order", "peer_", "dat_")) \
+            and not name.startswith("dat_map_range")
+        per_op = v - base if looped else v
         table[name] = round(per_op, 1)
     return table, values
 
@@ -943,7 +949,8 @@ def cmd_bench(args):
                 v = values[layout][name][0]
                 out.append((layout, v, v <= limit))
             else:
-                out.append((layout, "not reported", None))
+                # A goal whose figure is gone is missed, not skipped.
+                out.append((layout, "not reported", False))
         return out
 
     for name, (limit, what) in VALUE_TARGETS.items():
@@ -954,7 +961,7 @@ def cmd_bench(args):
             continue
         target(f"{ours} <= {limit} instructions/op", None,
                [(l, tables[l][ours], tables[l][ours] <= limit) if ours in tables[l]
-                else (l, "not reported", None) for l in layouts])
+                else (l, "not reported", False) for l in layouts])
         present = {p: tables["overlay"][p] for p in peer_names
                    if "overlay" in tables and p in tables["overlay"]}
         if ratio and present and ours in tables["overlay"]:
@@ -1094,12 +1101,12 @@ def finish_run(r, timeout):
     return status if status else r.returncode
 
 
-def cargo_tests(cmd, stderr_tail=None):
+def cargo_tests(cmd, stderr_tail=None, env=None):
     """Run a cargo test command, echo its output, and add up its `test
     result:` lines: (passed, failed, ignored). A build failure or crash
     counts as one failure."""
     log(shlex.join(cmd))
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     sys.stdout.write(r.stdout)
     if stderr_tail is None or r.returncode != 0:
         sys.stderr.write(r.stderr if stderr_tail is None else r.stderr[-stderr_tail:])
@@ -1167,8 +1174,14 @@ def miri_tests(layouts=LAYOUTS):
     out = {}
     for layout in layouts:
         features = ["--features", "memdesc"] if layout == "memdesc" else []
+        # memdesc keeps pointers in the memdesc word as exposed integers
+        # (expose_provenance / with_exposed_provenance): permitted, and
+        # without this flag Miri warns about each such cast.
+        env = dict(os.environ, MIRIFLAGS=(os.environ.get("MIRIFLAGS", "")
+                                          + " -Zmiri-permissive-provenance").strip())
         out[layout] = cargo_tests(["cargo", "miri", "test", "-p", "kernel", "--lib"] + features
-                                  + ["--", "mm::", "dat::frag_tests"], stderr_tail=4000)
+                                  + ["--", "mm::", "dat::frag_tests"], stderr_tail=4000,
+                                  env=env)
     return out
 
 
