@@ -296,9 +296,7 @@ fn unretype(page: &Page) {
 #[cfg(feature = "memdesc")]
 fn unretype(page: &Page) -> *const u8 {
     let refs = page.refcount();
-    let d = page
-        .desc_ptr(PageType::GmapTable)
-        .unwrap_or(core::ptr::null());
+    let d = page.desc_ptr(PageType::GmapTable).unwrap_or_default();
     page.make_allocated(GMAP_TABLE_ORDER);
     page.set_refcount(refs);
     d
