@@ -119,7 +119,7 @@ impl Page {
         PageFlags::from_bits_retain(self.flags.load(Ordering::Relaxed) & !ORDER_MASK)
     }
 
-    #[cfg(any(test, target_arch = "s390x"))]
+    #[cfg_attr(not(any(test, target_arch = "s390x")), allow(dead_code))]
     pub(in crate::mm) fn set_flags(&self, f: PageFlags) {
         let order = self.flags.load(Ordering::Relaxed) & ORDER_MASK;
         self.flags
