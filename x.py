@@ -1579,7 +1579,9 @@ def fault_sweep_judge(n, k, r, probs, log_path, timeout, cal_ranges=()):
             s.crash.append(text.replace(str(Path.home()) + "/.rustup/toolchains/", "")
                            + (f" {after}" if after and "Call Trace" not in after else ""))
     if k.status in (0, 1):
-        for what in ("buddy ok", "kernel space ok"):
+        # A memdesc kernel (it says so at boot) checks its descriptors too.
+        memdesc = any("mm: memdesc layout:" in l for l in r.lines)
+        for what in ("buddy ok", "kernel space ok") + (("descriptors ok",) if memdesc else ()):
             if not any(f"check after the tests: {what}" in l for l in r.lines) and not s.checks:
                 s.checks.append(f"no `check after the tests: {what}` line")
     if r.timed_out:

@@ -36,7 +36,7 @@ fn counts() -> (u64, u64, u64, u64) {
     #[cfg(not(feature = "memdesc"))]
     let descs = 0;
     (
-        mm::nr_free_pages(),
+        mm::nr_free_pages_and_desc_slabs(),
         ptdesc::nr_pagetable(),
         gmap::table::nr_gmap_table_pages(),
         descs,

@@ -11,7 +11,7 @@ use crate::mm::{self, ptdesc};
 
 fn counts() -> (u64, u64) {
     mm::drain_pcp();
-    (mm::nr_free_pages(), ptdesc::nr_pagetable())
+    (mm::nr_free_pages_and_desc_slabs(), ptdesc::nr_pagetable())
 }
 
 #[test]

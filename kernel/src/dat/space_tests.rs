@@ -72,7 +72,7 @@ proptest! {
     fn space_matches_model(ops in proptest::collection::vec(op(), 1..120)) {
         let _g = setup();
         let tables0 = ptdesc::nr_pagetable();
-        let free0 = mm::nr_free_pages();
+        let free0 = mm::nr_free_pages_and_desc_slabs();
         {
             let mut s = AddressSpace::new(1 << 31, R1_LIMIT, false).unwrap();
             let mut model: HashMap<u64, (u64, Prot)> = HashMap::new();
@@ -141,7 +141,7 @@ proptest! {
         }
         prop_assert_eq!(ptdesc::nr_pagetable(), tables0);
         mm::drain_pcp();
-        prop_assert_eq!(mm::nr_free_pages(), free0);
+        prop_assert_eq!(mm::nr_free_pages_and_desc_slabs(), free0);
     }
 }
 

@@ -28,6 +28,8 @@ pub enum GmapTableError {
     NoMemory,
     /// The allocator refused the free.
     Free(crate::mm::FreeError),
+    /// memdesc: the page's descriptor does not name the page back.
+    BadDescriptor,
     /// The descriptor names another owner (the gmap id it names).
     WrongOwner(u64),
     /// The descriptor names another level (the one it names).
@@ -50,7 +52,7 @@ impl From<GtDescError> for GmapTableError {
             GtDescError::Free(e) => GmapTableError::Free(e),
             // memdesc: a descriptor allocation that failed is out of memory.
             GtDescError::NoDescriptor => GmapTableError::NoMemory,
-            GtDescError::BadDescriptor => GmapTableError::NotGmapTable(None),
+            GtDescError::BadDescriptor => GmapTableError::BadDescriptor,
         }
     }
 }
@@ -119,9 +121,11 @@ pub fn gmap_free_table(
 }
 
 /// Free without clearing the gaddr first: what the seed patch warns about.
-/// The buddy allocator's non-NULL-mapping check refuses it (unless the table
-/// starts at guest address 0). Kept for the test that shows it; it checks
-/// owner and level as `gmap_free_table` does.
+/// Overlay: the buddy allocator's non-NULL-mapping check refuses it (unless
+/// the table starts at guest address 0); memdesc: the page still says
+/// GmapTable, refused as in use (the gaddr lives in the descriptor). Kept
+/// for the test that shows it; it checks owner and level as
+/// `gmap_free_table` does.
 #[cfg(target_os = "none")]
 pub(crate) fn free_table_as_is(
     t: GmapTable,

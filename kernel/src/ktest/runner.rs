@@ -92,9 +92,10 @@ type Counter = (&'static str, fn() -> u64);
 /// says whether a counter can be read yet: mm before `mm::init`, say).
 #[cfg(target_os = "none")]
 const KERNEL_COUNTERS: [(Counter, fn() -> bool); 4 + cfg!(feature = "memdesc") as usize] = [
-    (("free pages", crate::mm::nr_free_pages), || {
-        crate::mm::layout().is_some()
-    }),
+    (
+        ("free pages", crate::mm::nr_free_pages_and_desc_slabs),
+        || crate::mm::layout().is_some(),
+    ),
     (
         ("page-table pages", crate::mm::ptdesc::nr_pagetable),
         || true,

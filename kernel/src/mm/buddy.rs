@@ -147,6 +147,9 @@ impl<'a> BuddyAllocator<'a> {
     /// `add_free_range`. Every page the memmap covers must be zeroed (Free)
     /// or reserved before it is added.
     pub fn new(map: &'a MemMap<'a>) -> Self {
+        // memdesc: a buddy link is a 28-bit pfn (mm::init refuses more).
+        #[cfg(feature = "memdesc")]
+        debug_assert!(map.nr_pages() <= super::page::MEMDESC_MAX_PAGES);
         Self {
             map,
             free_area: [FreeArea {

@@ -6,14 +6,23 @@
 //!
 //! A slab is one page from the buddy allocator, typed `DescSlab` in its
 //! memdesc word (it needs no descriptor itself, so allocating one never
-//! recurses). The page starts with a `SlabHeader`; objects follow at
-//! `SLAB_HEADER` + k * size. Free objects are linked through their first
-//! word (which in a live descriptor is the back-pointer to its page, so a
-//! freed descriptor can never pass the checker's back-pointer test).
-//! Slabs with a free object are on the cache's partial list; a slab whose
-//! last object is freed goes back to the buddy allocator at once, so a
-//! test case that allocates and frees descriptors leaves the free-page
-//! count as it found it.
+//! recurses). The page starts with a `SlabHeader` (a bitmap of the objects
+//! in use); objects follow at `SLAB_HEADER` + k * size.
+//!
+//! **Type-stable.** A slab page, once a cache has it, stays that cache's
+//! for good (Linux gets the same from SLAB_TYPESAFE_BY_RCU, which the
+//! memdesc plan requires "as some page walkers will attempt to look up the
+//! memdesc from the page" without a reference). `page_ptdesc` and the other
+//! raw lookups hand out `&'static` descriptor views, as the overlay does
+//! for its never-freed memmap: a view kept past its table's dtor reads a
+//! freed or reused descriptor of the same type, stale but memory-safe (all
+//! atomics; its back-pointer always names a memmap entry: freeing never
+//! overwrites an object, and allocation does not zero it, the ctor writes
+//! every field). The cost: descriptor memory never shrinks below its peak
+//! (at most the "memory full of page tables" figure of `x.py bench`). The
+//! pages count with the free pages for leak checks
+//! (`nr_free_pages_and_desc_slabs`): a cache of pages the allocator keeps,
+//! as the per-CPU lists are.
 //!
 //! A descriptor allocation counts as an allocation for fault injection
 //! (`fail.alloc=N`): a ctor whose descriptor cannot be had fails cleanly.
@@ -29,21 +38,23 @@ use spin::Mutex;
 
 use super::addr::{Pfn, PAGE_SIZE};
 use super::page::PageType;
-use super::{AllocFlags, Pages};
+use super::AllocFlags;
 
 /// Bytes at the start of a slab page before its first object.
 const SLAB_HEADER: usize = 64;
 /// Object alignment (the memdesc word's 4 type bits).
 pub const DESC_ALIGN: usize = 16;
+/// Objects a slab's bitmap can track.
+const MAX_PER_SLAB: usize = 128;
 
 /// The start of a slab page.
 #[repr(C)]
 struct SlabHeader {
     /// The cache's id (`DescCache::id`): the checker and `free` match it.
     cache: AtomicU64,
-    /// Offset of the first free object in the page (0: none).
-    free: AtomicU64,
     inuse: AtomicU64,
+    /// Bit k set: object k is in use.
+    map: [AtomicU64; 2],
     /// Partial-list links: pfn + 1 of the neighbour slab (0: none).
     next: AtomicU64,
     prev: AtomicU64,
@@ -64,7 +75,7 @@ pub struct DescCache {
     state: Mutex<CacheState>,
     /// Objects handed out and not freed.
     inuse: AtomicU64,
-    /// Slab pages held.
+    /// Slab pages held (never given back: type-stable).
     slabs: AtomicU64,
 }
 
@@ -78,6 +89,7 @@ pub enum DescError {
 impl DescCache {
     pub const fn new(name: &'static str, id: u64, size: usize) -> Self {
         assert!(size.is_multiple_of(DESC_ALIGN) && size >= 16);
+        assert!((PAGE_SIZE as usize - SLAB_HEADER) / size <= MAX_PER_SLAB);
         Self {
             name,
             id,
@@ -109,38 +121,22 @@ impl DescCache {
     fn header(pfn: u64) -> &'static SlabHeader {
         let p = super::memmap().frame_ptr(Pfn(pfn)).cast::<SlabHeader>();
         // SAFETY: `pfn` is a slab page of this allocator (typed DescSlab,
-        // owned by the cache while it is), whose first bytes are the header
-        // (all atomics).
+        // a cache's for good), whose first bytes are the header (atomics).
         unsafe { &*p }
     }
 
-    fn obj_word(pfn: u64, off: u64) -> &'static AtomicU64 {
-        let p = super::memmap()
-            .frame_ptr(Pfn(pfn))
-            .wrapping_add(off as usize)
-            .cast::<AtomicU64>();
-        // SAFETY: `off` is an object offset inside the slab page; a free
-        // object's first word is its free-list link.
-        unsafe { &*p }
+    fn offset(&self, k: u64) -> u64 {
+        SLAB_HEADER as u64 + k * self.size as u64
     }
 
-    /// A new slab: a page, typed DescSlab, every object on its free list.
+    /// A new slab: a page, typed DescSlab, every object free.
     fn grow(&self) -> Result<u64, DescError> {
         let p = super::alloc_pages(0, AllocFlags::ZERO).map_err(|_| DescError::NoMemory)?;
         let (pfn, _) = p.into_raw();
         if let Some(page) = super::pfn_to_page(pfn) {
             page.set_page_type(PageType::DescSlab);
         }
-        let h = Self::header(pfn.0);
-        h.cache.store(self.id, Ordering::Relaxed);
-        let n = self.per_slab() as u64;
-        let first = SLAB_HEADER as u64;
-        for k in 0..n {
-            let off = first + k * self.size as u64;
-            let next = if k + 1 < n { off + self.size as u64 } else { 0 };
-            Self::obj_word(pfn.0, off).store(next, Ordering::Relaxed);
-        }
-        h.free.store(first, Ordering::Relaxed);
+        Self::header(pfn.0).cache.store(self.id, Ordering::Relaxed);
         self.slabs.fetch_add(1, Ordering::Relaxed);
         Ok(pfn.0)
     }
@@ -175,7 +171,18 @@ impl DescCache {
         h.prev.store(0, Ordering::Relaxed);
     }
 
-    /// A zeroed object, 16-byte aligned.
+    /// The lowest free object of a slab (`None`: full).
+    fn first_free(&self, h: &SlabHeader) -> Option<u64> {
+        let n = self.per_slab() as u64;
+        (0..2).find_map(|w| {
+            let free = !h.map[w].load(Ordering::Relaxed);
+            let k = w as u64 * 64 + free.trailing_zeros() as u64;
+            (free != 0 && k < n).then_some(k)
+        })
+    }
+
+    /// An object, 16-byte aligned, *not* zeroed (a stale view may be
+    /// reading it: the ctor writes every field).
     pub fn alloc(&self) -> Result<NonNull<u8>, DescError> {
         if super::fail::should_fail() {
             return Err(DescError::NoMemory);
@@ -187,26 +194,32 @@ impl DescCache {
         }
         let pfn = st.partial - 1;
         let h = Self::header(pfn);
-        let off = h.free.load(Ordering::Relaxed);
-        debug_assert!(off != 0, "a partial slab with no free object");
-        let next = Self::obj_word(pfn, off).load(Ordering::Relaxed);
-        h.free.store(next, Ordering::Relaxed);
+        let Some(k) = self.first_free(h) else {
+            // A full slab on the partial list: the list is corrupt.
+            drop(st);
+            crate::bug::report(
+                "mm",
+                format_args!(
+                    "desc: full slab {pfn:#x} on the partial list of {}",
+                    self.name
+                ),
+            );
+            return Err(DescError::NoMemory);
+        };
+        h.map[(k / 64) as usize].fetch_or(1 << (k % 64), Ordering::Relaxed);
         h.inuse.fetch_add(1, Ordering::Relaxed);
-        if next == 0 {
+        if self.first_free(h).is_none() {
             Self::list_del(&mut st, pfn);
         }
         drop(st);
         self.inuse.fetch_add(1, Ordering::Relaxed);
         let ptr = super::memmap()
             .frame_ptr(Pfn(pfn))
-            .wrapping_add(off as usize);
-        // SAFETY: the object is ours alone now (off the free list), `size`
-        // bytes inside the slab page.
-        unsafe { core::ptr::write_bytes(ptr, 0, self.size) };
+            .wrapping_add(self.offset(k) as usize);
         NonNull::new(ptr).ok_or(DescError::NoMemory)
     }
 
-    /// The slab pfn and object offset of `ptr`, if it is an object of this
+    /// The slab pfn and object index of `addr`, if it is an object of this
     /// cache's slabs (address arithmetic and the slab's header only).
     pub fn locate(&self, addr: u64) -> Option<(u64, u64)> {
         let map = super::memmap();
@@ -220,58 +233,51 @@ impl DescCache {
             return None;
         }
         let rel = off.checked_sub(SLAB_HEADER as u64)?;
-        (rel.is_multiple_of(self.size as u64) && rel / (self.size as u64) < self.per_slab() as u64)
-            .then_some((pfn, off))
+        let k = rel / self.size as u64;
+        (rel.is_multiple_of(self.size as u64) && k < self.per_slab() as u64).then_some((pfn, k))
     }
 
-    /// Give an object back.
+    /// Whether the object at `addr` is allocated now.
+    pub fn is_allocated(&self, addr: u64) -> bool {
+        self.locate(addr).is_some_and(|(pfn, k)| {
+            Self::header(pfn).map[(k / 64) as usize].load(Ordering::Relaxed) & (1 << (k % 64)) != 0
+        })
+    }
+
+    /// Give an object back. Its memory is left as it is (stale views may
+    /// read it); a pointer that is not an allocated object of this cache is
+    /// reported (a BUG line) and changes nothing.
     ///
     /// # Safety
-    /// `ptr` came from `alloc` of this cache, is not used after this, and
-    /// is not freed twice.
+    /// `ptr` came from `alloc` of this cache and is not used after this by
+    /// anything but stale read-only views.
     pub unsafe fn free(&self, ptr: NonNull<u8>) {
-        let Some((pfn, off)) = self.locate(ptr.as_ptr() as u64) else {
+        let addr = ptr.as_ptr() as u64;
+        let Some((pfn, k)) = self.locate(addr).filter(|_| self.is_allocated(addr)) else {
             crate::bug::report(
                 "mm",
-                format_args!("desc: {:p} is not an object of cache {}", ptr, self.name),
+                format_args!(
+                    "desc: {:p} is not an allocated object of cache {}",
+                    ptr, self.name
+                ),
             );
             return;
         };
         let mut st = self.state.lock();
         let h = Self::header(pfn);
-        let head = h.free.load(Ordering::Relaxed);
-        Self::obj_word(pfn, off).store(head, Ordering::Relaxed);
-        h.free.store(off, Ordering::Relaxed);
-        let left = h.inuse.fetch_sub(1, Ordering::Relaxed) - 1;
-        if head == 0 {
-            // It was full: it has a free object now.
+        let was_full = self.first_free(h).is_none();
+        h.map[(k / 64) as usize].fetch_and(!(1 << (k % 64)), Ordering::Relaxed);
+        h.inuse.fetch_sub(1, Ordering::Relaxed);
+        if was_full {
             Self::list_add(&mut st, pfn);
-        }
-        let empty = left == 0;
-        if empty {
-            Self::list_del(&mut st, pfn);
-            h.cache.store(0, Ordering::Relaxed);
         }
         drop(st);
         self.inuse.fetch_sub(1, Ordering::Relaxed);
-        if empty {
-            if let Some(page) = super::pfn_to_page(Pfn(pfn)) {
-                page.set_page_type(PageType::Allocated);
-            }
-            self.slabs.fetch_sub(1, Ordering::Relaxed);
-            // SAFETY: the slab was allocated as order 0 by `grow` and has
-            // no object in use; nothing reaches it any more.
-            let p = unsafe { Pages::from_raw(Pfn(pfn), 0) };
-            if let Err((p, _)) = super::free_pages(p) {
-                // Reported by free_pages; keep the page out of circulation.
-                let _ = p.into_raw();
-            }
-        }
     }
 
-    /// Objects marked in use in the slabs' headers, counted by walking
-    /// the memmap for this cache's slab pages (the checker's count).
-    pub fn count_inuse_in_slabs(&self) -> (u64, u64) {
+    /// (slab pages, objects marked in use) of this cache, counted from the
+    /// memmap and the slabs' bitmaps (the checker's count).
+    pub fn count_in_slabs(&self) -> (u64, u64) {
         let map = super::memmap();
         let (mut slabs, mut objs) = (0, 0);
         for (pfn, page) in map.pages().iter().enumerate() {
@@ -279,7 +285,12 @@ impl DescCache {
                 && Self::header(pfn as u64).cache.load(Ordering::Relaxed) == self.id
             {
                 slabs += 1;
-                objs += Self::header(pfn as u64).inuse.load(Ordering::Relaxed);
+                let h = Self::header(pfn as u64);
+                objs += h
+                    .map
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
+                    .sum::<u64>();
             }
         }
         (slabs, objs)
@@ -295,9 +306,14 @@ pub static GTDESC_CACHE: DescCache = DescCache::new(
     core::mem::size_of::<super::gtdesc::GmapTableDesc>(),
 );
 
-/// Bytes of slab pages holding descriptors now.
+/// Bytes of slab pages the descriptor caches hold.
 pub fn desc_bytes() -> u64 {
-    (PTDESC_CACHE.slabs() + GTDESC_CACHE.slabs()) * PAGE_SIZE
+    slab_pages() * PAGE_SIZE
+}
+
+/// Slab pages the descriptor caches hold (all caches).
+pub fn slab_pages() -> u64 {
+    PTDESC_CACHE.slabs() + GTDESC_CACHE.slabs()
 }
 
 /// Descriptors in use now (all caches).
@@ -318,15 +334,23 @@ pub struct DescStats {
 /// An inconsistency `check` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DescCheckError {
-    /// The page's descriptor pointer is not an object of its type's cache.
+    /// The page's descriptor pointer is not an allocated object of its
+    /// type's cache.
     NotAnObject { pfn: Pfn, addr: u64 },
     /// The descriptor does not name this page back (freed, or shared by
     /// two pages).
     BackPointer { pfn: Pfn, names: u64 },
     /// A descriptor's order is not a table's (its order).
     Order { pfn: Pfn, order: u32 },
-    /// A slab's free list and in-use count do not add up to its objects.
+    /// A slab's bitmap and in-use count disagree (or it names no cache).
     Slab { pfn: Pfn, free: u64, inuse: u64 },
+    /// Slab pages of a cache in the memmap differ from its count: a slab
+    /// page was lost or retyped.
+    SlabCount {
+        cache: &'static str,
+        found: u64,
+        recorded: u64,
+    },
     /// Descriptors pointed to by pages, objects in use in the slabs, and
     /// the cache's count differ: a descriptor leaked (or was lost).
     Count {
@@ -350,23 +374,40 @@ pub fn check() -> Result<DescStats, DescCheckError> {
             Some(PageType::GmapTable) => (&GTDESC_CACHE, &mut st.gtdescs, &[2]),
             Some(PageType::DescSlab) => {
                 let h = DescCache::header(pfn.0);
-                let size = match h.cache.load(Ordering::Relaxed) {
-                    1 => PTDESC_CACHE.size,
-                    2 => GTDESC_CACHE.size,
-                    _ => 0,
+                let cache = match h.cache.load(Ordering::Relaxed) {
+                    1 => &PTDESC_CACHE,
+                    2 => &GTDESC_CACHE,
+                    _ => {
+                        return Err(DescCheckError::Slab {
+                            pfn,
+                            free: 0,
+                            inuse: 0,
+                        })
+                    }
                 };
-                let per = (PAGE_SIZE as usize - SLAB_HEADER)
-                    .checked_div(size)
-                    .unwrap_or(0) as u64;
-                let mut free = 0;
-                let mut off = h.free.load(Ordering::Relaxed);
-                while off != 0 && free <= per {
-                    free += 1;
-                    off = DescCache::obj_word(pfn.0, off % PAGE_SIZE).load(Ordering::Relaxed);
-                }
+                let per = cache.per_slab() as u64;
+                let used: u64 = h
+                    .map
+                    .iter()
+                    .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
+                    .sum();
+                // Bits past the last object must be clear.
+                let spare = if per >= 128 {
+                    0
+                } else if per > 64 {
+                    !((1u64 << (per - 64)) - 1)
+                } else {
+                    !0
+                };
+                let stray = h.map[1].load(Ordering::Relaxed) & spare != 0
+                    || (per < 64 && h.map[0].load(Ordering::Relaxed) >> per != 0);
                 let inuse = h.inuse.load(Ordering::Relaxed);
-                if size == 0 || free + inuse != per {
-                    return Err(DescCheckError::Slab { pfn, free, inuse });
+                if used != inuse || stray {
+                    return Err(DescCheckError::Slab {
+                        pfn,
+                        free: per - used.min(per),
+                        inuse,
+                    });
                 }
                 st.slabs += 1;
                 continue;
@@ -380,7 +421,7 @@ pub fn check() -> Result<DescStats, DescCheckError> {
             });
         };
         let addr = core::ptr::from_ref(head).addr() as u64;
-        if cache.locate(addr).is_none() {
+        if !cache.is_allocated(addr) {
             return Err(DescCheckError::NotAnObject { pfn, addr });
         }
         if head.page_addr() != core::ptr::from_ref(page).addr() as u64 {
@@ -398,13 +439,20 @@ pub fn check() -> Result<DescStats, DescCheckError> {
         *count += 1;
     }
     for (cache, pointed) in [(&PTDESC_CACHE, st.ptdescs), (&GTDESC_CACHE, st.gtdescs)] {
-        let (_, in_slabs) = cache.count_inuse_in_slabs();
+        let (slabs, in_slabs) = cache.count_in_slabs();
         if pointed != in_slabs || pointed != cache.inuse() {
             return Err(DescCheckError::Count {
                 cache: cache.name,
                 pointed,
                 in_slabs,
                 recorded: cache.inuse(),
+            });
+        }
+        if slabs != cache.slabs() {
+            return Err(DescCheckError::SlabCount {
+                cache: cache.name,
+                found: slabs,
+                recorded: cache.slabs(),
             });
         }
     }

@@ -9,11 +9,13 @@ use super::frame::{Frame, FrameError};
 use super::gtdesc::{self, GmapTableDesc, GtDescError};
 use super::page::PageType;
 use super::ptdesc::{self, PtDesc, PtDescError};
-use super::{alloc_pages, drain_pcp, free_pages, host_test_serial, nr_free_pages, AllocFlags};
+use super::{
+    alloc_pages, drain_pcp, free_pages, host_test_serial, nr_free_pages_and_desc_slabs, AllocFlags,
+};
 
 fn free_now() -> u64 {
     drain_pcp();
-    nr_free_pages()
+    nr_free_pages_and_desc_slabs()
 }
 
 #[test]

@@ -275,10 +275,13 @@ fn retype(p: Pages) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
             return Err((p, GtDescError::NoDescriptor));
         };
         let page = p.into_head();
-        // SAFETY: a fresh zeroed 16-byte aligned object of the descriptor's
-        // size (asserted against the cache), ours alone; atomics only.
+        // SAFETY: a 16-byte aligned object of the descriptor's size from
+        // its cache, allocated to us; atomics only, valid for any contents
+        // (a stale view may read it; the back-pointer is written before
+        // the page points at it).
         let t = unsafe { &*d.as_ptr().cast::<GmapTableDesc>() };
-        t.md.init(page, GMAP_TABLE_ORDER);
+        t.md.init(page);
+        t._gt_spare.store(0, Ordering::Relaxed);
         page.set_desc(PageType::GmapTable, d.as_ptr());
         Ok(Frame::from_head(page))
     }
@@ -295,9 +298,11 @@ fn unretype(page: &Page) {
 
 #[cfg(feature = "memdesc")]
 fn unretype(page: &Page) -> *const u8 {
-    let refs = page.refcount();
+    let (refs, flags) = (page.refcount(), page.flags());
+    // The callers checked the page is a gmap table with its descriptor.
     let d = page.desc_ptr(PageType::GmapTable).unwrap_or_default();
     page.make_allocated(GMAP_TABLE_ORDER);
+    page.set_flags(flags);
     page.set_refcount(refs);
     d
 }
@@ -362,9 +367,10 @@ pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDe
 }
 
 /// Free without clearing the gaddr first: what the seed patch warns about.
-/// The buddy allocator's non-NULL-mapping check refuses it (unless the
-/// table starts at guest address 0), and the table comes back unchanged.
-/// For the test that shows it.
+/// Overlay: the buddy allocator's non-NULL-mapping check refuses it
+/// (unless the table starts at guest address 0); memdesc: the page still
+/// says GmapTable and is refused as in use. The table comes back
+/// unchanged. For the test that shows it.
 #[cfg(target_os = "none")]
 pub(crate) fn gmap_table_free_keeping_gaddr(
     t: Frame<GmapTableDesc>,

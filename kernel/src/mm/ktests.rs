@@ -62,7 +62,7 @@ impl Drop for Chain {
 
 fn exhaust(order: u32) -> KResult {
     super::drain_pcp();
-    let start = super::nr_free_pages();
+    let start = super::nr_free_pages_and_desc_slabs();
     let mut chain = Chain {
         head: u64::MAX,
         order,
@@ -130,7 +130,7 @@ fn exhaust(order: u32) -> KResult {
     }
     kassert_eq!(seen, blocks);
     super::drain_pcp();
-    kassert_eq!(super::nr_free_pages(), start);
+    kassert_eq!(super::nr_free_pages_and_desc_slabs(), start);
     kassert!(super::check().is_ok(), "{:?}", super::check());
     crate::ktest::diag(format_args!(
         "order {}: {} blocks ({} pages) allocated, checked, freed",
@@ -185,7 +185,7 @@ const STORM_OPS: u32 = 100_000;
 
 fn random_storm() -> KResult {
     super::drain_pcp();
-    let start_free = super::nr_free_pages();
+    let start_free = super::nr_free_pages_and_desc_slabs();
     let start_max = super::nr_free_per_order()[MAX_ORDER as usize];
     let mut rng = Rng(0x5eed_2a7d_1234_5678);
     let mut live: Vec<Pages> = Vec::with_capacity(1024);
@@ -226,7 +226,7 @@ fn random_storm() -> KResult {
     drop(live);
     super::drain_pcp();
     kassert!(super::check().is_ok(), "{:?}", super::check());
-    kassert_eq!(super::nr_free_pages(), start_free);
+    kassert_eq!(super::nr_free_pages_and_desc_slabs(), start_free);
     kassert_eq!(super::nr_free_per_order()[MAX_ORDER as usize], start_max);
     crate::ktest::diag(format_args!(
         "{} operations: {} allocations, {} frees, {} refused for lack of memory",
@@ -238,13 +238,13 @@ fn random_storm() -> KResult {
 /// A misuse must be refused with its reason, change nothing, and leave
 /// the allocator consistent.
 fn refused(pfn: Pfn, order: u32, want: FreeError) -> KResult {
-    let before = super::nr_free_pages();
+    let before = super::nr_free_pages_and_desc_slabs();
     let per_order = super::nr_free_per_order();
     // SAFETY: every call passes a misuse the allocator must refuse; were it
     // accepted, the test fails and the frames were ours anyway.
     let r = unsafe { free_pages_raw(pfn, order) };
     kassert_eq!(r, Err(want));
-    kassert_eq!(super::nr_free_pages(), before);
+    kassert_eq!(super::nr_free_pages_and_desc_slabs(), before);
     kassert_eq!(super::nr_free_per_order(), per_order);
     kassert!(super::check().is_ok(), "{:?}", super::check());
     Ok(())

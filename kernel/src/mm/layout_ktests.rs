@@ -39,10 +39,6 @@ fn page_ptdesc_round_trips_and_refuses_other_types() -> KResult {
     let page = super::pfn_to_page(pt.phys().pfn()).ok_or(crate::ktest::Outcome::Fail)?;
     let d = ptdesc::page_ptdesc(page).or_else(|e| kfail!("page_ptdesc: {e:?}"))?;
     kassert!(core::ptr::eq(ptdesc::ptdesc_page(d), page));
-    kassert!(
-        core::ptr::eq(d, &*pt),
-        "the handle and the page see one descriptor"
-    );
     // Overlay: the descriptor is the page; memdesc: a separate object.
     let same = core::ptr::from_ref(d).addr() == core::ptr::from_ref(page).addr();
     kassert_eq!(same, !cfg!(feature = "memdesc"));
@@ -121,7 +117,7 @@ fn ctor_under_a_failing_descriptor_allocation() -> KResult {
 
 /// memdesc: descriptors are distinct, 16-byte aligned objects of their
 /// cache, allocated by the ctor and freed by the dtor; slabs grow as
-/// needed and go back to the buddy allocator when empty.
+/// needed and stay the cache's (type-stable).
 fn descriptors_come_from_their_slabs() -> KResult {
     #[cfg(not(feature = "memdesc"))]
     return Err(crate::ktest::Outcome::Skip(OVERLAY_SKIP));
@@ -132,7 +128,7 @@ fn descriptors_come_from_their_slabs() -> KResult {
         let (inuse, slabs, free) = (
             PTDESC_CACHE.inuse(),
             PTDESC_CACHE.slabs(),
-            super::nr_free_pages(),
+            super::nr_free_pages_and_desc_slabs(),
         );
         let n = PTDESC_CACHE.per_slab() * 3 + 1;
         let mut tables = Vec::new();
@@ -157,7 +153,7 @@ fn descriptors_come_from_their_slabs() -> KResult {
             let a = core::ptr::from_ref::<ptdesc::PtDesc>(t).addr();
             kassert_eq!(a % DESC_ALIGN, 0);
             kassert!(
-                PTDESC_CACHE.locate(a as u64).is_some(),
+                PTDESC_CACHE.is_allocated(a as u64),
                 "{a:#x} is not a ptdesc object"
             );
             addrs.push(a);
@@ -168,11 +164,14 @@ fn descriptors_come_from_their_slabs() -> KResult {
             "two tables share a descriptor"
         );
         kassert!(super::desc::check().is_ok(), "{:?}", super::desc::check());
+        let grown = PTDESC_CACHE.slabs();
         drop(tables);
         kassert_eq!(PTDESC_CACHE.inuse(), inuse);
-        kassert_eq!(PTDESC_CACHE.slabs(), slabs);
+        // Type-stable: the slabs stay the cache's (see `desc`); they count
+        // with the free pages, which are as they were.
+        kassert_eq!(PTDESC_CACHE.slabs(), grown);
         super::drain_pcp();
-        kassert_eq!(super::nr_free_pages(), free);
+        kassert_eq!(super::nr_free_pages_and_desc_slabs(), free);
         Ok(())
     }
 }

@@ -254,6 +254,16 @@ pub fn nr_free_pages() -> u64 {
     zone().lock().nr_free_pages() + nr_pcp_pages()
 }
 
+/// Free pages, plus (memdesc) the pages the descriptor caches keep for
+/// good (type-stable slabs, see `desc`): what a leak check compares, as
+/// per-CPU list pages count as free.
+pub fn nr_free_pages_and_desc_slabs() -> u64 {
+    #[cfg(feature = "memdesc")]
+    return nr_free_pages() + desc::slab_pages();
+    #[cfg(not(feature = "memdesc"))]
+    return nr_free_pages();
+}
+
 /// Free blocks of each order in the buddy lists.
 pub fn nr_free_per_order() -> [u64; buddy::NR_ORDERS] {
     let z = zone().lock();

@@ -64,20 +64,31 @@ pub struct MemdescHead {
     /// The page (the block's head) this descriptor describes: exposed
     /// address of its memmap entry.
     page: AtomicU64,
-    /// Bits 0-7 the block's order, bits 32-63 its refcount.
+    /// Bits 0-7 the block's order, 8-23 its flags, 32-63 its refcount.
     info: AtomicU64,
 }
 
 const _: () = assert!(core::mem::size_of::<MemdescHead>() == 16);
 
 impl MemdescHead {
-    /// A head for the block of `order` headed by `page`, refcount 1.
-    pub(in crate::mm) fn init(&self, page: &Page, order: u32) {
+    /// A head for the block headed by `page` (inline state): its order,
+    /// flags and refcount move here while the word points at the
+    /// descriptor (the dtor moves them back).
+    pub(in crate::mm) fn init(&self, page: &Page) {
+        let (order, flags, refs) = (page.head_order(), page.flags(), page.refcount());
         self.page.store(
             core::ptr::from_ref(page).expose_provenance() as u64,
             Ordering::Relaxed,
         );
-        self.info.store(order as u64 | REF_ONE, Ordering::Relaxed);
+        self.info.store(
+            order as u64 | ((flags.bits() << 8) & 0xff_ff00) | ((refs as u64) << REF_SHIFT),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The block's flags (kept here while the page is a descriptor page).
+    pub fn flags(&self) -> PageFlags {
+        PageFlags::from_bits_retain((self.info.load(Ordering::Relaxed) >> 8) & 0xffff)
     }
 
     /// A head describing nothing (host tests' stand-in descriptor).
@@ -138,6 +149,13 @@ impl Page {
         self.memdesc.load(Ordering::Relaxed)
     }
 
+    /// The word, ordered after the ctor's writes to the descriptor it may
+    /// point to (`set_desc` stores with Release).
+    #[inline(always)]
+    fn load_acquire(&self) -> u64 {
+        self.memdesc.load(Ordering::Acquire)
+    }
+
     #[inline(always)]
     fn store(&self, w: u64) {
         self.memdesc.store(w, Ordering::Relaxed);
@@ -154,7 +172,7 @@ impl Page {
 
     /// The descriptor this page's word points to, if its type has one.
     pub(in crate::mm) fn desc_head(&self) -> Option<&MemdescHead> {
-        let w = self.load();
+        let w = self.load_acquire();
         if !Self::has_desc(w) {
             return None;
         }
@@ -168,7 +186,7 @@ impl Page {
     /// The descriptor address in the word, for a page of type `t` (mm's
     /// `page_ptdesc` and `page_gmap_table`), or `None` for another type.
     pub(in crate::mm) fn desc_ptr(&self, t: PageType) -> Option<*const u8> {
-        let w = self.load();
+        let w = self.load_acquire();
         (w & TYPE_MASK == t as u64 && Self::has_desc(w))
             .then(|| core::ptr::with_exposed_provenance((w & !TYPE_MASK) as usize))
     }
@@ -177,17 +195,29 @@ impl Page {
     pub(in crate::mm) fn set_desc(&self, t: PageType, d: *const u8) {
         let a = d.expose_provenance() as u64;
         debug_assert!(a & TYPE_MASK == 0 && matches!(t, PageType::PageTable | PageType::GmapTable));
-        self.store(a | t as u64);
+        // Release: a reader that follows the pointer (Acquire) sees the
+        // descriptor as the ctor wrote it.
+        self.memdesc.store(a | t as u64, Ordering::Release);
     }
 
     pub fn flags(&self) -> PageFlags {
         PageFlags::from_bits_retain(self.raw_flags() & !ORDER_MASK)
     }
 
-    #[cfg(test)]
+    /// Set the flags of an inline-state page (a free page has none: a
+    /// no-op there; a descriptor page keeps them in its descriptor).
     pub(in crate::mm) fn set_flags(&self, f: PageFlags) {
         let w = self.load();
-        debug_assert!(!Self::has_desc(w) && !matches!(w & TYPE_MASK, BUDDY | PCP));
+        if let Some(d) = self.desc_head() {
+            let i = d.info.load(Ordering::Relaxed) & !0xff_ff00;
+            d.info
+                .store(i | ((f.bits() << 8) & 0xff_ff00), Ordering::Relaxed);
+            return;
+        }
+        if matches!(w & TYPE_MASK, FREE | BUDDY | PCP) {
+            debug_assert!(false, "set_flags on a free page");
+            return;
+        }
         self.store((w & !FLAGS_BITS) | ((f.bits() << FLAGS_BITS_SHIFT) & FLAGS_BITS));
     }
 
@@ -198,7 +228,9 @@ impl Page {
         match w & TYPE_MASK {
             FREE | BUDDY => 0,
             PCP => Self::head_flags(((w & ORDER_BITS) >> ORDER_BITS_SHIFT) as u32),
-            PAGE_TABLE | GMAP_TABLE => self.desc_head().map_or(0, |d| Self::head_flags(d.order())),
+            PAGE_TABLE | GMAP_TABLE => self.desc_head().map_or(0, |d| {
+                d.flags().bits() | ((d.order() as u64) << ORDER_SHIFT)
+            }),
             _ => {
                 ((w & FLAGS_BITS) >> FLAGS_BITS_SHIFT)
                     | (((w & ORDER_BITS) >> ORDER_BITS_SHIFT) << ORDER_SHIFT)
@@ -261,35 +293,50 @@ impl Page {
         }
     }
 
+    /// Set the refcount (a descriptor page's is in its descriptor; a free
+    /// page has none: a no-op there, whose words hold list links).
     pub(in crate::mm) fn set_refcount(&self, v: u32) {
+        if let Some(d) = self.desc_head() {
+            let i = d.info.load(Ordering::Relaxed) & (REF_ONE - 1);
+            d.info
+                .store(i | ((v as u64) << REF_SHIFT), Ordering::Relaxed);
+            return;
+        }
         let w = self.load();
-        debug_assert!(!matches!(
-            w & TYPE_MASK,
-            FREE | BUDDY | PCP | PAGE_TABLE | GMAP_TABLE
-        ));
+        if matches!(w & TYPE_MASK, FREE | BUDDY | PCP) {
+            debug_assert!(v == 0, "refcount {v} on a free page");
+            return;
+        }
         self.store((w & (REF_ONE - 1)) | ((v as u64) << REF_SHIFT));
     }
 
     /// The word (or, for a descriptor page, the descriptor's info word)
-    /// that holds the refcount.
+    /// that holds the refcount; `None` for a free page, which has none
+    /// (its words are list links).
     #[cfg(any(test, target_os = "none"))]
-    fn ref_word(&self) -> &AtomicU64 {
+    fn ref_word(&self) -> Option<&AtomicU64> {
         match self.desc_head() {
-            Some(d) => &d.info,
-            None => &self.memdesc,
+            Some(d) => Some(&d.info),
+            None if matches!(self.load() & TYPE_MASK, FREE | BUDDY | PCP) => None,
+            None => Some(&self.memdesc),
         }
     }
 
     #[cfg(any(test, target_os = "none"))]
-    /// `get_page`: take a reference.
+    /// `get_page`: take a reference (none on a free page: 0, unchanged).
     pub(in crate::mm) fn page_ref_inc(&self) -> u32 {
-        ((self.ref_word().fetch_add(REF_ONE, Ordering::AcqRel) >> REF_SHIFT) + 1) as u32
+        self.ref_word().map_or(0, |r| {
+            ((r.fetch_add(REF_ONE, Ordering::AcqRel) >> REF_SHIFT) + 1) as u32
+        })
     }
 
     #[cfg(any(test, target_os = "none"))]
-    /// `put_page` without the free: drop a reference, return what is left.
+    /// `put_page` without the free: drop a reference, return what is left
+    /// (0 on a free page, unchanged).
     pub(in crate::mm) fn page_ref_dec(&self) -> u32 {
-        ((self.ref_word().fetch_sub(REF_ONE, Ordering::AcqRel) >> REF_SHIFT) as u32).wrapping_sub(1)
+        self.ref_word().map_or(0, |r| {
+            ((r.fetch_sub(REF_ONE, Ordering::AcqRel) >> REF_SHIFT) as u32).wrapping_sub(1)
+        })
     }
 
     /// Linux's `mapping`: there is none in one word (a gmap table's guest

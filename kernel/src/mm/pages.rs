@@ -18,7 +18,8 @@ use super::{
 /// `struct page *`, a reference to the head page's entry, so the handle is
 /// one word. The order is in the entry address's low bits in the overlay
 /// layout (entries are 64-byte aligned); the memdesc layout's 8-byte
-/// entries have no room, and the order is read from the head's word. Converting to a frame number is arithmetic, done
+/// entries have no room there, so it keeps the order in the address's top
+/// four bits (entry addresses are far below 2^60). Converting to a frame number is arithmetic, done
 /// only when asked. Not `Clone`: the handle is the ownership. Give it back
 /// with `free_pages` (which can refuse and say why); dropping it frees it
 /// too (a refusal is then reported and the block stays allocated, owned by
@@ -28,14 +29,17 @@ pub struct Pages {
     tagged: NonNull<Page>,
 }
 
-/// Low bits of `Pages::tagged` holding the order (overlay layout).
+/// Where `Pages::tagged` keeps the order: the low bits the overlay's
+/// 64-byte alignment leaves clear, or memdesc's top four bits.
+#[cfg(not(feature = "memdesc"))]
+const ORDER_SHIFT: u32 = 0;
+#[cfg(feature = "memdesc")]
+const ORDER_SHIFT: u32 = usize::BITS - 4;
 #[cfg(not(feature = "memdesc"))]
 const ORDER_TAG: usize = core::mem::align_of::<Page>() - 1;
-#[cfg(not(feature = "memdesc"))]
-const _: () = assert!(MAX_ORDER as usize <= ORDER_TAG);
-/// memdesc: nothing in the address; the head's word has the order.
 #[cfg(feature = "memdesc")]
-const ORDER_TAG: usize = 0;
+const ORDER_TAG: usize = 0xf << ORDER_SHIFT;
+const _: () = assert!(MAX_ORDER as usize <= ORDER_TAG >> ORDER_SHIFT);
 
 // SAFETY: a `Pages` is a `&'static Page` (Page is all atomics, so Sync)
 // plus an order; the frames it owns may be handed to another CPU.
@@ -64,14 +68,13 @@ impl Pages {
     #[inline(always)]
     fn new(page: &'static Page, order: u32) -> Self {
         debug_assert!(order <= MAX_ORDER);
-        #[cfg(feature = "memdesc")]
-        debug_assert_eq!(
-            page.head_order(),
-            order,
-            "Pages of a head whose word says another order"
+        let p = NonNull::from(page);
+        debug_assert!(
+            p.addr().get() & ORDER_TAG == 0,
+            "a memmap entry with tag bits set"
         );
         Self {
-            tagged: NonNull::from(page).map_addr(|a| a | (order as usize & ORDER_TAG)),
+            tagged: p.map_addr(|a| a | (((order as usize) << ORDER_SHIFT) & ORDER_TAG)),
         }
     }
 
@@ -82,10 +85,7 @@ impl Pages {
 
     #[inline(always)]
     pub fn order(&self) -> u32 {
-        #[cfg(not(feature = "memdesc"))]
-        return (self.tagged.addr().get() & ORDER_TAG) as u32;
-        #[cfg(feature = "memdesc")]
-        return self.head().head_order();
+        ((self.tagged.addr().get() & ORDER_TAG) >> ORDER_SHIFT) as u32
     }
 
     pub fn nr_pages(&self) -> u64 {

@@ -472,11 +472,13 @@ fn ctor(p: Pages, order: u32, index: u64) -> Result<Frame<PtDesc>, (Pages, PtDes
             return Err((p, PtDescError::NoDescriptor));
         };
         let page = p.into_head();
-        // SAFETY: a fresh, zeroed, 16-byte aligned object of PtDesc's size
-        // (asserted against the cache), ours alone; PtDesc is atomics only,
-        // for which zero is valid.
+        // SAFETY: a 16-byte aligned object of PtDesc's size from its
+        // cache, allocated to us; PtDesc is atomics only, valid for any
+        // contents (a stale view may read it; the back-pointer it follows is
+        // written before the page points at it).
         let pt = unsafe { &*d.as_ptr().cast::<PtDesc>() };
-        pt.md.init(page, order);
+        pt.md.init(page);
+        pt.set_pt_list(0, 0);
         page.set_desc(PageType::PageTable, d.as_ptr());
         Frame::<PtDesc>::from_head(page)
     };
@@ -527,9 +529,10 @@ pub fn pagetable_dtor(pt: Frame<PtDesc>) -> Result<Pages, (Frame<PtDesc>, PtDesc
     }
     #[cfg(feature = "memdesc")]
     {
-        let refs = page.refcount();
+        let (refs, flags) = (page.refcount(), page.flags());
         let d = page.desc_ptr(PageType::PageTable);
         page.make_allocated(order);
+        page.set_flags(flags);
         page.set_refcount(refs);
         if let Some(d) = d.and_then(|d| core::ptr::NonNull::new(d.cast_mut())) {
             // SAFETY: the descriptor came from PTDESC_CACHE in the ctor and

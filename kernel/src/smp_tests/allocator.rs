@@ -86,7 +86,7 @@ fn alloc_worker(cpu: usize) {
 pub(super) fn all_cpus_allocate_and_free_concurrently() -> KResult {
     need_smp()?;
     run_on_all(|_| mm::drain_pcp());
-    let start = mm::nr_free_pages();
+    let start = mm::nr_free_pages_and_desc_slabs();
     *OWNED.lock() = Some(Arc::new(
         (0..mm::memmap().nr_pages())
             .map(|_| AtomicU8::new(0))
@@ -104,7 +104,7 @@ pub(super) fn all_cpus_allocate_and_free_concurrently() -> KResult {
         ALLOC_OPS_PER_CPU * smp::nr_online() as u64
     );
     run_on_all(|_| mm::drain_pcp());
-    kassert_eq!(mm::nr_free_pages(), start);
+    kassert_eq!(mm::nr_free_pages_and_desc_slabs(), start);
     kassert!(mm::check().is_ok(), "{:?}", mm::check());
     crate::ktest::diag(format_args!(
         "{} CPUs x {} alloc/free operations: no page handed out twice, none lost",

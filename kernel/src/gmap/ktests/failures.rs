@@ -56,7 +56,10 @@ pub(super) fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
     // Frees below are refused on purpose.
     crate::mm::expect_refusals(true);
     mm::drain_pcp();
-    let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
+    let (free, gt) = (
+        mm::nr_free_pages_and_desc_slabs(),
+        table::nr_gmap_table_pages(),
+    );
     let h = host()?;
     let (g, pa) = gmap_with_a_pinned_table(&h)?;
     let id = g.id();
@@ -69,7 +72,7 @@ pub(super) fn gmap_remove_names_the_tables_it_could_not_free() -> KResult {
     kassert_eq!(table::nr_gmap_table_pages(), gt);
     drop(h);
     mm::drain_pcp();
-    kassert_eq!(mm::nr_free_pages(), free);
+    kassert_eq!(mm::nr_free_pages_and_desc_slabs(), free);
     Ok(())
 }
 
@@ -103,7 +106,7 @@ pub(super) fn host_unmap_range_reports_a_refused_free() -> KResult {
     // Frees below are refused on purpose.
     crate::mm::expect_refusals(true);
     mm::drain_pcp();
-    let free = mm::nr_free_pages();
+    let free = mm::nr_free_pages_and_desc_slabs();
     let h = host()?;
     kassert_eq!(h.lock().populate_range(VM_BASE, 3 * 0x1000), Ok(()));
     let pinned = h.lock().frame(VM_BASE + 0x1000).map(|p| p.pfn());
@@ -124,7 +127,7 @@ pub(super) fn host_unmap_range_reports_a_refused_free() -> KResult {
     mm::testing::put_page(pinned);
     drop(h);
     mm::drain_pcp();
-    kassert_eq!(mm::nr_free_pages(), free);
+    kassert_eq!(mm::nr_free_pages_and_desc_slabs(), free);
     // Still refused when the host goes: a BUG line, counted unless expected.
     let h = host()?;
     kassert_eq!(h.lock().populate(VM_BASE, true).map(|_| ()), Ok(()));
@@ -146,7 +149,7 @@ pub(super) fn host_unmap_range_reports_a_refused_free() -> KResult {
     let p = unsafe { mm::Pages::from_raw(pfn, 0) };
     kassert!(mm::free_pages(p).is_ok());
     mm::drain_pcp();
-    kassert_eq!(mm::nr_free_pages(), free);
+    kassert_eq!(mm::nr_free_pages_and_desc_slabs(), free);
     Ok(())
 }
 
@@ -260,7 +263,7 @@ pub(super) fn protect_range_at_the_top_of_the_address_space() -> KResult {
 pub(super) fn teardown_returns_every_page() -> KResult {
     mm::drain_pcp();
     let (free, pt, gt) = (
-        mm::nr_free_pages(),
+        mm::nr_free_pages_and_desc_slabs(),
         ptdesc::nr_pagetable(),
         table::nr_gmap_table_pages(),
     );
@@ -288,7 +291,7 @@ pub(super) fn teardown_returns_every_page() -> KResult {
     mm::drain_pcp();
     kassert_eq!(
         (
-            mm::nr_free_pages(),
+            mm::nr_free_pages_and_desc_slabs(),
             ptdesc::nr_pagetable(),
             table::nr_gmap_table_pages()
         ),

@@ -116,7 +116,7 @@ fn snapshot(h: &Arc<Mutex<HostMm>>, g: &Gmap, watch: &[u64]) -> State {
     let (host, frames) = (hm.space().check(), hm.nr_frames());
     drop(hm);
     State {
-        free: mm::nr_free_pages(),
+        free: mm::nr_free_pages_and_desc_slabs(),
         pagetables: ptdesc::nr_pagetable(),
         gmap_tables: table::nr_gmap_table_pages(),
         table_pages: g.table_pages(),

@@ -228,7 +228,10 @@ pub(super) fn entry_gaddr_at_every_level_of_each_asce_type() -> KResult {
     drop(h);
     // What makes the sum exact: a table's gaddr is aligned to what a table
     // of its level covers, so gmap_alloc_table refuses any other.
-    let (free, gt) = (mm::nr_free_pages(), table::nr_gmap_table_pages());
+    let (free, gt) = (
+        mm::nr_free_pages_and_desc_slabs(),
+        table::nr_gmap_table_pages(),
+    );
     for (level, gaddr) in [
         (Level::Segment, 1u64 << 20),
         (Level::Segment, 1 << 30),
@@ -243,7 +246,10 @@ pub(super) fn entry_gaddr_at_every_level_of_each_asce_type() -> KResult {
         );
     }
     kassert_eq!(
-        (mm::nr_free_pages(), table::nr_gmap_table_pages()),
+        (
+            mm::nr_free_pages_and_desc_slabs(),
+            table::nr_gmap_table_pages()
+        ),
         (free, gt)
     );
     Ok(())
