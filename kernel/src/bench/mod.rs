@@ -299,6 +299,17 @@ fn layout_figures(boot_tod: u64) {
     value("memmap_ppm", ppm(l.memmap_bytes, l.memory), "ppm");
     value("desc_bytes_boot", desc_bytes(), "bytes");
     value("desc_ppm_boot", ppm(desc_bytes(), l.memory), "ppm");
+}
+
+/// Memory full of page tables: every page the allocator gives made a PTE
+/// page, then all freed. Last, because memdesc's descriptor slabs stay
+/// (type-stable, see `mm::desc`): the free 4 MiB blocks before and after
+/// show what that costs in large blocks.
+fn full_of_page_tables() {
+    let Some(l) = mm::layout() else { return };
+    mm::drain_pcp();
+    let big = |v: [u64; mm::buddy::NR_ORDERS]| v[mm::MAX_ORDER as usize];
+    let before = big(mm::nr_free_per_order());
     let mut tables = alloc::vec::Vec::new();
     if tables.try_reserve((l.memory / PAGE_SIZE) as usize).is_err() {
         kprintln!("BENCH-NOTE no heap for the page-table handles: full figures not measured");
@@ -319,6 +330,13 @@ fn layout_figures(boot_tod: u64) {
         "memmap_desc_ppm_full",
         ppm(l.memmap_bytes + full, l.memory),
         "ppm",
+    );
+    mm::drain_pcp();
+    value("max_order_blocks_before_full", before, "blocks");
+    value(
+        "max_order_blocks_after_full",
+        big(mm::nr_free_per_order()),
+        "blocks",
     );
 }
 
@@ -452,5 +470,6 @@ pub fn run() {
     }
     #[cfg(not(feature = "bench"))]
     kprintln!("BENCH-NOTE peers not built (feature \"bench\")");
+    full_of_page_tables();
     kprintln!("BENCH-END");
 }
