@@ -789,7 +789,8 @@ MEMDESC_VALUE_TARGETS = {
 #   desc_ppm_boot         the same per million bytes of memory
 #   desc_ppm_full         descriptor memory per million bytes, memory full of page tables
 #   memmap_desc_ppm_full  memmap + descriptors, the same condition
-#   boot_instructions     guest instructions from reset to the start of the bench run
+#   boot_instructions     guest instructions from kernel entry to the start of the bench run
+#   max_order_blocks_*    free 4 MiB blocks before/after memory was full of page tables
 
 
 def bench_parse(r):
@@ -877,6 +878,10 @@ def cmd_bench(args):
             die(f"the {layout} benchmark run did not finish"
                 + (f" (killed after {args.timeout} s)" if r.timed_out else ""))
         got[layout] = parsed
+        # What the kernel could not measure, it says: shown, never dropped.
+        for line in r.lines:
+            if line.startswith("BENCH-NOTE "):
+                log(f"[{layout}] note: {line[len('BENCH-NOTE '):]}")
     tables = {layout: t for layout, (t, _) in got.items()}
     values = {layout: v for layout, (_, v) in got.items()}
     ratios = {layout: peer_ratios(t) for layout, t in tables.items()}
