@@ -430,8 +430,15 @@ def ensure_apt(binary, package):
     # Without recommends: QEMU's pull in GTK, GStreamer, Mesa and
     # qemu-block-extra (191 MB in all); the s390x binary needs only
     # qemu-system-misc, -common and -data (the s390-ccw BIOS image).
-    run_checked(["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
-                env=env)
+    # --no-remove: apt-get aborts rather than remove an installed package
+    # to make room (an earlier install took qemu-utils away); the user then
+    # sees what conflicts and decides.
+    r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                        "--no-remove", package], env=env)
+    if r.returncode != 0:
+        die(f"apt-get could not install {package} without removing a package (or failed);"
+            f" nothing was removed. See what it wants with:\n"
+            f"    apt-get install -s --no-install-recommends {package}", r.returncode)
     if not shutil.which(binary):
         die(f"{package} installed but {binary} is still not on PATH")
 
