@@ -1844,6 +1844,24 @@ def selftest(args):
         checks.append((name, bool(cond)))
         log(f"selftest {'PASS' if cond else 'FAIL'}: {name}{(' - ' + detail) if detail and not cond else ''}")
 
+    # 0. The install path: apt-get without recommends and never removing a
+    # package (issue 14), seen by running ensure_apt against a recorder.
+    seen = []
+    real_run, real_which, real_euid = subprocess.run, shutil.which, os.geteuid
+    try:
+        subprocess.run = lambda cmd, **kw: (seen.append(cmd),
+                                            subprocess.CompletedProcess(cmd, 0))[1]
+        shutil.which = lambda b: None if not seen else "/bin/true"
+        os.geteuid = lambda: 0
+        ensure_apt("zdat-selftest-binary", "zdat-selftest-package")
+    except SystemExit:
+        pass
+    finally:
+        subprocess.run, shutil.which, os.geteuid = real_run, real_which, real_euid
+    install = [c for c in seen if "install" in c]
+    check("QEMU/gdb installs use --no-install-recommends --no-remove",
+          install and "--no-install-recommends" in install[0] and "--no-remove" in install[0],
+          f"commands run: {seen}")
     # 1. A failing assertion: complete KTAP, one failure, non-zero status.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest", 60, "selftest", quiet=True)
     counts = [sum(1 for c in k.cases if c[2] == s) for s in ("ok", "fail", "skip")]
