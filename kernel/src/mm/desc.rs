@@ -458,3 +458,33 @@ pub fn check() -> Result<DescStats, DescCheckError> {
     }
     Ok(st)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slab checks (private header): an in-use count that disagrees
+    /// with the bitmap, and a cache whose slab count disagrees with the
+    /// memmap, are each named.
+    #[test]
+    fn the_checker_names_a_bad_slab_and_a_lost_slab_page() {
+        let _s = super::super::host_test_serial();
+        let o = PTDESC_CACHE.alloc().unwrap();
+        let (pfn, _) = PTDESC_CACHE.locate(o.as_ptr() as u64).unwrap();
+        let h = DescCache::header(pfn);
+        h.inuse.fetch_add(1, Ordering::Relaxed);
+        let bad = check();
+        h.inuse.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: from this cache, freed once.
+        unsafe { PTDESC_CACHE.free(o) };
+        assert!(matches!(bad, Err(DescCheckError::Slab { .. })), "{bad:?}");
+        PTDESC_CACHE.slabs.fetch_add(1, Ordering::Relaxed);
+        let lost = check();
+        PTDESC_CACHE.slabs.fetch_sub(1, Ordering::Relaxed);
+        assert!(
+            matches!(lost, Err(DescCheckError::SlabCount { .. })),
+            "{lost:?}"
+        );
+        assert!(check().is_ok(), "{:?}", check());
+    }
+}
