@@ -228,14 +228,19 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
 }
 
 /// Run `f(cpu)` on every online CPU, this one included, and wait for all.
+///
+/// It waits for exactly the CPUs it handed `f` to: a CPU that comes online
+/// meanwhile (one that timed out at bring-up may report in at any moment)
+/// got no work, and waiting for it would never end.
 pub fn run_on_all(f: fn(usize)) {
     let me = cpu_nr();
-    let mut started = [0u64; MAX_CPUS];
+    // The done count each CPU given `f` had before it; None: not given.
+    let mut given = [None; MAX_CPUS];
     for (i, c) in CPUS.iter().enumerate() {
         if i == me || !c.online.load(Ordering::Acquire) {
             continue;
         }
-        started[i] = c.done.load(Ordering::Acquire);
+        given[i] = Some(c.done.load(Ordering::Acquire));
         *c.work.lock() = Some(f);
         // SAFETY: an external call only wakes the CPU's idle loop.
         unsafe {
@@ -247,13 +252,33 @@ pub fn run_on_all(f: fn(usize)) {
         };
     }
     f(me);
-    for (i, c) in CPUS.iter().enumerate() {
-        if i == me || !c.online.load(Ordering::Acquire) {
+    for (c, given) in CPUS.iter().zip(given) {
+        let Some(started) = given else {
             continue;
-        }
-        while c.done.load(Ordering::Acquire) == started[i] {
+        };
+        while c.done.load(Ordering::Acquire) == started {
             core::hint::spin_loop();
         }
+    }
+}
+
+/// Test-only: what the CPU slots would show if a CPU came online late.
+#[cfg(target_os = "none")]
+pub(crate) mod testing {
+    use core::sync::atomic::Ordering;
+
+    use super::{nr_cpus, CPUS};
+
+    /// Set the online flag of slot `cpu`, one SCLP did not report (so no
+    /// CPU runs there): a CPU that timed out at bring-up and reported in
+    /// later looks like this to the rest of zdat. Refuses the slots of
+    /// real CPUs.
+    pub(crate) fn set_online_of_unused_slot(cpu: usize, online: bool) -> Result<(), ()> {
+        if cpu < nr_cpus() || cpu >= CPUS.len() {
+            return Err(());
+        }
+        CPUS[cpu].online.store(online, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! counts and deterministic seeds per CPU.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::ktest::KResult;
 use crate::smp::{self, run_on_all};
@@ -48,11 +48,49 @@ fn every_cpu_runs_work() -> KResult {
     Ok(())
 }
 
+/// The unused CPU slot the next case brings online in the middle of a
+/// `run_on_all`.
+static LATE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// A CPU that timed out at bring-up may still report in later, at any
+/// moment: here between `run_on_all`'s two loops (its own `f` runs there).
+/// It was given no work, so `run_on_all` must not wait for it; the CPUs it
+/// did give work to must each run it once. Runs with one CPU too.
+fn run_on_all_ignores_a_cpu_that_comes_online_late() -> KResult {
+    let late = smp::nr_cpus();
+    if late >= RAN.len() {
+        kskip!("every CPU slot holds a real CPU");
+    }
+    LATE.store(late, Ordering::Relaxed);
+    let online = smp::nr_online();
+    let before: Vec<u64> = RAN.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+    let caller = smp::cpu_nr();
+    CALLER.store(caller, Ordering::Relaxed);
+    run_on_all(|cpu| {
+        RAN[cpu].fetch_add(1, Ordering::Relaxed);
+        if cpu == CALLER.load(Ordering::Relaxed) {
+            let _ = smp::testing::set_online_of_unused_slot(LATE.load(Ordering::Relaxed), true);
+        }
+    });
+    let came = smp::nr_online();
+    kassert_eq!(smp::testing::set_online_of_unused_slot(late, false), Ok(()));
+    kassert_eq!(came, online + 1);
+    kassert_eq!(smp::nr_online(), online);
+    for cpu in 0..online {
+        kassert_eq!(RAN[cpu].load(Ordering::Relaxed), before[cpu] + 1);
+    }
+    kassert_eq!(RAN[late].load(Ordering::Relaxed), before[late]);
+    Ok(())
+}
+
+static CALLER: AtomicUsize = AtomicUsize::new(0);
+
 ktest_suite!(
     SMP,
     "smp",
     [
         every_cpu_runs_work,
+        run_on_all_ignores_a_cpu_that_comes_online_late,
         all_cpus_allocate_and_free_concurrently,
         cpus_update_ptes_of_shared_tables_in_parallel,
         map_unmap_while_another_cpu_reads,
