@@ -23,7 +23,10 @@ use shared_space::{
     cpus_update_ptes_of_shared_tables_in_parallel, map_unmap_while_another_cpu_reads,
     shared_space_refuses_to_grow,
 };
-use warm::{cpus_race_map_protect_unmap_of_one_address, remap_and_protect_of_one_pte_lose_nothing};
+use warm::{
+    cpus_race_map_protect_unmap_of_one_address, flush_asce_purges_the_tlb_of_every_cpu,
+    remap_and_protect_of_one_pte_lose_nothing,
+};
 
 fn need_smp() -> KResult {
     if smp::nr_online() < 2 {
@@ -97,6 +100,7 @@ ktest_suite!(
         concurrent_gmap_faults_link_a_segment_once,
         cpus_race_map_protect_unmap_of_one_address,
         remap_and_protect_of_one_pte_lose_nothing,
+        flush_asce_purges_the_tlb_of_every_cpu,
         shared_space_refuses_to_grow,
         guest_store_faults_after_a_host_protect_on_another_cpu,
     ]
