@@ -14,7 +14,7 @@ mod gmaps;
 mod shared_space;
 mod warm;
 
-use allocator::all_cpus_allocate_and_free_concurrently;
+use allocator::{all_cpus_allocate_and_free_concurrently, mm_check_while_other_cpus_allocate};
 use gmaps::{
     concurrent_gmap_faults_link_a_segment_once,
     guest_store_faults_after_a_host_protect_on_another_cpu,
@@ -95,6 +95,7 @@ ktest_suite!(
         every_cpu_runs_work,
         run_on_all_ignores_a_cpu_that_comes_online_late,
         all_cpus_allocate_and_free_concurrently,
+        mm_check_while_other_cpus_allocate,
         cpus_update_ptes_of_shared_tables_in_parallel,
         map_unmap_while_another_cpu_reads,
         concurrent_gmap_faults_link_a_segment_once,
