@@ -1584,6 +1584,19 @@ def selftest(args):
     check("a crash on CPU 1 is dumped on CPU 1 and ends the run",
           any("on CPU 1" in l for l in r.lines) and r.returncode != 0 and k.status == 3 and probs,
           f"qemu {r.returncode}, status {k.status}, timed out {r.timed_out}")
+    # 5b. Two CPUs end the run at the same moment: CPU 1 crashes, CPU 0
+    # ends it as a pass, or panics. One of them ends it, promptly, with one
+    # marker and one report; a pass must not hide the crash.
+    for suite, how, statuses in (("selftest_smp_crash_and_exit", "ends the run as a pass", {3}),
+                                 ("selftest_smp_crash_and_panic", "panics", {2, 3})):
+        k, r, probs, _ = qemu_suite_run(elf, "128M", 2, suite, 60, suite, quiet=True)
+        markers = [l for l in r.lines if EXIT_MARKER.match(l)]
+        reports = [l for l in r.lines if "KERNEL PANIC" in l or "unexpected program check" in l]
+        check(f"a crash on CPU 1 as CPU 0 {how} ends the run once, promptly, with one report",
+              not r.timed_out and r.seconds < 30 and r.returncode != 0 and k.status in statuses
+              and len(markers) == 1 and len(reports) == 1
+              and any("Call Trace" in l for l in r.lines) and probs,
+              f"qemu {r.returncode}, markers {markers}, reports {reports}, {r.seconds:.1f} s")
     # 6. A hang: killed at the timeout.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
     check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,

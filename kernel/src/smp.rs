@@ -25,6 +25,8 @@ struct CpuSlot {
     online: AtomicBool,
     work: Mutex<Option<fn(usize)>>,
     done: AtomicU64,
+    /// Handed work it has not finished.
+    busy: AtomicBool,
 }
 
 static CPUS: [CpuSlot; MAX_CPUS] = [const {
@@ -33,6 +35,7 @@ static CPUS: [CpuSlot; MAX_CPUS] = [const {
         online: AtomicBool::new(false),
         work: Mutex::new(None),
         done: AtomicU64::new(0),
+        busy: AtomicBool::new(false),
     }
 }; MAX_CPUS];
 static NR_CPUS: AtomicUsize = AtomicUsize::new(1);
@@ -60,6 +63,13 @@ pub fn nr_online() -> usize {
     CPUS.iter()
         .filter(|c| c.online.load(Ordering::Acquire))
         .count()
+}
+
+/// Whether CPU `cpu` was handed work by `run_on_all` and has not finished
+/// it (the end of the run waits for such CPUs).
+pub fn is_busy(cpu: usize) -> bool {
+    CPUS.get(cpu)
+        .is_some_and(|c| c.busy.load(Ordering::Acquire))
 }
 
 /// CPUs SCLP reported (at most MAX_CPUS).
@@ -221,6 +231,7 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
             Some(f) => {
                 f(cpu);
                 CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
+                CPUS[cpu].busy.store(false, Ordering::Release);
             }
             None => insn::enabled_wait(mask::EXT),
         }
@@ -241,6 +252,7 @@ pub fn run_on_all(f: fn(usize)) {
             continue;
         }
         given[i] = Some(c.done.load(Ordering::Acquire));
+        c.busy.store(true, Ordering::Release);
         *c.work.lock() = Some(f);
         // SAFETY: an external call only wakes the CPU's idle loop.
         unsafe {

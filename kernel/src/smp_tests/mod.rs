@@ -120,3 +120,70 @@ fn crash_on_a_secondary_cpu() -> KResult {
 }
 
 ktest_suite!(SELFTEST_SMP_CRASH, "selftest_smp_crash", [crash_on_a_secondary_cpu], explicit: true);
+
+/// Until `f` is true or 10 s have passed; false on the timeout.
+fn wait_until(f: impl Fn() -> bool) -> bool {
+    use crate::arch::s390x::tod;
+    let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
+    while !f() {
+        if tod::stck() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn crash_here() {
+    // SAFETY: deliberately crashes the run on this CPU (an operation
+    // exception outside any exception-table entry).
+    unsafe { core::arch::asm!(".short 0x0000") };
+}
+
+/// CPUs 0 and 1 meet here (for the first time in a run: each selftest
+/// suite ends it).
+static MET: AtomicU64 = AtomicU64::new(0);
+
+fn meet() -> bool {
+    MET.fetch_add(1, Ordering::AcqRel);
+    wait_until(|| MET.load(Ordering::Acquire) >= 2)
+}
+
+/// At the same moment CPU 1 crashes and CPU 0 ends the run as a passing
+/// run does. One of them may end it, promptly, with one status marker, and
+/// the crash must not be lost: its dump and its status.
+fn crash_while_another_cpu_ends_the_run() -> KResult {
+    need_smp()?;
+    run_on_all(|cpu| match cpu {
+        0 if meet() => crate::panic::exit(crate::panic::ExitStatus::Success),
+        1 if meet() => crash_here(),
+        _ => {}
+    });
+    Ok(())
+}
+
+ktest_suite!(
+    SELFTEST_SMP_CRASH_AND_EXIT,
+    "selftest_smp_crash_and_exit",
+    [crash_while_another_cpu_ends_the_run],
+    explicit: true,
+);
+
+/// At the same moment CPU 1 crashes and CPU 0 panics: one of them ends the
+/// run, promptly, with one complete report and one status marker.
+fn crash_while_another_cpu_panics() -> KResult {
+    need_smp()?;
+    run_on_all(|cpu| match cpu {
+        0 if meet() => panic!("selftest panic on CPU 0, on purpose, as CPU 1 crashes"),
+        1 if meet() => crash_here(),
+        _ => {}
+    });
+    Ok(())
+}
+
+ktest_suite!(
+    SELFTEST_SMP_CRASH_AND_PANIC,
+    "selftest_smp_crash_and_panic",
+    [crash_while_another_cpu_panics],
+    explicit: true,
+);
