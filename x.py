@@ -1597,6 +1597,25 @@ def selftest(args):
               and len(markers) == 1 and len(reports) == 1
               and any("Call Trace" in l for l in r.lines) and probs,
               f"qemu {r.returncode}, markers {markers}, reports {reports}, {r.seconds:.1f} s")
+    # 5c. A crash while another CPU prints: the dump comes out whole, and
+    # none of the other CPU's lines is repeated, or printed inside or after
+    # it. Three boots: where CPU 0 is when CPU 1 crashes varies.
+    CHATTER_LINE = re.compile(r"^\[ *[\d.]+\] selftest: chatter line (\d+) from CPU 0$")
+    for n in range(3):
+        k, r, probs, _ = qemu_suite_run(elf, "128M", 2, "selftest_smp_crash_while_printing", 60,
+                                        "crashprint", quiet=True)
+        start = next((i for i, l in enumerate(r.lines) if "unexpected program check" in l), None)
+        end = next((i for i, l in enumerate(r.lines) if EXIT_MARKER.match(l)), None)
+        dump = r.lines[start + 1:end] if start is not None and end and start < end else []
+        chatter = [int(m.group(1)) for l in r.lines for m in [CHATTER_LINE.search(l)] if m]
+        check(f"a crash dump is not mixed with another CPU's output (boot {n + 1} of 3)",
+              dump and all(l.startswith("  ") for l in dump) and any("Call Trace" in l for l in dump)
+              and sum(1 for l in dump if re.match(r"^  r\d", l)) == 4
+              and chatter == list(range(len(chatter)))
+              and not any("chatter" in l for l in r.lines[start:]) and k.status == 3 and probs,
+              f"status {k.status}, chatter {chatter[-3:]}, dump {dump[:4]}")
+        if not checks[-1][1]:
+            break
     # 6. A hang: killed at the timeout.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
     check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,

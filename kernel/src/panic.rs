@@ -215,7 +215,9 @@ static IN_FATAL: AtomicBool = AtomicBool::new(false);
 
 /// Enter the crash path: on the CPU that ends the run only (another CPU's
 /// crash already doing so leaves this one waiting); a crash inside the
-/// crash path stops at once.
+/// crash path stops at once. The other CPUs stop before the dump: one
+/// printing meanwhile would fill the one SCCB and the line buffer with its
+/// own text while the dump does.
 fn enter_fatal(status: ExitStatus) {
     #[cfg(target_arch = "s390x")]
     owner::claim_for_crash(status);
@@ -223,8 +225,10 @@ fn enter_fatal(status: ExitStatus) {
         halt(ExitStatus::Crash, false);
     }
     let _ = status;
-    // SAFETY: the crash path never returns, so breaking the console locks
-    // cannot let their previous holders continue with a broken invariant.
+    #[cfg(target_arch = "s390x")]
+    crate::smp::stop_others();
+    // SAFETY: the crash path never returns, and every other CPU is stopped
+    // for good: no holder of a console lock runs again.
     unsafe { crate::console::force_unlock() };
 }
 

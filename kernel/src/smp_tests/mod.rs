@@ -187,3 +187,36 @@ ktest_suite!(
     [crash_while_another_cpu_panics],
     explicit: true,
 );
+
+static CHATTER: AtomicU64 = AtomicU64::new(0);
+
+/// CPU 0 prints line after line while CPU 1 crashes: the crash dump must
+/// come out whole, with none of CPU 0's lines inside it.
+fn crash_while_another_cpu_prints() -> KResult {
+    need_smp()?;
+    run_on_all(|cpu| match cpu {
+        0 => {
+            let mut stck = crate::arch::s390x::tod::stck();
+            let deadline = stck + crate::arch::s390x::tod::usecs_to_tod(10_000_000);
+            while stck < deadline {
+                let n = CHATTER.fetch_add(1, Ordering::AcqRel);
+                crate::pr_info!("selftest: chatter line {} from CPU 0", n);
+                stck = crate::arch::s390x::tod::stck();
+            }
+        }
+        1 => {
+            if wait_until(|| CHATTER.load(Ordering::Acquire) >= 3) {
+                crash_here();
+            }
+        }
+        _ => {}
+    });
+    Ok(())
+}
+
+ktest_suite!(
+    SELFTEST_SMP_CRASH_PRINTING,
+    "selftest_smp_crash_while_printing",
+    [crash_while_another_cpu_prints],
+    explicit: true,
+);
