@@ -5,6 +5,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::arch::s390x::tod;
 use crate::ktest::KResult;
 use crate::smp::{self, run_on_all};
 use crate::{kassert_eq, kskip, ktest_suite};
@@ -109,11 +110,10 @@ ktest_suite!(
 
 fn crash_on_a_secondary_cpu() -> KResult {
     need_smp()?;
+    // The dump must name CPU 1 and the run end with a failing status.
     run_on_all(|cpu| {
         if cpu == 1 {
-            // SAFETY: deliberately crashes the run from CPU 1; the dump must
-            // name that CPU and the run must end with a failing status.
-            unsafe { core::arch::asm!(".short 0x0000") };
+            crash_here();
         }
     });
     Ok(())
@@ -123,7 +123,6 @@ ktest_suite!(SELFTEST_SMP_CRASH, "selftest_smp_crash", [crash_on_a_secondary_cpu
 
 /// Until `f` is true or 10 s have passed; false on the timeout.
 fn wait_until(f: impl Fn() -> bool) -> bool {
-    use crate::arch::s390x::tod;
     let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
     while !f() {
         if tod::stck() > deadline {
@@ -196,19 +195,14 @@ fn crash_while_another_cpu_prints() -> KResult {
     need_smp()?;
     run_on_all(|cpu| match cpu {
         0 => {
-            let mut stck = crate::arch::s390x::tod::stck();
-            let deadline = stck + crate::arch::s390x::tod::usecs_to_tod(10_000_000);
-            while stck < deadline {
+            // Until CPU 1's crash stops this CPU (10 s: it did not).
+            let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
+            while tod::stck() < deadline {
                 let n = CHATTER.fetch_add(1, Ordering::AcqRel);
                 crate::pr_info!("selftest: chatter line {} from CPU 0", n);
-                stck = crate::arch::s390x::tod::stck();
             }
         }
-        1 => {
-            if wait_until(|| CHATTER.load(Ordering::Acquire) >= 3) {
-                crash_here();
-            }
-        }
+        1 if wait_until(|| CHATTER.load(Ordering::Acquire) >= 3) => crash_here(),
         _ => {}
     });
     Ok(())
