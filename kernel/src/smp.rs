@@ -230,8 +230,10 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
         match w {
             Some(f) => {
                 f(cpu);
-                CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
+                // Not busy before done: once run_on_all sees done move, it
+                // may hand out the next work (and set busy) at once.
                 CPUS[cpu].busy.store(false, Ordering::Release);
+                CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
             }
             None => insn::enabled_wait(mask::EXT),
         }
