@@ -1895,6 +1895,38 @@ def selftest(args):
     check("a crash on CPU 1 is dumped on CPU 1 and ends the run",
           any("on CPU 1" in l for l in r.lines) and r.returncode != 0 and k.status == 3 and probs,
           f"qemu {r.returncode}, status {k.status}, timed out {r.timed_out}")
+    # 5b. Two CPUs end the run at the same moment: CPU 1 crashes, CPU 0
+    # ends it as a pass, or panics. One of them ends it, promptly, with one
+    # marker and one report; a pass must not hide the crash.
+    for suite, how, statuses in (("selftest_smp_crash_and_exit", "ends the run as a pass", {3}),
+                                 ("selftest_smp_crash_and_panic", "panics", {2, 3})):
+        k, r, probs, _ = qemu_suite_run(elf, "128M", 2, suite, 60, suite, quiet=True)
+        markers = [l for l in r.lines if EXIT_MARKER.match(l)]
+        reports = [l for l in r.lines if "KERNEL PANIC" in l or "unexpected program check" in l]
+        check(f"a crash on CPU 1 as CPU 0 {how} ends the run once, promptly, with one report",
+              not r.timed_out and r.seconds < 30 and r.returncode != 0 and k.status in statuses
+              and len(markers) == 1 and len(reports) == 1
+              and any("Call Trace" in l for l in r.lines) and probs,
+              f"qemu {r.returncode}, markers {markers}, reports {reports}, {r.seconds:.1f} s")
+    # 5c. A crash while another CPU prints: the dump comes out whole, and
+    # none of the other CPU's lines is repeated, or printed inside or after
+    # it. Three boots: where CPU 0 is when CPU 1 crashes varies.
+    CHATTER_LINE = re.compile(r"^\[ *[\d.]+\] selftest: chatter line (\d+) from CPU 0$")
+    for n in range(3):
+        k, r, probs, _ = qemu_suite_run(elf, "128M", 2, "selftest_smp_crash_while_printing", 60,
+                                        "crashprint", quiet=True)
+        start = next((i for i, l in enumerate(r.lines) if "unexpected program check" in l), None)
+        end = next((i for i, l in enumerate(r.lines) if EXIT_MARKER.match(l)), None)
+        dump = r.lines[start + 1:end] if start is not None and end and start < end else []
+        chatter = [int(m.group(1)) for l in r.lines for m in [CHATTER_LINE.search(l)] if m]
+        check(f"a crash dump is not mixed with another CPU's output (boot {n + 1} of 3)",
+              dump and all(l.startswith("  ") for l in dump) and any("Call Trace" in l for l in dump)
+              and sum(1 for l in dump if re.match(r"^  r\d", l)) == 4
+              and chatter == list(range(len(chatter)))
+              and not any("chatter" in l for l in r.lines[start:]) and k.status == 3 and probs,
+              f"status {k.status}, chatter {chatter[-3:]}, dump {dump[:4]}")
+        if not checks[-1][1]:
+            break
     # 6. A hang: killed at the timeout.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "selftest_hang", 5, "hang", quiet=True)
     check("hang is killed at the timeout", r.timed_out and r.seconds < 30 and probs,

@@ -66,11 +66,14 @@ pub fn print_fmt(args: fmt::Arguments<'_>) {
     c.flush();
 }
 
-/// Break the console lock before printing a crash dump.
+/// Break the console lock before printing a crash dump, and drop what its
+/// holder had buffered: it may be half a line, or a line already sent
+/// (the buffer empties only after the write), so printing it could cut the
+/// dump's first line or repeat the holder's last one.
 ///
 /// # Safety
-/// Only the crash path, which never returns, may call this: whoever held the
-/// lock never gets to use it again.
+/// Only the end of the run, which never returns, may call this, with every
+/// other CPU stopped: whoever held the lock never gets to use it again.
 pub unsafe fn force_unlock() {
     // SAFETY: forwarded to the caller.
     unsafe {
@@ -78,6 +81,7 @@ pub unsafe fn force_unlock() {
         #[cfg(target_arch = "s390x")]
         crate::sclp::console::force_unlock();
     }
+    CONSOLE.lock().len = 0;
 }
 
 /// Host-test capture of console output (per test thread).

@@ -22,45 +22,219 @@ const WAIT_SUCCESS: u64 = 0xfff;
 /// shows the address.
 const WAIT_FAILURE_BASE: u64 = 0x0dea_d000;
 
-/// Print the status marker and stop the machine.
-pub fn exit(status: ExitStatus) -> ! {
-    crate::kprintln!("EXIT: STATUS={}", status as u64);
-    stop(status)
+/// Where a CPU that lost the race to end the run waits. QEMU never sees it
+/// (the winner stops that CPU before its own wait), unless the winner died
+/// on the way: then the run still fails.
+#[cfg(target_arch = "s390x")]
+const WAIT_LOST_EXIT: u64 = WAIT_FAILURE_BASE | 0xff;
+
+fn wait_address(status: ExitStatus) -> u64 {
+    match status {
+        ExitStatus::Success => WAIT_SUCCESS,
+        s => WAIT_FAILURE_BASE | s as u64,
+    }
 }
 
+/// End the run with `status`: stop every other CPU, print the status
+/// marker, stop the machine. If another CPU is already ending the run,
+/// this one leaves it to that CPU (its status still counts) and waits.
+pub fn exit(status: ExitStatus) -> ! {
+    #[cfg(target_arch = "s390x")]
+    owner::claim_for_exit(status);
+    halt(status, true)
+}
+
+/// The owner's end of the run: every other CPU stopped (so nobody else
+/// prints), the others' requests noted, one marker, the final wait.
 #[cfg(target_arch = "s390x")]
-fn stop(status: ExitStatus) -> ! {
+fn halt(status: ExitStatus, marker: bool) -> ! {
     // The run ends only once every CPU has stopped; this one goes last and
     // its disabled-wait address becomes QEMU's exit status.
     crate::smp::stop_others();
-    let addr = match status {
-        ExitStatus::Success => WAIT_SUCCESS,
-        s => WAIT_FAILURE_BASE | s as u64,
-    };
-    crate::arch::s390x::insn::disabled_wait(addr)
+    // SAFETY: every other CPU is stopped for good: one stopped while it
+    // held a console lock never uses it again.
+    unsafe { crate::console::force_unlock() };
+    let status = owner::worst(status);
+    if marker {
+        owner::print_others();
+        crate::kprintln!("EXIT: STATUS={}", status as u64);
+    }
+    crate::arch::s390x::insn::disabled_wait(wait_address(status))
 }
 
 #[cfg(not(target_arch = "s390x"))]
-fn stop(status: ExitStatus) -> ! {
-    let _ = (WAIT_SUCCESS, WAIT_FAILURE_BASE);
+fn halt(status: ExitStatus, marker: bool) -> ! {
+    if marker {
+        crate::kprintln!("EXIT: STATUS={}", status as u64);
+    }
+    let _ = wait_address(status);
     panic!("kernel exit with {status:?}");
+}
+
+/// Exactly one CPU ends the run (Linux's panic_cpu): the one whose claim
+/// on `OWNER` holds. Without it two CPUs ending the run at once each
+/// printed a marker and stopped the other, and a passing end that started
+/// first stopped a crashing CPU before its dump: QEMU exited 0.
+///
+/// A crash claims outright, even over a CPU that is ending the run
+/// normally but has not begun to stop the others: a crash is never lost to
+/// a passing end that happened to start first. A normal end claims softly
+/// and first waits (at most `BUSY_WAIT_US`) until no other CPU runs work
+/// (`smp::is_busy`) unless parked here; a CPU that crashes meanwhile takes
+/// the run over. A CPU that loses records its status, which the winner's
+/// marker includes, and waits disabled, signalling nobody: the winner
+/// stops it.
+#[cfg(target_arch = "s390x")]
+mod owner {
+    use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+    use super::{ExitStatus, WAIT_LOST_EXIT};
+    use crate::arch::s390x::tod;
+    use crate::sclp::info::MAX_CPUS;
+    use crate::smp;
+
+    const NOBODY: u64 = u64::MAX;
+    /// Or'ed into `OWNER` once the owner's claim is final.
+    const FINAL: u64 = 1 << 32;
+    /// How long a normal end waits for busy CPUs.
+    const BUSY_WAIT_US: u64 = 1_000_000;
+
+    /// NOBODY, the CPU number of a normal end's claim, or a number | FINAL.
+    static OWNER: AtomicU64 = AtomicU64::new(NOBODY);
+    /// What each CPU asked to end the run with (status + 1; 0: nothing).
+    static ASKED: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+    /// CPUs that lost and wait for the owner to stop them.
+    static PARKED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+    fn this_cpu() -> usize {
+        smp::cpu_nr().min(MAX_CPUS - 1)
+    }
+
+    /// Leave the end of the run to the owner.
+    fn lose(me: usize) -> ! {
+        PARKED[me].store(true, Ordering::Release);
+        crate::arch::s390x::insn::disabled_wait(WAIT_LOST_EXIT)
+    }
+
+    /// A crash ends the run: returns on the CPU that ends it (this one, also
+    /// if it was ending it already), never on the others.
+    pub(super) fn claim_for_crash(status: ExitStatus) {
+        let me = this_cpu();
+        ASKED[me].fetch_max(status as u8 + 1, Ordering::AcqRel);
+        let mine = me as u64 | FINAL;
+        let mut cur = OWNER.load(Ordering::Acquire);
+        loop {
+            if cur == mine {
+                return;
+            }
+            if cur != NOBODY && cur & FINAL != 0 {
+                lose(me);
+            }
+            // Nobody, or a normal end still waiting (this CPU's or another's).
+            match OWNER.compare_exchange(cur, mine, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A normal end of the run: returns on the CPU that ends it, once no
+    /// other CPU runs work (or the wait ran out), never on the others.
+    pub(super) fn claim_for_exit(status: ExitStatus) {
+        let me = this_cpu();
+        ASKED[me].fetch_max(status as u8 + 1, Ordering::AcqRel);
+        let soft = me as u64;
+        match OWNER.compare_exchange(NOBODY, soft, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            // Ours for good already: the crash path's own end.
+            Err(cur) if cur == soft | FINAL => return,
+            Err(_) => lose(me),
+        }
+        let deadline = tod::stck() + tod::usecs_to_tod(BUSY_WAIT_US);
+        loop {
+            if OWNER.load(Ordering::Acquire) != soft {
+                // A crash took the run over; it stops this CPU.
+                lose(me);
+            }
+            let busy = (0..smp::nr_cpus())
+                .any(|i| i != me && smp::is_busy(i) && !PARKED[i].load(Ordering::Acquire));
+            if !busy || tod::stck() > deadline {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if OWNER
+            .compare_exchange(soft, soft | FINAL, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            lose(me);
+        }
+    }
+
+    /// The worst status asked for, `status` included (once the others are
+    /// stopped, nobody adds to it).
+    pub(super) fn worst(status: ExitStatus) -> ExitStatus {
+        let asked = ASKED
+            .iter()
+            .map(|a| a.load(Ordering::Acquire).saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        match asked.max(status as u8) {
+            0 => ExitStatus::Success,
+            1 => ExitStatus::TestsFailed,
+            2 => ExitStatus::Panic,
+            3 => ExitStatus::Crash,
+            _ => ExitStatus::BadConfig,
+        }
+    }
+
+    /// Say which other CPUs asked to end the run too, and which were still
+    /// running work when they were stopped.
+    pub(super) fn print_others() {
+        let me = this_cpu();
+        for (cpu, asked) in ASKED.iter().enumerate() {
+            let a = asked.load(Ordering::Acquire);
+            if cpu == me {
+                continue;
+            }
+            if a != 0 {
+                crate::kprintln!(
+                    "zdat: CPU {} also asked to end the run (status {}); CPU {} ends it",
+                    cpu,
+                    a - 1,
+                    me
+                );
+            } else if smp::is_busy(cpu) {
+                crate::kprintln!("zdat: CPU {} was still running work when stopped", cpu);
+            }
+        }
+    }
 }
 
 static IN_FATAL: AtomicBool = AtomicBool::new(false);
 
-/// Enter the crash path once; a crash inside the crash path stops at once.
-fn enter_fatal() {
+/// Enter the crash path: on the CPU that ends the run only (another CPU's
+/// crash already doing so leaves this one waiting); a crash inside the
+/// crash path stops at once. The other CPUs stop before the dump: one
+/// printing meanwhile would fill the one SCCB and the line buffer with its
+/// own text while the dump does.
+fn enter_fatal(status: ExitStatus) {
+    #[cfg(target_arch = "s390x")]
+    owner::claim_for_crash(status);
     if IN_FATAL.swap(true, Ordering::SeqCst) {
-        stop(ExitStatus::Crash);
+        halt(ExitStatus::Crash, false);
     }
-    // SAFETY: the crash path never returns, so breaking the console locks
-    // cannot let their previous holders continue with a broken invariant.
+    let _ = status;
+    #[cfg(target_arch = "s390x")]
+    crate::smp::stop_others();
+    // SAFETY: the crash path never returns, and every other CPU is stopped
+    // for good: no holder of a console lock runs again.
     unsafe { crate::console::force_unlock() };
 }
 
 /// The kernel's panic handler (boot's `#[panic_handler]` calls this).
 pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    enter_fatal();
+    enter_fatal(ExitStatus::Panic);
     #[cfg(target_arch = "s390x")]
     crate::kprintln!(
         "zdat: KERNEL PANIC on CPU {}: {}",
@@ -94,7 +268,7 @@ mod dump {
     /// Print everything known about an interruption nobody expected, then
     /// end the run with a failing status.
     pub fn fatal_interrupt(frame: &InterruptFrame, class: IntClass, why: &str) -> ! {
-        enter_fatal();
+        enter_fatal(ExitStatus::Crash);
         kprintln!(
             "zdat: {} ({} interruption) on CPU {}",
             why,

@@ -25,6 +25,8 @@ struct CpuSlot {
     online: AtomicBool,
     work: Mutex<Option<fn(usize)>>,
     done: AtomicU64,
+    /// Handed work it has not finished.
+    busy: AtomicBool,
 }
 
 static CPUS: [CpuSlot; MAX_CPUS] = [const {
@@ -33,6 +35,7 @@ static CPUS: [CpuSlot; MAX_CPUS] = [const {
         online: AtomicBool::new(false),
         work: Mutex::new(None),
         done: AtomicU64::new(0),
+        busy: AtomicBool::new(false),
     }
 }; MAX_CPUS];
 static NR_CPUS: AtomicUsize = AtomicUsize::new(1);
@@ -60,6 +63,13 @@ pub fn nr_online() -> usize {
     CPUS.iter()
         .filter(|c| c.online.load(Ordering::Acquire))
         .count()
+}
+
+/// Whether CPU `cpu` was handed work by `run_on_all` and has not finished
+/// it (the end of the run waits for such CPUs).
+pub fn is_busy(cpu: usize) -> bool {
+    CPUS.get(cpu)
+        .is_some_and(|c| c.busy.load(Ordering::Acquire))
 }
 
 /// CPUs SCLP reported (at most MAX_CPUS).
@@ -220,6 +230,9 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
         match w {
             Some(f) => {
                 f(cpu);
+                // Not busy before done: once run_on_all sees done move, it
+                // may hand out the next work (and set busy) at once.
+                CPUS[cpu].busy.store(false, Ordering::Release);
                 CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
             }
             None => insn::enabled_wait(mask::EXT),
@@ -228,14 +241,20 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
 }
 
 /// Run `f(cpu)` on every online CPU, this one included, and wait for all.
+///
+/// It waits for exactly the CPUs it handed `f` to: a CPU that comes online
+/// meanwhile (one that timed out at bring-up may report in at any moment)
+/// got no work, and waiting for it would never end.
 pub fn run_on_all(f: fn(usize)) {
     let me = cpu_nr();
-    let mut started = [0u64; MAX_CPUS];
+    // The done count each CPU given `f` had before it; None: not given.
+    let mut given = [None; MAX_CPUS];
     for (i, c) in CPUS.iter().enumerate() {
         if i == me || !c.online.load(Ordering::Acquire) {
             continue;
         }
-        started[i] = c.done.load(Ordering::Acquire);
+        given[i] = Some(c.done.load(Ordering::Acquire));
+        c.busy.store(true, Ordering::Release);
         *c.work.lock() = Some(f);
         // SAFETY: an external call only wakes the CPU's idle loop.
         unsafe {
@@ -247,13 +266,33 @@ pub fn run_on_all(f: fn(usize)) {
         };
     }
     f(me);
-    for (i, c) in CPUS.iter().enumerate() {
-        if i == me || !c.online.load(Ordering::Acquire) {
+    for (c, given) in CPUS.iter().zip(given) {
+        let Some(started) = given else {
             continue;
-        }
-        while c.done.load(Ordering::Acquire) == started[i] {
+        };
+        while c.done.load(Ordering::Acquire) == started {
             core::hint::spin_loop();
         }
+    }
+}
+
+/// Test-only: what the CPU slots would show if a CPU came online late.
+#[cfg(target_os = "none")]
+pub(crate) mod testing {
+    use core::sync::atomic::Ordering;
+
+    use super::{nr_cpus, CPUS};
+
+    /// Set the online flag of slot `cpu`, one SCLP did not report (so no
+    /// CPU runs there): a CPU that timed out at bring-up and reported in
+    /// later looks like this to the rest of zdat. Refuses the slots of
+    /// real CPUs.
+    pub(crate) fn set_online_of_unused_slot(cpu: usize, online: bool) -> Result<(), ()> {
+        if cpu < nr_cpus() || cpu >= CPUS.len() {
+            return Err(());
+        }
+        CPUS[cpu].online.store(online, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ static IPTES: AtomicU64 = AtomicU64::new(0);
 static IDTES: AtomicU64 = AtomicU64::new(0);
 static PURGES: AtomicU64 = AtomicU64::new(0);
 
-/// Flushes since boot: (IPTE, IDTE/CSPG, PTLB).
+/// Flushes since boot: (IPTE, IDTE/CSPG, purges of a whole space).
 pub fn flush_counts() -> (u64, u64, u64) {
     (
         IPTES.load(Ordering::Relaxed),
@@ -112,9 +112,9 @@ pub unsafe fn idte(table: PhysAddr, level: Level, va: u64) {
 }
 
 /// Purge, on every CPU, what the TLBs hold for `asce` (before its tables
-/// go back, or after its top changed): IDTE clearing-by-ASCE, or PTLB where
-/// the IDTE facility is missing (one CPU then, as zdat only starts others
-/// on machines that have it).
+/// go back, or after its top changed): IDTE clearing-by-ASCE, or where the
+/// IDTE facility is missing a purge of every CPU's whole TLB (Linux's
+/// __tlb_flush_mm makes the same choice).
 pub fn flush_asce(asce: Asce) {
     PURGES.fetch_add(1, Ordering::Relaxed);
     #[cfg(target_arch = "s390x")]
@@ -123,11 +123,20 @@ pub fn flush_asce(asce: Asce) {
         if facility::has_facility(facility::IDTE_SEGMENT) {
             crate::arch::s390x::dat::idte_clear_asce(asce.raw());
         } else {
-            crate::arch::s390x::dat::ptlb();
+            flush_asce_without_idte();
         }
     }
     #[cfg(not(target_arch = "s390x"))]
     let _ = asce;
+}
+
+/// What `flush_asce` does on a machine without the IDTE facility (tests
+/// reach it on machines that have IDTE): CSP's purge of every CPU's TLB.
+/// Not PTLB: that purges this CPU's TLB only, and the other CPUs, which
+/// `smp` starts whatever the facilities, would go on using the tables.
+#[cfg(target_arch = "s390x")]
+pub(crate) fn flush_asce_without_idte() {
+    crate::arch::s390x::dat::tlb_flush_global();
 }
 
 #[cfg(not(target_arch = "s390x"))]

@@ -48,7 +48,6 @@ pub use dump::{dump, log_summary};
 use memmap::MemMap;
 use page::Page;
 pub use pages::{alloc_pages, expect_refusals, free_pages, free_pages_raw, Pages};
-use percpu::with_pcp;
 pub use percpu::{drain_pcp, nr_pcp_pages};
 #[cfg(target_arch = "s390x")]
 pub(crate) use percpu::{init_boot_cpu_pcp, pcp_slot_value};
@@ -278,17 +277,23 @@ pub fn nr_managed_pages() -> u64 {
     zone().lock().nr_managed()
 }
 
-/// Run the allocator's consistency check, per-CPU lists included: this
-/// CPU's are walked entry by entry (another CPU's may be changing under
-/// us); every CPU's counts must add up to the listed pages the memmap
-/// shows.
+/// Run the allocator's consistency check, per-CPU lists included: with
+/// every CPU's lists held (`with_all_pcp`) and the zone locked, each list
+/// is walked entry by entry, and the pages on them must be the per-CPU
+/// pages the memmap shows. Other CPUs may go on allocating meanwhile (from
+/// the zone, once the check is over).
 pub fn check() -> Result<CheckStats, CheckError> {
     let map = memmap();
-    with_pcp(|pcp| {
-        let stats = zone().lock().check()?;
-        pcp.check(map)
-            .map_err(|(order, pfn)| CheckError::ListEntry { order, pfn })?;
-        let counted = nr_pcp_pages();
+    percpu::with_all_pcp(|lists| {
+        let zone = zone().lock();
+        let stats = zone.check()?;
+        let mut counted = 0;
+        for pcp in lists {
+            counted += pcp
+                .check(map)
+                .map_err(|(order, pfn)| CheckError::ListEntry { order, pfn })?;
+        }
+        drop(zone);
         if counted != stats.pcp {
             return Err(CheckError::PcpCount {
                 counted,
@@ -297,7 +302,6 @@ pub fn check() -> Result<CheckStats, CheckError> {
         }
         Ok(stats)
     })
-    .unwrap_or(Err(CheckError::Loop { order: 0 }))
 }
 
 /// Test-only misuse the types otherwise rule out: an extra reference on a

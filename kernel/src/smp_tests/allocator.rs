@@ -4,7 +4,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use spin::Mutex;
 
@@ -110,6 +110,81 @@ pub(super) fn all_cpus_allocate_and_free_concurrently() -> KResult {
         "{} CPUs x {} alloc/free operations: no page handed out twice, none lost",
         smp::nr_online(),
         ALLOC_OPS_PER_CPU
+    ));
+    Ok(())
+}
+
+static CHURN_STOP: AtomicBool = AtomicBool::new(false);
+/// Other CPUs that have started to allocate, and their operations so far.
+static CHURNING: AtomicU64 = AtomicU64::new(0);
+static CHURN_OPS: AtomicU64 = AtomicU64::new(0);
+/// Checks that failed (u64::MAX: no allocation overlapped them).
+static CHECK_FAILS: AtomicU64 = AtomicU64::new(0);
+/// At 4 CPUs about one in five of these failed before the lists had locks.
+const CHECKS: u64 = 100;
+
+/// The other CPUs allocate and free blocks of orders 0 to 3 (the per-CPU
+/// lists' fast paths, their refills and drains) until CPU 0 is done.
+fn churn(cpu: usize) {
+    if cpu == 0 {
+        // Check only once every other CPU is at work.
+        while CHURNING.load(Ordering::Acquire) + 1 < smp::nr_online() as u64 {
+            core::hint::spin_loop();
+        }
+        let ops = CHURN_OPS.load(Ordering::Relaxed);
+        for _ in 0..CHECKS {
+            if let Err(e) = mm::check() {
+                if CHECK_FAILS.fetch_add(1, Ordering::Relaxed) == 0 {
+                    crate::ktest::diag(format_args!("first failed check: {e:?}"));
+                }
+            }
+        }
+        // The checks overlapped the others' work, or the case proves nothing.
+        if CHURN_OPS.load(Ordering::Relaxed) == ops {
+            CHECK_FAILS.store(u64::MAX, Ordering::Relaxed);
+        }
+        CHURN_STOP.store(true, Ordering::Release);
+        return;
+    }
+    let mut rng = Rng(0xc4ec_0000 + cpu as u64);
+    let mut live: Vec<mm::Pages> = Vec::with_capacity(64);
+    CHURNING.fetch_add(1, Ordering::AcqRel);
+    while !CHURN_STOP.load(Ordering::Acquire) {
+        let r = rng.next_u64();
+        if live.len() < 64 && (live.is_empty() || !r.is_multiple_of(3)) {
+            if let Ok(p) = mm::alloc_pages((r >> 8) as u32 % 4, AllocFlags::empty()) {
+                live.push(p);
+            }
+        } else {
+            let p = live.swap_remove((r >> 16) as usize % live.len());
+            let _ = mm::free_pages(p);
+        }
+        CHURN_OPS.fetch_add(1, Ordering::Relaxed);
+    }
+    for p in live {
+        let _ = mm::free_pages(p);
+    }
+}
+
+/// `mm::check` on one CPU while the others allocate and free: it must not
+/// report a mismatch between the per-CPU lists' counts and the memmap
+/// that only the others' work in flight made.
+pub(super) fn mm_check_while_other_cpus_allocate() -> KResult {
+    need_smp()?;
+    CHURN_STOP.store(false, Ordering::Relaxed);
+    CHURNING.store(0, Ordering::Relaxed);
+    CHECK_FAILS.store(0, Ordering::Relaxed);
+    run_on_all(churn);
+    run_on_all(|_| mm::drain_pcp());
+    let fails = CHECK_FAILS.load(Ordering::Relaxed);
+    kassert!(fails != u64::MAX, "no allocation ran while CPU 0 checked");
+    kassert_eq!(fails, 0);
+    kassert!(mm::check().is_ok(), "{:?}", mm::check());
+    crate::ktest::diag(format_args!(
+        "{} checks while {} other CPUs made {} allocations and frees",
+        CHECKS,
+        smp::nr_online() - 1,
+        CHURN_OPS.load(Ordering::Relaxed)
     ));
     Ok(())
 }

@@ -10,10 +10,13 @@ use spin::Mutex;
 
 use super::need_smp;
 use crate::arch::pgm::code;
+use crate::arch::s390x::tod;
 use crate::dat::entry::Prot;
+use crate::dat::entry::{Asce, Pte};
 use crate::dat::kernel::warm_secondary;
 use crate::dat::shared::SharedSpace;
 use crate::dat::space::AddressSpace;
+use crate::dat::tlb;
 use crate::ktest::{KResult, Outcome};
 use crate::mm::addr::PhysAddr;
 use crate::mm::{self, AllocFlags};
@@ -277,5 +280,122 @@ pub(super) fn remap_and_protect_of_one_pte_lose_nothing() -> KResult {
         kassert!(mm::free_pages(f).is_ok());
     }
     run_on_all(|_| mm::drain_pcp());
+    Ok(())
+}
+
+/// The flush case's space (CPU 0 changes it) and its ASCE (CPU 1 loads it).
+static FLUSH: Mutex<Option<AddressSpace>> = Mutex::new(None);
+static FLUSH_ASCE: AtomicU64 = AtomicU64::new(0);
+static FLUSH_FRAMES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// 2 * round + 1: CPU 1 has loaded the page; 2 * round + 2: CPU 0 changed
+/// the PTE and did the round's purge.
+static FLUSH_STEP: AtomicU64 = AtomicU64::new(0);
+/// What CPU 1 read after each round's purge (a tag, or u64::MAX for none).
+static FLUSH_SEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+const FLUSH_VA: u64 = 0x70_0000;
+
+fn flush_wait(step: u64) -> bool {
+    let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
+    while FLUSH_STEP.load(Ordering::Acquire) < step {
+        if tod::stck() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// Round r: CPU 0 points the PTE at frame `FLUSH_NEXT[r]` without IPTE
+/// (or leaves it), then purges as the round says.
+const FLUSH_NEXT: [usize; 3] = [1, 1, 0];
+
+fn flush_worker(cpu: usize) {
+    let asce = Asce::from_raw(FLUSH_ASCE.load(Ordering::Relaxed));
+    match cpu {
+        1 => {
+            // SAFETY: the space lives until every CPU returned; nothing is
+            // stored through it.
+            let r = unsafe {
+                warm_secondary(asce, |w| {
+                    for (round, seen) in FLUSH_SEEN.iter().enumerate() {
+                        let _ = w.load(FLUSH_VA);
+                        FLUSH_STEP.store(2 * round as u64 + 1, Ordering::Release);
+                        if !flush_wait(2 * round as u64 + 2) {
+                            return;
+                        }
+                        seen.store(w.load(FLUSH_VA).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    }
+                })
+            };
+            if r.is_err() {
+                FLUSH_SEEN[0].store(u64::MAX - 1, Ordering::Relaxed);
+            }
+            // Let CPU 0 go on if this side gave up.
+            FLUSH_STEP.store(u64::MAX, Ordering::Release);
+        }
+        0 => {
+            for (round, next) in FLUSH_NEXT.iter().enumerate() {
+                if !flush_wait(2 * round as u64 + 1) {
+                    return;
+                }
+                let pa = PhysAddr(FLUSH_FRAMES[*next].load(Ordering::Relaxed));
+                let pte = Pte::new(pa, Prot::ReadWrite).unwrap_or(Pte::empty());
+                if let Some(s) = FLUSH.lock().as_mut() {
+                    // SAFETY: both frames are the case's; the stale
+                    // translation is what the case looks for.
+                    let _ = unsafe { s.set_pte_without_invalidation(FLUSH_VA, pte) };
+                }
+                match round {
+                    0 => {}
+                    1 => tlb::flush_asce(asce),
+                    _ => tlb::flush_asce_without_idte(),
+                }
+                FLUSH_STEP.store(2 * round as u64 + 2, Ordering::Release);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `flush_asce` on one CPU purges what another CPU's TLB holds for the
+/// space, on both of its paths: IDTE clearing by ASCE, and the purge it
+/// falls back to on a machine without IDTE (reached directly here, QEMU
+/// has IDTE). CPU 1 keeps the space loaded (a warm TLB) while CPU 0
+/// rewrites the PTE without IPTE; first with no purge at all, which shows
+/// CPU 1's TLB really holds the old translation, then with each purge,
+/// after which CPU 1 must read the new frame.
+pub(super) fn flush_asce_purges_the_tlb_of_every_cpu() -> KResult {
+    need_smp()?;
+    let mut s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
+    let mut frames = Vec::new();
+    for (i, slot) in FLUSH_FRAMES.iter().enumerate() {
+        let mut f = mm::alloc_pages(0, AllocFlags::ZERO).map_err(|_| Outcome::Fail)?;
+        f.as_mut_slice()[..8].copy_from_slice(&(0xa0 + i as u64).to_be_bytes());
+        slot.store(f.phys().0, Ordering::Relaxed);
+        frames.push(f);
+    }
+    kassert_eq!(s.map(FLUSH_VA, frames[0].phys(), Prot::ReadWrite), Ok(()));
+    FLUSH_ASCE.store(s.asce().raw(), Ordering::Relaxed);
+    *FLUSH.lock() = Some(s);
+    FLUSH_STEP.store(0, Ordering::Relaxed);
+    for seen in &FLUSH_SEEN {
+        seen.store(0, Ordering::Relaxed);
+    }
+    run_on_all(flush_worker);
+    let s = FLUSH.lock().take();
+    let seen: Vec<u64> = FLUSH_SEEN
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    // No purge: CPU 1 still reads the old frame (its TLB is warm).
+    kassert_eq!(seen[0], 0xa0);
+    // IDTE clearing by ASCE reached CPU 1's TLB.
+    kassert_eq!(seen[1], 0xa1);
+    // So did the purge for machines without IDTE.
+    kassert_eq!(seen[2], 0xa0);
+    drop(s);
+    for f in frames {
+        kassert!(mm::free_pages(f).is_ok());
+    }
     Ok(())
 }

@@ -74,6 +74,26 @@ pub unsafe fn cspg(entry: *mut u64, old: u64, new: u64) -> bool {
     cc == 0
 }
 
+/// CSP with the purge bit on a word of its own (compare 0, store 0): purge
+/// the TLBs of every CPU in the configuration (Linux __tlb_flush_global).
+/// CSP is part of every z/Architecture machine, so this is the purge that
+/// needs no facility.
+pub fn tlb_flush_global() {
+    let mut word: u32 = 0;
+    // SAFETY: CSP compares bits 32-63 of r2 (0) with `word` (0, on our
+    // stack), stores bits 32-63 of r3 (0) there, and purges because bit 63
+    // of the address operand is set: it changes nothing but the TLBs.
+    unsafe {
+        asm!(
+            ".insn rre,0xb2500000,%r2,{a}",
+            a = in(reg_addr) core::ptr::from_mut(&mut word) as u64 | 1,
+            inout("r2") 0u64 => _,
+            in("r3") 0u64,
+            options(nostack),
+        );
+    }
+}
+
 /// PTLB: purge this CPU's TLB.
 pub fn ptlb() {
     // SAFETY: purging the TLB only costs later translations a table walk.
