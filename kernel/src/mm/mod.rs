@@ -7,8 +7,9 @@
 //! mm/mm_init.c.
 //!
 //! SMP: one lock per allocator (the zone lock here, the heap lock in
-//! `heap`); blocks of orders 0 to 3 go through per-CPU lists that need no
-//! lock (`pcp`). Places that assume one CPU say so with an `SMP:` comment.
+//! `heap`); blocks of orders 0 to 3 go through per-CPU lists, each with a
+//! lock that only `check` ever contends (`percpu`). Places that assume one
+//! CPU say so with an `SMP:` comment.
 
 pub mod addr;
 pub(crate) mod buddy;

@@ -14,12 +14,13 @@
 //! and entries: an allocation is a pop plus the head's new state, a free is
 //! three checks (plus the tails for orders above 0) and a push.
 //!
-//! Exclusion: only the owning CPU touches the heads, and it does so with
-//! external and I/O interruptions masked (all of zdat's kernel code runs
-//! disabled; interruptions arrive only in enabled waits, which the
+//! Exclusion: whoever holds the list's lock (`percpu`: the owning CPU
+//! with a try-lock, or `mm::check` holding every CPU's) touches the heads,
+//! with external and I/O interruptions masked (all of zdat's kernel code
+//! runs disabled; interruptions arrive only in enabled waits, which the
 //! allocator never does). That is Linux's `local_irq_save` around the pcp,
 //! paid for once at boot instead of on every call. Other CPUs only read
-//! `count`.
+//! `count` without it.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
