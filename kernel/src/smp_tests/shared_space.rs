@@ -227,7 +227,9 @@ pub(super) fn cpus_update_ptes_of_shared_tables_in_parallel() -> KResult {
     }
     *TABLES.lock() = Some(shared.clone());
     PTE_ERRORS.store(0, Ordering::Relaxed);
+    let (ipte0, idte0, _) = crate::dat::tlb::flush_counts();
     run_on_all(pte_worker);
+    let (ipte1, idte1, _) = crate::dat::tlb::flush_counts();
     *TABLES.lock() = None;
     kassert_eq!(PTE_ERRORS.load(Ordering::Relaxed), 0);
     for cpu in 0..smp::nr_online() {
@@ -260,6 +262,13 @@ pub(super) fn cpus_update_ptes_of_shared_tables_in_parallel() -> KResult {
         PTE_ROUNDS,
         SEGMENTS * PAGES_PER_CPU,
         SEGMENTS
+    ));
+    // Every one of these is a broadcast: QEMU makes each a rendezvous of
+    // all vCPUs, though no CPU has the space loaded.
+    crate::ktest::diag(format_args!(
+        "{} IPTE, {} IDTE",
+        ipte1 - ipte0,
+        idte1 - idte0
     ));
     drop(shared);
     run_on_all(|_| mm::drain_pcp());
