@@ -79,9 +79,14 @@ MUTANTS = [
         "why": "IPTE becomes a plain store of the PTE's invalid bit: no TLB purge",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
-             options(nostack));""",
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb2210000,{pto},{va}",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+        }""",
         "replace": """\
+        let _ = clearing;
         let pte = (pto + ((va >> 12) & 0xff) * 8) as *mut u64;
         core::ptr::write_volatile(pte, core::ptr::read_volatile(pte) | 0x400);""",
         "expect": ["tlb_warm.protect_faults_next_store"],
@@ -91,9 +96,14 @@ MUTANTS = [
         "why": "IDTE becomes a plain OR of the region/segment invalid bit: no TLB purge",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) designation, a = in(reg_addr) r2,
-             options(nostack));""",
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb98e0000,{d},{a}",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+        }""",
         "replace": """\
+        let _ = clearing;
         let index = match (designation >> 2) & 3 {
             3 => (r2 >> 53) & 0x7ff,
             2 => (r2 >> 42) & 0x7ff,
@@ -113,6 +123,9 @@ MUTANTS = [
              options(nostack));""",
         "replace": """\
         let _ = (asce, r2);""",
+        # On one CPU a space loaded nowhere else is purged locally: turn
+        # local clearing off so the drop takes this, the global, path.
+        "append": "dat.local_clearing=0",
         "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
     },
     {
@@ -197,7 +210,7 @@ MUTANTS = [
         "why": "a dropped address space frees its tables without clearing by ASCE",
         "file": "kernel/src/dat/space/mod.rs",
         "find": """\
-        tlb::flush_asce(self.asce);
+        tlb::flush_tlb_mm(&self.context, self.asce);
         let (top, level) = (self.asce.origin(), self.asce.level());""",
         "replace": """\
         let (top, level) = (self.asce.origin(), self.asce.level());""",
@@ -244,14 +257,12 @@ MUTANTS = [
     },
     {
         "name": "ipte-local-only",
-        "why": "IPTE with the local-clearing control: other CPUs keep their TLB entries",
+        "why": "the broadcast IPTE gets the local-clearing control: other CPUs keep their TLB entries",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
-             options(nostack));""",
+            Clearing::Global => asm!(".insn rre,0xb2210000,{pto},{va}",""",
         "replace": """\
-        asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1", pto = in(reg_addr) pto,
-             va = in(reg_addr) va, options(nostack));""",
+            Clearing::Global => asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1",""",
         "smp": 2,
         "filter": "smp",
         "expect": ["smp.cpus_race_map_protect_unmap_of_one_address"],
@@ -312,7 +323,7 @@ MUTANTS = [
         "file": "kernel/src/dat/gather.rs",
         "find": """\
         // SAFETY: forwarded to the caller.
-        unsafe { tlb::idte(tbl, level, va) };""",
+        unsafe { tlb::idte(&self.mm, tbl, level, va) };""",
         "replace": "",
         "filter": "tlb_warm",
         "expect": ["tlb_warm.unmap_segment_faults_next_load"],

@@ -3,7 +3,7 @@
 //! windows.
 
 use super::{KResult, Outcome};
-use crate::dat::entry::Asce;
+use crate::dat::context::AsceRef;
 use crate::dat::kernel::{warm_secondary, Cooled, Warm};
 use crate::dat::tlb;
 use crate::kfail;
@@ -27,17 +27,17 @@ pub fn free_frame(p: Pages) -> KResult {
     }
 }
 
-/// Run `f` in a warm window on `asce` (`dat::kernel::warm_secondary`); a
+/// Run `f` in a warm window on `space` (`dat::kernel::warm_secondary`); a
 /// window cooled by a control-register load fails the case, since its
 /// accesses then prove nothing about invalidation.
 ///
 /// # Safety
-/// As `warm_secondary`: the tables `asce` designates stay live for the
+/// As `warm_secondary`: the tables `space`'s ASCE designates stay live for the
 /// window, unless the case tests their teardown (the purge must then make
 /// the access fault or see the tables that replaced them).
-pub unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+pub unsafe fn warm<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
     // SAFETY: forwarded to the caller.
-    match unsafe { warm_secondary(asce, f) } {
+    match unsafe { warm_secondary(space, f) } {
         Ok(r) => Ok(r),
         Err(Cooled(n)) => {
             kfail!("{n} control-register load(s) inside the warm window: QEMU purged its TLB")
@@ -51,10 +51,10 @@ pub unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outco
 ///
 /// # Safety
 /// As `warm`.
-pub unsafe fn warm_ipte<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+pub unsafe fn warm_ipte<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
     let (_, idtes, purges) = tlb::flush_counts();
     // SAFETY: forwarded to the caller.
-    let r = unsafe { warm(asce, f) }?;
+    let r = unsafe { warm(space, f) }?;
     let (_, idtes2, purges2) = tlb::flush_counts();
     if (idtes2, purges2) != (idtes, purges) {
         return kfail!(

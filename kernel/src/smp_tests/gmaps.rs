@@ -49,7 +49,7 @@ pub(super) fn concurrent_gmap_faults_link_a_segment_once() -> KResult {
             // SAFETY: the gmap and its host live until every CPU returned;
             // guest memory is the host's frames, populated above.
             let r = unsafe {
-                warm_secondary(g.asce(), |w| {
+                warm_secondary(&g.asce_ref(), |w| {
                     for i in 0..16u64 {
                         let gaddr = G_BASE + ((cpu as u64 * 16 + i) % 256) * 0x1000;
                         let tag = guest_tag(gaddr);

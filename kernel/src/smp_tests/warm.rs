@@ -76,11 +76,11 @@ fn race_worker(cpu: usize) {
         return;
     };
     let frame = PhysAddr(RACE_FRAMES[cpu].load(Ordering::Relaxed));
-    let asce = space.asce();
+    let asce = space.asce_ref();
     // SAFETY: the space lives until every CPU returned; every frame mapped
     // writable is one of the case's frames.
     let r = unsafe {
-        warm_secondary(asce, |w| {
+        warm_secondary(&asce, |w| {
             for round in 0..RACE_ROUNDS {
                 // Phase 0: all map the same address; exactly one wins.
                 BARRIER.wait();
@@ -216,7 +216,7 @@ fn remap_worker(cpu: usize) {
     }
     // SAFETY: the space lives until every CPU returned; the case's frames.
     let r = unsafe {
-        warm_secondary(space.asce(), |w| {
+        warm_secondary(&space.asce_ref(), |w| {
             for round in 0..remap_rounds() {
                 let which = (round % 2) as usize;
                 let pa = PhysAddr(REMAP_FRAMES[which].load(Ordering::Relaxed));
