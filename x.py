@@ -246,12 +246,12 @@ MUTANTS = [
                 self.downgrade_to(old_asce);
                 return Err(e);
             }
-            a += PAGE_SIZE;""",
+            a = next;""",
         "replace": """\
                 let _ = old_asce;
                 return Err(e);
             }
-            a += PAGE_SIZE;""",
+            a = next;""",
         "filter": "fault_injection",
         "expect": ["fault_injection.space_map_survives_every_failed_allocation"],
     },
