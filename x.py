@@ -356,6 +356,102 @@ MUTANTS = [
         "filter": "tlb_warm",
         "expect": ["tlb_warm.upgrade_keeps_the_loaded_top"],
     },
+    {
+        "name": "flush-always-local",
+        "why": "every IPTE and IDTE clears locally, whichever CPUs have the space loaded",
+        "file": "kernel/src/dat/context.rs",
+        "find": "        !self.everywhere && self.mm_cpumask() & !this_cpu_bit() == 0\n",
+        "replace": "        true\n",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.remote_cpu_with_the_space_loaded_sees_the_change"],
+    },
+    {
+        "name": "attach-sets-no-tlb-bit",
+        "why": "a CPU that loads a space is not added to its mm_cpumask",
+        "file": "kernel/src/dat/context.rs",
+        "find": "        self.cpumask.fetch_or(1 << cpu, Ordering::SeqCst);\n",
+        "replace": "",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.remote_cpu_with_the_space_loaded_sees_the_change"],
+    },
+    {
+        "name": "detach-clears-tlb-bit",
+        "why": "a CPU leaves mm_cpumask when it unloads the space, though its TLB may keep entries",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+            self.cpu_attach_mask
+                .fetch_and(!(1 << cpu), Ordering::SeqCst);""",
+        "replace": """\
+            self.cpu_attach_mask
+                .fetch_and(!(1 << cpu), Ordering::SeqCst);
+            self.cpumask.fetch_and(!(1 << cpu), Ordering::SeqCst);""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "tlb-mask-never-cleared",
+        "why": "a purge on every CPU does not drop the CPUs that unloaded the space from mm_cpumask",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        self.cpumask
+            .fetch_and(self.cpu_attach_mask(), Ordering::SeqCst);""",
+        "replace": """\
+        let _ = self.cpu_attach_mask();""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "reset-drops-attached-cpus",
+        "why": "a purge clears mm_cpumask whole, also the bits of CPUs that have the space loaded",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        self.cpumask
+            .fetch_and(self.cpu_attach_mask(), Ordering::SeqCst);""",
+        "replace": """\
+        self.cpumask.store(0, Ordering::SeqCst);""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "gmap-alias-ipte-local",
+        "why": "the alias IPTE at a gmap's guest address ignores which CPUs have the gmap loaded",
+        "file": "kernel/src/gmap/hooks.rs",
+        "find": "unsafe { tlb::ipte(&g.context, pto, gaddr) };",
+        "replace": "unsafe { tlb::ipte(&crate::dat::context::MmContext::new(), pto, gaddr) };",
+        "smp": 2,
+        "filter": "smp.guest_*",
+        "expect": ["smp.guest_store_faults_after_a_host_protect_on_another_cpu"],
+    },
+    {
+        "name": "gmap-attach-skips-host",
+        "why": "a CPU running a guest is not attached to the host space whose PTE tables it uses",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        if let Some(h) = &self.host {
+            h.attach(self.asce);
+        }""",
+        "replace": "",
+        "smp": 2,
+        "filter": "smp.guest_*",
+        "expect": ["smp.guest_store_faults_after_a_host_protect_on_another_cpu"],
+    },
+    {
+        "name": "no-clear-by-asce-local",
+        "why": "the local clearing by ASCE does nothing: a dropped space loaded here only stays in the TLB",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1", d = in(reg_addr) asce, a = in(reg_addr) r2,
+             options(nostack));""",
+        "replace": """\
+        let _ = (asce, r2);""",
+        "filter": "tlb_warm",
+        "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
+    },
     # Append new mutants here.
 ]
 

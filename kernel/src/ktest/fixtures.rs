@@ -3,11 +3,13 @@
 //! windows.
 
 use super::{KResult, Outcome};
+use crate::arch::pgm::{code, ProgramCheck, Teid, TeidAccess};
+use crate::arch::s390x::facility;
 use crate::dat::context::AsceRef;
 use crate::dat::kernel::{warm_secondary, Cooled, Warm};
 use crate::dat::tlb;
-use crate::kfail;
 use crate::mm::{self, AllocFlags, Pages};
+use crate::{kassert_eq, kfail};
 
 /// A frame whose doublewords read `tag << 32 | offset`, so a load through
 /// any mapping says which frame and offset it reached.
@@ -64,4 +66,28 @@ pub unsafe fn warm_ipte<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Resul
         );
     }
     Ok(r)
+}
+
+/// The fault the architecture requires: `code`, and a TEID naming the page
+/// of `va`, the access and the secondary space.
+pub fn faulted(r: Result<u64, ProgramCheck>, want: u16, va: u64, access: TeidAccess) -> KResult {
+    let Err(pc) = r else {
+        return kfail!(
+            "{va:#x}: expected {} ({want:#x}), but the access succeeded: {r:x?} (a stale TLB entry)",
+            crate::arch::pgm::code_name(want)
+        );
+    };
+    kassert_eq!(pc.code, want);
+    let t = Teid(pc.teid);
+    kassert_eq!(t.address(), va & !0xfff);
+    kassert_eq!(t.space(), 2);
+    if want != code::PROTECTION || facility::has_esop1() {
+        kassert_eq!(t.access(), access);
+    }
+    Ok(())
+}
+
+/// A store result as a load-shaped one, for `faulted`.
+pub fn st(r: Result<(), ProgramCheck>) -> Result<u64, ProgramCheck> {
+    r.map(|()| 0)
 }

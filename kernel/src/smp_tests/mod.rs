@@ -10,11 +10,15 @@ use crate::smp::{self, run_on_all};
 use crate::{kassert_eq, kskip, ktest_suite};
 
 mod allocator;
+mod attach;
 mod gmaps;
 mod shared_space;
 mod warm;
 
 use allocator::all_cpus_allocate_and_free_concurrently;
+use attach::{
+    attach_mask_follows_loads_and_purges, remote_cpu_with_the_space_loaded_sees_the_change,
+};
 use gmaps::{
     concurrent_gmap_faults_link_a_segment_once,
     guest_store_faults_after_a_host_protect_on_another_cpu,
@@ -61,6 +65,8 @@ ktest_suite!(
         remap_and_protect_of_one_pte_lose_nothing,
         shared_space_refuses_to_grow,
         guest_store_faults_after_a_host_protect_on_another_cpu,
+        remote_cpu_with_the_space_loaded_sees_the_change,
+        attach_mask_follows_loads_and_purges,
     ]
 );
 
