@@ -27,6 +27,7 @@ use shared_space::{
     cpus_update_ptes_of_shared_tables_in_parallel, map_unmap_while_another_cpu_reads,
     shared_space_refuses_to_grow,
 };
+pub(crate) use shared_space::{shared_tables_space, shared_tables_work};
 use warm::{cpus_race_map_protect_unmap_of_one_address, remap_and_protect_of_one_pte_lose_nothing};
 
 fn need_smp() -> KResult {

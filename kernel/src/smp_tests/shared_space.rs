@@ -181,6 +181,25 @@ fn pte_worker(cpu: usize) {
     let Some(space) = TABLES.lock().clone() else {
         return;
     };
+    let err = shared_tables_work(&space, cpu);
+    PTE_ERRORS.fetch_add(err, Ordering::Relaxed);
+}
+
+/// The tables every CPU then shares: one page per segment.
+pub(crate) fn shared_tables_space() -> Result<SharedSpace, crate::dat::space::SpaceError> {
+    let s = AddressSpace::new(1 << 31, 1 << 31, false)?;
+    let shared = SharedSpace::new(s);
+    for seg in 0..SEGMENTS {
+        shared.map(PT_BASE + seg * (1 << 20), PhysAddr(0), Prot::ReadOnly)?;
+    }
+    Ok(shared)
+}
+
+/// CPU `cpu`'s share of the shared-table stress: its own PTEs in every
+/// shared page table, mapped, protected both ways, looked up, and now and
+/// then unmapped and mapped again. Returns the operations that went wrong.
+/// Also what `x.py bench` runs (all CPUs' shares on one CPU).
+pub(crate) fn shared_tables_work(space: &SharedSpace, cpu: usize) -> u64 {
     let frame = mm::addr::PhysAddr(0x1000 * (cpu as u64 + 1));
     let mut err = 0;
     for round in 0..PTE_ROUNDS {
@@ -207,24 +226,15 @@ fn pte_worker(cpu: usize) {
             }
         }
     }
-    PTE_ERRORS.fetch_add(err, Ordering::Relaxed);
+    err
 }
 
 pub(super) fn cpus_update_ptes_of_shared_tables_in_parallel() -> KResult {
     need_smp()?;
-    let s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
-    let shared = Arc::new(SharedSpace::new(s));
-    // One page per segment first: the tables every CPU then shares.
-    for seg in 0..SEGMENTS {
-        kassert_eq!(
-            shared.map(
-                PT_BASE + seg * (1 << 20),
-                mm::addr::PhysAddr(0),
-                Prot::ReadOnly
-            ),
-            Ok(())
-        );
-    }
+    let shared = match shared_tables_space() {
+        Ok(s) => Arc::new(s),
+        Err(e) => return crate::kfail!("the shared tables: {e:?}"),
+    };
     *TABLES.lock() = Some(shared.clone());
     PTE_ERRORS.store(0, Ordering::Relaxed);
     let f0 = crate::dat::tlb::flush_stats();
