@@ -125,6 +125,45 @@ fn attached_meanwhile(mm: &MmContext) -> bool {
     !mm.only_this_cpu()
 }
 
+/// Purge what the TLBs hold for `asce`, one of the ASCEs of the space
+/// whose context is `mm` (before its tables go back, or to forget CPUs
+/// that left it): this CPU's clearing by ASCE when no other CPU can hold
+/// entries of the space, else `flush_asce` on every CPU. Then the CPUs
+/// that are not attached leave `mm_cpumask`, if the purge reached every
+/// CPU that may hold entries (Linux `__tlb_flush_mm`). Attaches wait
+/// meanwhile.
+pub fn flush_tlb_mm(mm: &MmContext, asce: Asce) {
+    let held = mm.lock_attach();
+    let everywhere = if may_clear_locally(mm) {
+        // No CPU can attach while `held` lives: this stays the only one.
+        PURGES_LOCAL.fetch_add(1, Ordering::Relaxed);
+        #[cfg(target_arch = "s390x")]
+        crate::arch::s390x::dat::idte_clear_asce_local(asce.raw());
+        true
+    } else {
+        flush_asce(asce);
+        flush_asce_reaches_every_cpu()
+    };
+    if everywhere {
+        mm.reset_cpumask(&held, asce);
+    }
+}
+
+/// Whether `flush_asce` purges every CPU's TLB: always with IDTE; its
+/// PTLB fallback clears only this CPU's, which is every CPU only when no
+/// other one runs.
+fn flush_asce_reaches_every_cpu() -> bool {
+    #[cfg(target_arch = "s390x")]
+    {
+        use crate::arch::s390x::facility;
+        facility::has_facility(facility::IDTE_SEGMENT) || crate::smp::nr_online() <= 1
+    }
+    #[cfg(not(target_arch = "s390x"))]
+    {
+        true
+    }
+}
+
 /// Invalidate the PTE for `va` in the page table at `pto` (sets its I bit)
 /// and purge what the TLBs hold of it: this CPU's only when no other CPU
 /// can hold entries of the space (`mm`), else every CPU's.
@@ -174,7 +213,8 @@ pub unsafe fn ipte(mm: &MmContext, pto: PhysAddr, va: u64) {
 /// deviation and `tlb_warm.host_protect_seen_by_loaded_gmap` the guest store
 /// that succeeds on a read-only page without this. It costs one more IPTE
 /// per linked guest segment per host PTE change, and nothing where no gmap
-/// is linked. `x.py mutants` removes it (`no-ipte-guest-alias`).
+/// is linked; each is broadcast only if a CPU other than this one may hold
+/// that gmap (its own `MmContext` decides). `x.py mutants` removes it (`no-ipte-guest-alias`).
 pub const IPTE_GUEST_ALIAS: bool = true;
 
 /// Invalidate the region or segment entry for `va` in the table of
@@ -230,45 +270,6 @@ pub unsafe fn idte(mm: &MmContext, table: PhysAddr, level: Level, va: u64) {
             super::entry::CRST_INVALID_BIT,
         )
     };
-}
-
-/// Purge what the TLBs hold for `asce`, one of the ASCEs of the space
-/// whose context is `mm` (before its tables go back, or to forget CPUs
-/// that left it): this CPU's clearing by ASCE when no other CPU can hold
-/// entries of the space, else `flush_asce` on every CPU. Then the CPUs
-/// that are not attached leave `mm_cpumask`, if the purge reached every
-/// CPU that may hold entries (Linux `__tlb_flush_mm`). Attaches wait
-/// meanwhile.
-pub fn flush_tlb_mm(mm: &MmContext, asce: Asce) {
-    let held = mm.lock_attach();
-    let everywhere = if may_clear_locally(mm) {
-        // No CPU can attach while `held` lives: this stays the only one.
-        PURGES_LOCAL.fetch_add(1, Ordering::Relaxed);
-        #[cfg(target_arch = "s390x")]
-        crate::arch::s390x::dat::idte_clear_asce_local(asce.raw());
-        true
-    } else {
-        flush_asce(asce);
-        flush_asce_reaches_every_cpu()
-    };
-    if everywhere {
-        mm.reset_cpumask(&held, asce);
-    }
-}
-
-/// Whether `flush_asce` purges every CPU's TLB: always with IDTE; its
-/// PTLB fallback clears only this CPU's, which is every CPU only when no
-/// other one runs.
-fn flush_asce_reaches_every_cpu() -> bool {
-    #[cfg(target_arch = "s390x")]
-    {
-        use crate::arch::s390x::facility;
-        facility::has_facility(facility::IDTE_SEGMENT) || crate::smp::nr_online() <= 1
-    }
-    #[cfg(not(target_arch = "s390x"))]
-    {
-        true
-    }
 }
 
 /// Purge, on every CPU, what the TLBs hold for `asce` (before its tables
