@@ -93,9 +93,14 @@ MUTANTS = [
         "why": "IPTE becomes a plain store of the PTE's invalid bit: no TLB purge",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
-             options(nostack));""",
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb2210000,{pto},{va}",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+        }""",
         "replace": """\
+        let _ = clearing;
         let pte = (pto + ((va >> 12) & 0xff) * 8) as *mut u64;
         core::ptr::write_volatile(pte, core::ptr::read_volatile(pte) | 0x400);""",
         "expect": ["tlb_warm.protect_faults_next_store"],
@@ -105,9 +110,14 @@ MUTANTS = [
         "why": "IDTE becomes a plain OR of the region/segment invalid bit: no TLB purge",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) designation, a = in(reg_addr) r2,
-             options(nostack));""",
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb98e0000,{d},{a}",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+        }""",
         "replace": """\
+        let _ = clearing;
         let index = match (designation >> 2) & 3 {
             3 => (r2 >> 53) & 0x7ff,
             2 => (r2 >> 42) & 0x7ff,
@@ -127,6 +137,9 @@ MUTANTS = [
              options(nostack));""",
         "replace": """\
         let _ = (asce, r2);""",
+        # On one CPU a space loaded nowhere else is purged locally: turn
+        # local clearing off so the drop takes this, the global, path.
+        "append": "dat.local_clearing=0",
         "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
     },
     {
@@ -211,7 +224,7 @@ MUTANTS = [
         "why": "a dropped address space frees its tables without clearing by ASCE",
         "file": "kernel/src/dat/space/mod.rs",
         "find": """\
-        tlb::flush_asce(self.asce);
+        tlb::flush_tlb_mm(&self.context, self.asce);
         let (top, level) = (self.asce.origin(), self.asce.level());""",
         "replace": """\
         let (top, level) = (self.asce.origin(), self.asce.level());""",
@@ -258,14 +271,12 @@ MUTANTS = [
     },
     {
         "name": "ipte-local-only",
-        "why": "IPTE with the local-clearing control: other CPUs keep their TLB entries",
+        "why": "the broadcast IPTE gets the local-clearing control: other CPUs keep their TLB entries",
         "file": "kernel/src/arch/s390x/dat.rs",
         "find": """\
-        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
-             options(nostack));""",
+            Clearing::Global => asm!(".insn rre,0xb2210000,{pto},{va}",""",
         "replace": """\
-        asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1", pto = in(reg_addr) pto,
-             va = in(reg_addr) va, options(nostack));""",
+            Clearing::Global => asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1",""",
         "smp": 2,
         "filter": "smp",
         "expect": ["smp.cpus_race_map_protect_unmap_of_one_address"],
@@ -326,7 +337,7 @@ MUTANTS = [
         "file": "kernel/src/dat/gather.rs",
         "find": """\
         // SAFETY: forwarded to the caller.
-        unsafe { tlb::idte(tbl, level, va) };""",
+        unsafe { tlb::idte(&self.mm, tbl, level, va) };""",
         "replace": "",
         "filter": "tlb_warm",
         "expect": ["tlb_warm.unmap_segment_faults_next_load"],
@@ -358,6 +369,102 @@ MUTANTS = [
         "replace": "            let _ = entry0;",
         "filter": "tlb_warm",
         "expect": ["tlb_warm.upgrade_keeps_the_loaded_top"],
+    },
+    {
+        "name": "flush-always-local",
+        "why": "every IPTE and IDTE clears locally, whichever CPUs have the space loaded",
+        "file": "kernel/src/dat/context.rs",
+        "find": "        !self.everywhere && self.mm_cpumask() & !this_cpu_bit() == 0\n",
+        "replace": "        true\n",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.remote_cpu_with_the_space_loaded_sees_the_change"],
+    },
+    {
+        "name": "attach-sets-no-tlb-bit",
+        "why": "a CPU that loads a space is not added to its mm_cpumask",
+        "file": "kernel/src/dat/context.rs",
+        "find": "        self.cpumask.fetch_or(1 << cpu, Ordering::SeqCst);\n",
+        "replace": "",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.remote_cpu_with_the_space_loaded_sees_the_change"],
+    },
+    {
+        "name": "detach-clears-tlb-bit",
+        "why": "a CPU leaves mm_cpumask when it unloads the space, though its TLB may keep entries",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+            self.cpu_attach_mask
+                .fetch_and(!(1 << cpu), Ordering::SeqCst);""",
+        "replace": """\
+            self.cpu_attach_mask
+                .fetch_and(!(1 << cpu), Ordering::SeqCst);
+            self.cpumask.fetch_and(!(1 << cpu), Ordering::SeqCst);""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "tlb-mask-never-cleared",
+        "why": "a purge on every CPU does not drop the CPUs that unloaded the space from mm_cpumask",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        self.cpumask
+            .fetch_and(self.cpu_attach_mask(), Ordering::SeqCst);""",
+        "replace": """\
+        let _ = self.cpu_attach_mask();""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "reset-drops-attached-cpus",
+        "why": "a purge clears mm_cpumask whole, also the bits of CPUs that have the space loaded",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        self.cpumask
+            .fetch_and(self.cpu_attach_mask(), Ordering::SeqCst);""",
+        "replace": """\
+        self.cpumask.store(0, Ordering::SeqCst);""",
+        "smp": 2,
+        "filter": ["smp.remote_*", "smp.attach_*"],
+        "expect": ["smp.attach_mask_follows_loads_and_purges"],
+    },
+    {
+        "name": "gmap-alias-ipte-local",
+        "why": "the alias IPTE at a gmap's guest address ignores which CPUs have the gmap loaded",
+        "file": "kernel/src/gmap/hooks.rs",
+        "find": "unsafe { tlb::ipte(&g.context, pto, gaddr) };",
+        "replace": "unsafe { tlb::ipte(&crate::dat::context::MmContext::new(), pto, gaddr) };",
+        "smp": 2,
+        "filter": "smp.guest_*",
+        "expect": ["smp.guest_store_faults_after_a_host_protect_on_another_cpu"],
+    },
+    {
+        "name": "gmap-attach-skips-host",
+        "why": "a CPU running a guest is not attached to the host space whose PTE tables it uses",
+        "file": "kernel/src/dat/context.rs",
+        "find": """\
+        if let Some(h) = &self.host {
+            h.attach(self.asce);
+        }""",
+        "replace": "",
+        "smp": 2,
+        "filter": "smp.guest_*",
+        "expect": ["smp.guest_store_faults_after_a_host_protect_on_another_cpu"],
+    },
+    {
+        "name": "no-clear-by-asce-local",
+        "why": "the local clearing by ASCE does nothing: a dropped space loaded here only stays in the TLB",
+        "file": "kernel/src/arch/s390x/dat.rs",
+        "find": """\
+        asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1", d = in(reg_addr) asce, a = in(reg_addr) r2,
+             options(nostack));""",
+        "replace": """\
+        let _ = (asce, r2);""",
+        "filter": "tlb_warm",
+        "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
     },
     # Append new mutants here.
 ]

@@ -58,6 +58,11 @@ pub const PARAMS: &[(&str, Kind, &str)] = &[
         "run the benchmarks instead of the tests",
     ),
     (
+        "dat.local_clearing",
+        Kind::Flag,
+        "0: every IPTE and IDTE clears all CPUs' TLBs, as without facility 51 (default 1)",
+    ),
+    (
         "dat.walk",
         Kind::Text,
         "ADDR[,kernel|demo]: print the translation of ADDR level by level, then stop",

@@ -23,7 +23,7 @@ fn mapped_page_reads_its_frame_and_the_next_segment_faults() -> KResult {
     // SAFETY: `s` lives across the call, so its tables stay valid while
     // they are loaded in CR7.
     let (mapped, beyond) = unsafe {
-        with_secondary_lctlg(s.asce(), || {
+        with_secondary_lctlg(&s.asce_ref(), || {
             (
                 hw::secondary_load_u64(0x10_0008),
                 hw::secondary_load_u64(0x20_0000),

@@ -104,6 +104,10 @@ pub fn start_kernel(boot: BootInfo) -> ! {
     if cmd.flag("mm.dump") {
         mm::dump(image);
     }
+    if cmd.get("dat.local_clearing").is_some() && !cmd.flag("dat.local_clearing") {
+        crate::dat::tlb::set_local_clearing(false);
+        pr_info!("dat: local TLB clearing off: every invalidation clears all CPUs' TLBs");
+    }
     if let Some(arg) = cmd.get("dat.walk") {
         match crate::dat::view::dat_walk(arg) {
             Ok(()) => exit(ExitStatus::Success),

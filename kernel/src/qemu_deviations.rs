@@ -56,12 +56,13 @@ fn ipte_purges_only_its_operand_address() -> KResult {
     // it is emptied again below, before the space is dropped.
     let r = unsafe { s.replace_segment_entry(S2, alias) };
     kassert_eq!(r, Ok(()));
+    let sp = &s;
     // SAFETY: the space and both entries live across the window.
     let (a, b, c) = unsafe {
-        warm(s.asce(), |w| {
+        warm(&s.asce_ref(), |w| {
             let a = (w.load(S1 + OFF), w.load(S2 + OFF));
             // The bare instruction, without the workaround.
-            tlb::ipte(pto, S1 + OFF);
+            tlb::ipte(sp.context(), pto, S1 + OFF);
             let b = w.load(S1 + OFF);
             (a, b, w.load(S2 + OFF))
         })
@@ -101,17 +102,17 @@ fn lctlg_purges_the_tlb() -> KResult {
     let (a, b) = (tagged_frame(0xd2)?, tagged_frame(0xe2)?);
     kassert_eq!(s.map(S1 + OFF, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     let mut seen = None;
     // SAFETY: the space lives across the window; both frames are the
     // case's; CR7 is reloaded with the same, live ASCE.
     let r = unsafe {
-        warm_secondary(asce, |w| {
+        warm_secondary(&asce, |w| {
             let before = w.load(S1 + OFF);
             let set = sp.set_pte_without_invalidation(S1 + OFF, pb);
             let stale = w.load(S1 + OFF);
-            hw::set_secondary_asce(asce.raw());
+            hw::set_secondary_asce(asce.asce().raw());
             seen = Some((before, set, stale, w.load(S1 + OFF)));
         })
     };
@@ -150,7 +151,7 @@ fn lrag_cc3_on_invalid_entry() -> KResult {
     let pte = s.pte_addr(S1 + OFF).map_or(0, |p| p.0);
     let ste = s.segment_entry_addr(S2).map_or(0, |p| p.0);
     // SAFETY: the space lives across the window.
-    let (p, sg) = unsafe { warm(s.asce(), |w| (w.lrag(S1 + OFF), w.lrag(S2))) }?;
+    let (p, sg) = unsafe { warm(&s.asce_ref(), |w| (w.lrag(S1 + OFF), w.lrag(S2))) }?;
     for (what, got, cc, addr, pc) in [
         ("page", p, 2, pte, code::PAGE_TRANSLATION),
         ("segment", sg, 1, ste, code::SEGMENT_TRANSLATION),
@@ -216,11 +217,11 @@ fn ipte_below_1mib_purges_everything() -> KResult {
     kassert_eq!(s.map(0x1000, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(0x2000, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     // SAFETY: the space lives across the window; both frames are the case's.
     let r = unsafe {
-        warm_secondary(asce, |w| {
+        warm_secondary(&asce, |w| {
             let _ = w.load(0x2000);
             let set = sp.set_pte_without_invalidation(0x2000, pb);
             let stale = w.load(0x2000);
@@ -256,11 +257,11 @@ fn idte_purges_everything() -> KResult {
     kassert_eq!(s.map(S1, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(S2, a.phys(), Prot::ReadWrite), Ok(()));
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     // SAFETY: the space lives across the window; both frames are the case's.
     let r = unsafe {
-        warm_secondary(asce, |w| {
+        warm_secondary(&asce, |w| {
             let _ = w.load(S2);
             let set = sp.set_pte_without_invalidation(S2, pb);
             let stale = w.load(S2);

@@ -8,9 +8,11 @@
 //! `PtDesc` pages); a gmap table is another type and cannot be passed in.
 //! Models include/asm-generic/tlb.h and mm/mmu_gather.c.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
+use super::context::MmContext;
 use super::entry::{Level, RegionEntry, SegmentEntry};
 use super::frag::PteTable;
 use super::table::CrstTable;
@@ -65,19 +67,21 @@ pub enum GatherError {
 pub struct MmuGather {
     /// The space whose tables these are (`AddressSpace::id`).
     space: u64,
+    /// Its context: which CPUs the invalidations must reach.
+    mm: Arc<MmContext>,
     /// Each table with the entry that pointed at it.
     tables: Vec<(GatheredTable, PhysAddr)>,
     /// Entries this gather invalidated (IDTE), by real address.
     invalidated: Vec<PhysAddr>,
-    /// Invalidations issued for this gather (IPTE and IDTE, each a
-    /// broadcast purge).
+    /// Invalidations issued for this gather (IPTE and IDTE).
     pub flushes: u64,
 }
 
-/// `tlb_gather_mmu` for the space with id `space`.
-pub fn tlb_gather_mmu(space: u64) -> MmuGather {
+/// `tlb_gather_mmu` for the space with id `space` and context `mm`.
+pub fn tlb_gather_mmu(space: u64, mm: Arc<MmContext>) -> MmuGather {
     MmuGather {
         space,
+        mm,
         tables: Vec::new(),
         invalidated: Vec::new(),
         flushes: 0,
@@ -147,8 +151,8 @@ impl MmuGather {
 
     /// Invalidate the entry for `va` in the region or segment table `tbl`
     /// of `level` (IDTE, or CSPG where IDTE for regions is missing, both of
-    /// which purge every TLB entry formed through it on every CPU before
-    /// they complete), then make it empty. Tables it pointed at may then be
+    /// which purge every TLB entry formed through it on every CPU that may
+    /// hold one before they complete), then make it empty. Tables it pointed at may then be
     /// gathered. Returns the entry's real address.
     ///
     /// # Safety
@@ -166,7 +170,7 @@ impl MmuGather {
             l => RegionEntry::empty(l).raw(),
         };
         // SAFETY: forwarded to the caller.
-        unsafe { tlb::idte(tbl, level, va) };
+        unsafe { tlb::idte(&self.mm, tbl, level, va) };
         // SAFETY: the entry of the caller's live table; invalid now.
         unsafe { table::entry(ea) }.store(empty, Ordering::Release);
         self.flushes += 1;
@@ -175,8 +179,9 @@ impl MmuGather {
     }
 
     /// `tlb_finish_mmu`: every gathered table's entry was invalidated when
-    /// it was gathered (zdat's IDTE/CSPG complete their purge on all CPUs
-    /// before returning, so there is no batched flush left to issue); check
+    /// it was gathered (zdat's IDTE/CSPG complete their purge on every CPU
+    /// that may hold entries of the space before returning, so there is no
+    /// batched flush left to issue); check
     /// once more that none is linked again, then free them, as tables of
     /// `space`, which must be the gather's. Returns the invalidations
     /// issued; a table that cannot be freed is a `dat_bug` (kept, never

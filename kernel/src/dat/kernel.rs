@@ -6,18 +6,22 @@
 
 use spin::{Mutex, Once};
 
+use super::context::AsceRef;
 use super::entry::{Asce, Level, Prot};
 use super::space::{AddressSpace, SpaceError};
 use crate::arch::s390x::dat as hw;
 use crate::mm::addr::PhysAddr;
 
 static KERNEL: Once<Mutex<AddressSpace>> = Once::new();
-static KERNEL_ASCE: Once<Asce> = Once::new();
+static KERNEL_ASCE: Once<AsceRef> = Once::new();
 
 /// Map `[0, memory)` at its real address, except the stacks' guard pages,
 /// and turn DAT on.
 pub(crate) fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
     let mut s = AddressSpace::new(memory as u128, Level::Region3.limit(), false)?;
+    // Loaded on every CPU for good (CR1, CR7, CR13; secondaries copy the
+    // boot CPU's): its invalidations are always global.
+    s.set_loaded_everywhere();
     s.map_range(0, PhysAddr(0), memory, Prot::ReadWrite)?;
     for &g in guards {
         // A stack that runs past its bottom now takes a translation
@@ -25,8 +29,9 @@ pub(crate) fn init(memory: u64, guards: &[u64]) -> Result<Asce, SpaceError> {
         s.unmap(g)?;
     }
     let asce = s.asce();
+    let asce_ref = s.asce_ref();
     KERNEL.call_once(|| Mutex::new(s));
-    KERNEL_ASCE.call_once(|| asce);
+    KERNEL_ASCE.call_once(|| asce_ref);
     // SAFETY: the space maps all of memory (code, data, stacks, lowcore,
     // the memmap and the tables themselves) at its real address.
     unsafe { hw::enable_dat_home(asce.raw()) };
@@ -60,24 +65,33 @@ pub fn check() -> Option<Result<super::space::SpaceCheck, super::space::SpaceChe
 }
 
 pub fn asce() -> Option<Asce> {
-    KERNEL_ASCE.get().copied()
+    KERNEL_ASCE.get().map(AsceRef::asce)
 }
 
-/// Run `f` with `asce` as the secondary space (CR7), then put the kernel's
-/// back. The name says LCTLG because QEMU purges its whole TLB on each
-/// one: what `f` sees right after this call proves nothing about
-/// invalidation (use `warm_secondary` for that). Secondary-space probes (`arch::s390x::dat::secondary_*`) then
-/// reach `asce`'s addresses.
+/// The kernel's ASCE with its context, for `with_secondary_lctlg`.
+pub fn asce_ref() -> Option<&'static AsceRef> {
+    KERNEL_ASCE.get()
+}
+
+/// Run `f` with `space` as the secondary space (CR7), then put the
+/// kernel's back; this CPU is attached to the space's context meanwhile
+/// (`dat::context`). The name says LCTLG because QEMU purges its whole TLB
+/// on each one: what `f` sees right after this call proves nothing about
+/// invalidation (use `warm_secondary` for that). Secondary-space probes
+/// (`arch::s390x::dat::secondary_*`) then reach the space's addresses.
 ///
 /// # Safety
-/// `asce` must designate live tables for the duration of `f`.
-pub unsafe fn with_secondary_lctlg<R>(asce: Asce, f: impl FnOnce() -> R) -> R {
+/// `space`'s ASCE must designate live tables for the duration of `f`.
+pub unsafe fn with_secondary_lctlg<R>(space: &AsceRef, f: impl FnOnce() -> R) -> R {
     let saved = hw::secondary_asce();
+    // Attached before the load: from here invalidations reach this CPU.
+    let attached = space.attach();
     // SAFETY: forwarded to the caller.
-    unsafe { hw::set_secondary_asce(asce.raw()) };
+    unsafe { hw::set_secondary_asce(space.asce().raw()) };
     let r = f();
     // SAFETY: the previous CR7 (the kernel's ASCE) is always valid.
     unsafe { hw::set_secondary_asce(saved) };
+    drop(attached);
     r
 }
 
@@ -108,25 +122,29 @@ impl Warm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cooled(pub u64);
 
-/// Load `asce` as the secondary space once, run `f` (which accesses it
+/// Load `space` as the secondary space once, run `f` (which accesses it
 /// through `Warm` and changes it through the public API, so the TLB keeps
-/// what the accesses put there), then put the kernel's back. Returns
+/// what the accesses put there), then put the kernel's back; this CPU is
+/// attached to the space's context meanwhile (`dat::context`). Returns
 /// `Err(Cooled)` if any control register was loaded on this CPU while `f`
 /// ran: a test must not print or otherwise reload CRs inside the window.
 ///
 /// # Safety
-/// `asce` must designate live tables for the duration of `f`, except
-/// where `f` tests what happens after they are freed, and the purge
+/// `space`'s ASCE must designate live tables for the duration of `f`,
+/// except where `f` tests what happens after they are freed, and the purge
 /// discipline makes the access fault or see the new tables.
-pub unsafe fn warm_secondary<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Cooled> {
+pub unsafe fn warm_secondary<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Result<R, Cooled> {
     let saved = hw::secondary_asce();
+    // Attached before the load: from here invalidations reach this CPU.
+    let attached = space.attach();
     // SAFETY: forwarded to the caller.
-    unsafe { hw::set_secondary_asce(asce.raw()) };
+    unsafe { hw::set_secondary_asce(space.asce().raw()) };
     let before = crate::arch::s390x::cr::lctl_count();
     let r = f(&Warm(()));
     let loads = crate::arch::s390x::cr::lctl_count() - before;
     // SAFETY: the previous CR7 (the kernel's ASCE) is always valid.
     unsafe { hw::set_secondary_asce(saved) };
+    drop(attached);
     if loads != 0 {
         return Err(Cooled(loads));
     }

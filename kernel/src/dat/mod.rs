@@ -1,7 +1,8 @@
 //! s390 dynamic address translation: entry formats, tables, the software
-//! walker, TLB invalidation, mmu_gather and address spaces.
+//! walker, TLB invalidation and which CPUs it must reach, mmu_gather and
+//! address spaces.
 //!
-//! Linux: arch/s390/mm/ (pgalloc.c, pgtable.c, gmap.c's host side) and arch/s390/include/asm/pgtable.h, tlbflush.h.
+//! Linux: arch/s390/mm/ (pgalloc.c, pgtable.c, gmap.c's host side) and arch/s390/include/asm/pgtable.h, tlbflush.h, mmu.h.
 
 /// Report a bug the page-table code found in itself: a counted `BUG: dat:`
 /// line (`crate::bug`), never silently ignored.
@@ -9,6 +10,7 @@ pub(crate) fn dat_bug(what: core::fmt::Arguments<'_>) {
     crate::bug::report("dat", what);
 }
 
+pub mod context;
 pub mod entry;
 pub mod frag;
 pub mod gather;

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::context::AsceRef;
 use super::entry::{Asce, Prot};
 use super::space::{AddressSpace, SpaceCheck, SpaceCheckError, SpaceError, UnmapStats};
 use crate::mm::addr::PhysAddr;
@@ -49,6 +50,16 @@ impl SharedSpace {
     /// The ASCE (fixed: a shared space never grows its top).
     pub fn asce(&self) -> Asce {
         self.read().asce()
+    }
+
+    /// The ASCE with the space's context, for a CPU to load it.
+    pub fn asce_ref(&self) -> AsceRef {
+        self.read().asce_ref()
+    }
+
+    /// `AddressSpace::flush_tlb_mm`.
+    pub fn flush_tlb_mm(&self) {
+        self.read().flush_tlb_mm()
     }
 
     /// Map a page: under the shared lock when its page table exists, else

@@ -5,7 +5,8 @@
 //! region-first space with ADDR mapped, so the walk goes through all five
 //! levels.
 
-use super::entry::{Asce, Prot, Pte, RegionEntry, SegmentEntry};
+use super::context::AsceRef;
+use super::entry::{Prot, Pte, RegionEntry, SegmentEntry};
 use super::kernel::with_secondary_lctlg;
 use super::space::AddressSpace;
 use super::table::PhysReader;
@@ -33,7 +34,7 @@ pub fn dat_walk(arg: &str) -> Result<(), WalkViewError> {
     let va = parse_size(addr).map_err(|_| WalkViewError::BadArgument)?;
     match space {
         "kernel" => {
-            let asce = super::kernel::asce().ok_or(WalkViewError::BadArgument)?;
+            let asce = super::kernel::asce_ref().ok_or(WalkViewError::BadArgument)?;
             show(asce, va, "the kernel's identity map");
             Ok(())
         }
@@ -44,7 +45,7 @@ pub fn dat_walk(arg: &str) -> Result<(), WalkViewError> {
             let r = s.map(va & !0xfff, f.phys(), Prot::ReadOnly);
             if r.is_ok() {
                 show(
-                    s.asce(),
+                    &s.asce_ref(),
                     va,
                     "a demo region-first space, ADDR mapped read-only",
                 );
@@ -108,7 +109,8 @@ fn decode(step: &Step) -> alloc::string::String {
     }
 }
 
-fn show(asce: Asce, va: u64, what: &str) {
+fn show(space: &AsceRef, va: u64, what: &str) {
+    let asce = space.asce();
     kprintln!("dat.walk {:#x} in {}, {:?}:", va, what, asce);
     let fac = Facilities {
         edat1: facility::has_facility(facility::EDAT1),
@@ -138,7 +140,7 @@ fn show(asce: Asce, va: u64, what: &str) {
     }
     // SAFETY: the space's tables stay live across the call (the kernel's
     // always; the demo space is dropped only after `show` returns).
-    let (cc, r1) = unsafe { with_secondary_lctlg(asce, || hw::secondary_lrag(va)) };
+    let (cc, r1) = unsafe { with_secondary_lctlg(space, || hw::secondary_lrag(va)) };
     let note = match r {
         Ok(t) if cc == 0 && r1 == t.real.0 => "",
         // QEMU's form of an exception, where the PoP gives cc 1/2 and the

@@ -60,7 +60,14 @@ impl Vcpu {
 
     /// Run until the guest's SVC (returns its code) or a stop.
     pub fn run(&mut self, gmap: &Gmap, max_exits: u64) -> Result<u16, GuestStop> {
-        self.ctx.asce = gmap.asce().raw();
+        let space = gmap.asce_ref();
+        self.ctx.asce = space.asce().raw();
+        // Attached for the whole run, before the first entry loads the
+        // gmap's ASCE (CR1, CR7): invalidations of the gmap, and of its
+        // host's PTE tables, reach this CPU from here. Between entries the
+        // CPU is attached without having it loaded, which only keeps it in
+        // the masks longer.
+        let _attached = space.attach();
         loop {
             // `ctx` is public: check what run_guest's contract needs on
             // every entry (a guest in supervisor state, or in home or

@@ -50,7 +50,9 @@ pub(super) fn gmap_unlink(space_id: u64, vmaddr: u64, pte_table: PhysAddr) {
 
 /// `tlb::IPTE_GUEST_ALIAS`: the host just invalidated its PTE for `vmaddr`
 /// in the page table `pto` with IPTE at the host address; purge the same
-/// PTE under every guest address of a gmap segment linked to that table.
+/// PTE under every guest address of a gmap segment linked to that table,
+/// on every CPU that may hold the gmap (its own context decides: the
+/// host's IPTE was chosen for the host's CPUs).
 pub(super) fn gmap_pte_alias_purge(space_id: u64, vmaddr: u64, pto: PhysAddr) {
     for g in gmaps_of(space_id) {
         let g = g.lock();
@@ -63,7 +65,7 @@ pub(super) fn gmap_pte_alias_purge(space_id: u64, vmaddr: u64, pto: PhysAddr) {
         // lock the caller holds keeps it linked); its PTE for `gaddr` is the
         // one the host just invalidated (same index: segments are 1 MiB
         // aligned in both spaces), so IPTE only purges TLB entries.
-        unsafe { tlb::ipte(pto, gaddr) };
+        unsafe { tlb::ipte(&g.context, pto, gaddr) };
     }
 }
 
@@ -85,7 +87,7 @@ pub(super) fn gmap_segment_change(space_id: u64, vmaddr: u64, new: SegmentEntry)
         if cur.page_table() != new.page_table() {
             continue;
         }
-        GmapInner::replace_segment_entry(ea, gseg, SegmentEntry::from_raw(new.hardware_bits()));
+        g.replace_segment_entry(ea, gseg, SegmentEntry::from_raw(new.hardware_bits()));
     }
 }
 

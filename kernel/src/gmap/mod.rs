@@ -41,6 +41,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
+use crate::dat::context::MmContext;
 use crate::dat::entry::{Asce, Level, RegionEntry, SEGMENT_SIZE};
 // Lock order: a host's lock (HostMm), then the GMAPS registry, then a gmap's
 // own lock. The host's hooks (unlink, notify, alias purge, segment change)
@@ -120,6 +121,13 @@ impl GmapTableRec {
 pub(crate) struct GmapInner {
     id: u64,
     asce: Asce,
+    /// Which CPUs have the gmap loaded (a guest runs on it, or a test
+    /// reaches it as the secondary space) and which may hold TLB entries of
+    /// it: the gmap's own invalidations, and the host's alias IPTEs at its
+    /// guest addresses, reach those.
+    context: Arc<MmContext>,
+    /// The host space's context: a CPU attaching the gmap attaches it too.
+    host_context: Arc<MmContext>,
     /// Highest guest address (Linux asce_end semantics: `limit` itself is
     /// the last valid address).
     limit: u64,
@@ -207,13 +215,19 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
     let top = gmap_alloc_table(id, level, 0).map_err(|_| GmapError::NoMemory)?;
     // Cannot fail (a CRST is 16 KiB aligned); `top` goes back if it does.
     let asce = Asce::new(top.phys(), level).map_err(|_| GmapError::NoMemory)?;
-    let (parent_id, host_limit) = {
+    let (parent_id, host_limit, host_context) = {
         let h = lock_host(parent);
-        (h.space().id(), h.space().max_limit())
+        (
+            h.space().id(),
+            h.space().max_limit(),
+            h.space().context().clone(),
+        )
     };
     let inner = Arc::new(Mutex::new(GmapInner {
         id,
         asce,
+        context: Arc::new(MmContext::new()),
+        host_context,
         limit,
         parent: parent.clone(),
         parent_id,
@@ -255,7 +269,7 @@ impl GmapInner {
             if let Some((ptbl, plevel, gaddr)) = parent {
                 // SAFETY: the parent is a live gmap table whose entry for
                 // `gaddr` points at `pa`.
-                unsafe { tlb::idte(ptbl, plevel, gaddr) };
+                unsafe { tlb::idte(&self.context, ptbl, plevel, gaddr) };
                 // SAFETY: that entry, invalid now.
                 unsafe { entry(PhysAddr(ptbl.0 + plevel.index(gaddr) as u64 * 8)) }
                     .store(RegionEntry::empty(plevel).raw(), Ordering::Release);
@@ -284,7 +298,7 @@ impl GmapInner {
         }
         // Purge what any TLB may still hold of the ASCE before its tables
         // go back.
-        tlb::flush_asce(self.asce);
+        tlb::flush_tlb_mm(&self.context, self.asce);
         let mut refused = 0;
         for t in tables {
             if let Err((t, _)) = gmap_free_table(t.table, self.id, t.level) {

@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 use super::{lock_host, report_bug, seg, space_error, Access, Gmap, GmapError, HostMm};
+use crate::dat::context::{AsceRef, MmContext};
 use crate::dat::entry::{Asce, Level, SegmentEntry, SEGMENT_SIZE};
 use crate::dat::table::entry;
 use crate::mm::addr::PhysAddr;
@@ -22,6 +23,18 @@ impl Gmap {
 
     pub fn asce(&self) -> Asce {
         self.inner.lock().asce
+    }
+
+    /// The ASCE as a CPU loads it: with the gmap's context and its host's,
+    /// which the CPU attaches first.
+    pub fn asce_ref(&self) -> AsceRef {
+        let g = self.inner.lock();
+        AsceRef::with_host(g.asce, g.context.clone(), g.host_context.clone())
+    }
+
+    /// Which CPUs may hold TLB entries of the gmap.
+    pub fn context(&self) -> Arc<MmContext> {
+        self.inner.lock().context.clone()
     }
 
     pub fn limit(&self) -> u64 {

@@ -159,7 +159,12 @@ impl GmapInner {
     /// If the gmap segment entry at `ea` (for `gaddr`) is valid, invalidate
     /// it (IDTE: the TLBs may hold translations through it) and store
     /// `new`. Returns whether it was valid.
-    pub(super) fn replace_segment_entry(ea: PhysAddr, gaddr: u64, new: SegmentEntry) -> bool {
+    pub(super) fn replace_segment_entry(
+        &self,
+        ea: PhysAddr,
+        gaddr: u64,
+        new: SegmentEntry,
+    ) -> bool {
         // SAFETY: an entry of a live gmap segment table (callers found it
         // by walking this gmap's tables under its lock).
         let slot = unsafe { entry(ea) };
@@ -168,7 +173,7 @@ impl GmapInner {
         }
         let table = crate::dat::table::table_of_entry(ea);
         // SAFETY: the live gmap segment table holding the entry.
-        unsafe { tlb::idte(table, Level::Segment, gaddr) };
+        unsafe { tlb::idte(&self.context, table, Level::Segment, gaddr) };
         slot.store(new.raw(), Ordering::Release);
         true
     }
@@ -177,7 +182,7 @@ impl GmapInner {
     /// (IDTE first), and so do its reverse mapping and its count.
     pub(super) fn undo_link(&mut self, gseg: u64, hseg: u64) {
         if let Ok(Some(ea)) = self.segment_entry(gseg, false) {
-            Self::replace_segment_entry(ea, gseg, SegmentEntry::empty());
+            self.replace_segment_entry(ea, gseg, SegmentEntry::empty());
         }
         self.host_to_guest.remove(&hseg);
         self.links -= 1;
@@ -189,7 +194,7 @@ impl GmapInner {
         let Ok(Some(ea)) = self.segment_entry(gaddr, false) else {
             return;
         };
-        if Self::replace_segment_entry(ea, gaddr, SegmentEntry::empty()) {
+        if self.replace_segment_entry(ea, gaddr, SegmentEntry::empty()) {
             self.unlinks += 1;
         }
         self.host_to_guest.retain(|_, g| *g != seg(gaddr));

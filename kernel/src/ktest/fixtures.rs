@@ -3,11 +3,13 @@
 //! windows.
 
 use super::{KResult, Outcome};
-use crate::dat::entry::Asce;
+use crate::arch::pgm::{code, ProgramCheck, Teid, TeidAccess};
+use crate::arch::s390x::facility;
+use crate::dat::context::AsceRef;
 use crate::dat::kernel::{warm_secondary, Cooled, Warm};
 use crate::dat::tlb;
-use crate::kfail;
 use crate::mm::{self, AllocFlags, Pages};
+use crate::{kassert_eq, kfail};
 
 /// A frame whose doublewords read `tag << 32 | offset`, so a load through
 /// any mapping says which frame and offset it reached.
@@ -27,17 +29,17 @@ pub fn free_frame(p: Pages) -> KResult {
     }
 }
 
-/// Run `f` in a warm window on `asce` (`dat::kernel::warm_secondary`); a
+/// Run `f` in a warm window on `space` (`dat::kernel::warm_secondary`); a
 /// window cooled by a control-register load fails the case, since its
 /// accesses then prove nothing about invalidation.
 ///
 /// # Safety
-/// As `warm_secondary`: the tables `asce` designates stay live for the
+/// As `warm_secondary`: the tables `space`'s ASCE designates stay live for the
 /// window, unless the case tests their teardown (the purge must then make
 /// the access fault or see the tables that replaced them).
-pub unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+pub unsafe fn warm<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
     // SAFETY: forwarded to the caller.
-    match unsafe { warm_secondary(asce, f) } {
+    match unsafe { warm_secondary(space, f) } {
         Ok(r) => Ok(r),
         Err(Cooled(n)) => {
             kfail!("{n} control-register load(s) inside the warm window: QEMU purged its TLB")
@@ -51,10 +53,10 @@ pub unsafe fn warm<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outco
 ///
 /// # Safety
 /// As `warm`.
-pub unsafe fn warm_ipte<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
+pub unsafe fn warm_ipte<R>(space: &AsceRef, f: impl FnOnce(&Warm) -> R) -> Result<R, Outcome> {
     let (_, idtes, purges) = tlb::flush_counts();
     // SAFETY: forwarded to the caller.
-    let r = unsafe { warm(asce, f) }?;
+    let r = unsafe { warm(space, f) }?;
     let (_, idtes2, purges2) = tlb::flush_counts();
     if (idtes2, purges2) != (idtes, purges) {
         return kfail!(
@@ -64,4 +66,28 @@ pub unsafe fn warm_ipte<R>(asce: Asce, f: impl FnOnce(&Warm) -> R) -> Result<R, 
         );
     }
     Ok(r)
+}
+
+/// The fault the architecture requires: `code`, and a TEID naming the page
+/// of `va`, the access and the secondary space.
+pub fn faulted(r: Result<u64, ProgramCheck>, want: u16, va: u64, access: TeidAccess) -> KResult {
+    let Err(pc) = r else {
+        return kfail!(
+            "{va:#x}: expected {} ({want:#x}), but the access succeeded: {r:x?} (a stale TLB entry)",
+            crate::arch::pgm::code_name(want)
+        );
+    };
+    kassert_eq!(pc.code, want);
+    let t = Teid(pc.teid);
+    kassert_eq!(t.address(), va & !0xfff);
+    kassert_eq!(t.space(), 2);
+    if want != code::PROTECTION || facility::has_esop1() {
+        kassert_eq!(t.access(), access);
+    }
+    Ok(())
+}
+
+/// A store result as a load-shaped one, for `faulted`.
+pub fn st(r: Result<(), ProgramCheck>) -> Result<u64, ProgramCheck> {
+    r.map(|()| 0)
 }

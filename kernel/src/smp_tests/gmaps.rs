@@ -49,7 +49,7 @@ pub(super) fn concurrent_gmap_faults_link_a_segment_once() -> KResult {
             // SAFETY: the gmap and its host live until every CPU returned;
             // guest memory is the host's frames, populated above.
             let r = unsafe {
-                warm_secondary(g.asce(), |w| {
+                warm_secondary(&g.asce_ref(), |w| {
                     for i in 0..16u64 {
                         let gaddr = G_BASE + ((cpu as u64 * 16 + i) % 256) * 0x1000;
                         let tag = guest_tag(gaddr);
@@ -136,6 +136,10 @@ static GUEST_POLLS: AtomicU64 = AtomicU64::new(0);
 static GUEST_PROTECTED: AtomicBool = AtomicBool::new(false);
 static GUEST_FLAGGED: AtomicBool = AtomicBool::new(false);
 static GUEST_DATA_PA: AtomicU64 = AtomicU64::new(0);
+/// While the guest ran on CPU 1: the gmap's and the host's
+/// cpu_attach_mask, and the IPTEs of the host's protect (global, local).
+static GUEST_MASKS: Mutex<Option<GuestMasks>> = Mutex::new(None);
+type GuestMasks = ((u64, u64), (u64, u64));
 static GUEST_FLAG_PA: AtomicU64 = AtomicU64::new(0);
 const GUEST_VM: u64 = 0x1000_0000;
 const GUEST_CODE: u64 = 0x1000;
@@ -190,7 +194,14 @@ fn guest_cpu(cpu: usize) {
     }
     GUEST_POLLS.store(polls, Ordering::Relaxed);
     GUEST_WARM.store(moving > 100, Ordering::Relaxed);
+    let masks = (
+        g.context().cpu_attach_mask(),
+        h.lock().space().context().cpu_attach_mask(),
+    );
+    let f0 = crate::dat::tlb::flush_stats();
     let p = h.lock().protect(GUEST_VM + GUEST_DATA, Prot::ReadOnly);
+    let f = crate::dat::tlb::flush_stats().since(f0);
+    *GUEST_MASKS.lock() = Some((masks, (f.ipte_global, f.ipte_local)));
     GUEST_PROTECTED.store(p.is_ok(), Ordering::Relaxed);
     // SAFETY: the flag page is the host frame this case populated.
     let f = unsafe { crate::arch::s390x::probe::store_u64(flag, 1) };
@@ -225,6 +236,7 @@ pub(super) fn guest_store_faults_after_a_host_protect_on_another_cpu() -> KResul
     }
     *GUEST.lock() = Some((Arc::new(g), h));
     GUEST_END.store(0, Ordering::Relaxed);
+    *GUEST_MASKS.lock() = None;
     for b in [
         &GUEST_RUNNING,
         &GUEST_WARM,
@@ -243,6 +255,17 @@ pub(super) fn guest_store_faults_after_a_host_protect_on_another_cpu() -> KResul
     );
     kassert!(GUEST_PROTECTED.load(Ordering::Relaxed));
     kassert!(GUEST_FLAGGED.load(Ordering::Relaxed));
+    // The running guest attached CPU 1 to the gmap and to its host (its TLB
+    // entries are formed through the host's PTE tables), so the host's
+    // IPTE and the alias IPTE at the guest address were both broadcast.
+    let Some((masks, iptes)) = *GUEST_MASKS.lock() else {
+        return Err(Outcome::Fail);
+    };
+    kassert!(
+        masks.0 & 2 != 0 && masks.1 & 2 != 0,
+        "attach masks {masks:#x?}"
+    );
+    kassert_eq!(iptes, (2, 0));
     kassert_eq!(GUEST_END.load(Ordering::Acquire), 1);
     kassert_eq!(g.check(), Ok(2));
     drop(g);

@@ -11,11 +11,15 @@ use crate::smp::{self, run_on_all};
 use crate::{kassert_eq, kskip, ktest_suite};
 
 mod allocator;
+mod attach;
 mod gmaps;
 mod shared_space;
 mod warm;
 
 use allocator::{all_cpus_allocate_and_free_concurrently, mm_check_while_other_cpus_allocate};
+use attach::{
+    attach_mask_follows_loads_and_purges, remote_cpu_with_the_space_loaded_sees_the_change,
+};
 use gmaps::{
     concurrent_gmap_faults_link_a_segment_once,
     guest_store_faults_after_a_host_protect_on_another_cpu,
@@ -24,6 +28,7 @@ use shared_space::{
     cpus_update_ptes_of_shared_tables_in_parallel, map_unmap_while_another_cpu_reads,
     shared_space_refuses_to_grow,
 };
+pub(crate) use shared_space::{shared_tables_space, shared_tables_work};
 use warm::{
     cpus_race_map_protect_unmap_of_one_address, flush_asce_purges_the_tlb_of_every_cpu,
     remap_and_protect_of_one_pte_lose_nothing,
@@ -105,6 +110,8 @@ ktest_suite!(
         flush_asce_purges_the_tlb_of_every_cpu,
         shared_space_refuses_to_grow,
         guest_store_faults_after_a_host_protect_on_another_cpu,
+        remote_cpu_with_the_space_loaded_sees_the_change,
+        attach_mask_follows_loads_and_purges,
     ]
 );
 

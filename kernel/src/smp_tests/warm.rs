@@ -79,11 +79,11 @@ fn race_worker(cpu: usize) {
         return;
     };
     let frame = PhysAddr(RACE_FRAMES[cpu].load(Ordering::Relaxed));
-    let asce = space.asce();
+    let asce = space.asce_ref();
     // SAFETY: the space lives until every CPU returned; every frame mapped
     // writable is one of the case's frames.
     let r = unsafe {
-        warm_secondary(asce, |w| {
+        warm_secondary(&asce, |w| {
             for round in 0..RACE_ROUNDS {
                 // Phase 0: all map the same address; exactly one wins.
                 BARRIER.wait();
@@ -219,7 +219,7 @@ fn remap_worker(cpu: usize) {
     }
     // SAFETY: the space lives until every CPU returned; the case's frames.
     let r = unsafe {
-        warm_secondary(space.asce(), |w| {
+        warm_secondary(&space.asce_ref(), |w| {
             for round in 0..remap_rounds() {
                 let which = (round % 2) as usize;
                 let pa = PhysAddr(REMAP_FRAMES[which].load(Ordering::Relaxed));
@@ -313,10 +313,17 @@ fn flush_worker(cpu: usize) {
     let asce = Asce::from_raw(FLUSH_ASCE.load(Ordering::Relaxed));
     match cpu {
         1 => {
+            // The space's ASCE with its attach context (CPU 0 set FLUSH up
+            // before any CPU runs this).
+            let Some(aref) = FLUSH.lock().as_ref().map(|s| s.asce_ref()) else {
+                FLUSH_SEEN[0].store(u64::MAX - 1, Ordering::Relaxed);
+                FLUSH_STEP.store(u64::MAX, Ordering::Release);
+                return;
+            };
             // SAFETY: the space lives until every CPU returned; nothing is
             // stored through it.
             let r = unsafe {
-                warm_secondary(asce, |w| {
+                warm_secondary(&aref, |w| {
                     for (round, seen) in FLUSH_SEEN.iter().enumerate() {
                         let _ = w.load(FLUSH_VA);
                         FLUSH_STEP.store(2 * round as u64 + 1, Ordering::Release);

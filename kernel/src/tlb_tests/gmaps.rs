@@ -44,7 +44,7 @@ pub(super) fn host_protect_seen_by_loaded_gmap() -> KResult {
     // SAFETY: the gmap and host live across the window; guest memory is
     // the host's frames, populated for this case.
     let (s1, p, s2, l) = unsafe {
-        warm_ipte(g.asce(), |w| {
+        warm_ipte(&g.asce_ref(), |w| {
             let s1 = w.store(G + 0x1000, 0x1111);
             let p = hh.lock().protect(VM + 0x1000, Prot::ReadOnly);
             let s2 = w.store(G + 0x1000, 0x2222);
@@ -67,7 +67,7 @@ pub(super) fn host_unmap_page_seen_by_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above; the host's page table stays (the other page).
     let (l1, un, l2, l3) = unsafe {
-        warm_ipte(g.asce(), |w| {
+        warm_ipte(&g.asce_ref(), |w| {
             let l1 = w.load(G + 0x1000);
             let _ = w.load(G + 0x2000);
             let un = hh.lock().unmap_range(VM + 0x1000, 0x1000);
@@ -89,7 +89,7 @@ pub(super) fn host_remap_seen_by_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above.
     let (s1, r, l2) = unsafe {
-        warm_ipte(g.asce(), |w| {
+        warm_ipte(&g.asce_ref(), |w| {
             let s1 = w.store(G + 0x1000, 0x5555);
             let r = hh.lock().remap(VM + 0x1000);
             (s1, r, w.load(G + 0x1000))
@@ -112,7 +112,7 @@ pub(super) fn host_unmap_segment_unlinks_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above; the unlink makes the freed table unreachable.
     let (l1, un, l2) = unsafe {
-        warm(g.asce(), |w| {
+        warm(&g.asce_ref(), |w| {
             let l1 = w.load(G + 0x2000);
             let un = hh.lock().unmap_range(VM, SEGMENT_SIZE);
             (l1, un, w.load(G + 0x2000))
@@ -134,7 +134,7 @@ pub(super) fn host_segment_protection_reaches_loaded_gmap() -> KResult {
     let hh = h.clone();
     // SAFETY: as above.
     let (s1, p, s2, u, s3) = unsafe {
-        warm(g.asce(), |w| {
+        warm(&g.asce_ref(), |w| {
             let s1 = w.store(G + 0x1000, 1);
             let p = hh.lock().space_mut().protect_segment(VM, true);
             let s2 = w.store(G + 0x1000, 2);
@@ -159,7 +159,7 @@ pub(super) fn gmap_unmap_segment_faults_next_load() -> KResult {
     let gg = &g;
     // SAFETY: as above.
     let (l1, u, l2) = unsafe {
-        warm(g.asce(), |w| {
+        warm(&g.asce_ref(), |w| {
             let l1 = w.load(G + 0x1000);
             let u = gg.gmap_unmap_segment(G, SEGMENT_SIZE);
             (l1, u, w.load(G + 0x1000))
@@ -202,7 +202,7 @@ pub(super) fn notifier_runs_before_the_change() -> KResult {
     let hh = h.clone();
     // SAFETY: as above.
     let r = unsafe {
-        warm_ipte(g.asce(), |w| {
+        warm_ipte(&g.asce_ref(), |w| {
             let s1 = w.store(G + 0x1000, 0x7777);
             let r = hh.lock().remap(VM + 0x1000);
             let l = w.load(G + 0x1000);
@@ -229,7 +229,8 @@ pub(super) fn notifier_runs_before_the_change() -> KResult {
 /// next load sees its (empty) tables.
 pub(super) fn removed_gmap_leaves_no_translation() -> KResult {
     let (h, g) = linked_gmap()?;
-    let asce = g.asce();
+    let gref = g.asce_ref();
+    let asce = gref.asce();
     let mut g = Some(g);
     let hh = h.clone();
     let mut next = None;
@@ -237,7 +238,7 @@ pub(super) fn removed_gmap_leaves_no_translation() -> KResult {
     // by the next gmap's (same top table, asserted); the purge on removal
     // is what makes the last load walk the new one.
     let (l1, l2) = unsafe {
-        warm(asce, |w| {
+        warm(&gref, |w| {
             let l1 = w.load(G + 0x1000);
             let rm = g.take().map(crate::gmap::gmap_remove);
             let n = gmap_create(&hh, (1 << 31) - 1);
@@ -279,7 +280,7 @@ pub(super) fn gmap_link_takes_effect_on_the_next_access() -> KResult {
     let gg = &g;
     // SAFETY: the gmap and host live across the window.
     let (l1, f, l2) = unsafe {
-        warm(g.asce(), |w| {
+        warm(&g.asce_ref(), |w| {
             let l1 = w.load(G + 0x3000);
             let f = gg.gmap_fault(G + 0x3000, Access::Read);
             (l1, f, w.load(G + 0x3000))

@@ -14,13 +14,13 @@
 //! mutants` shows which case fails when each piece of the discipline is
 //! removed.
 
-use crate::arch::pgm::{code, ProgramCheck, Teid, TeidAccess};
-use crate::arch::s390x::facility;
 use crate::dat::space::AddressSpace;
-use crate::ktest::{KResult, Outcome};
-use crate::{kassert_eq, kfail, ktest_suite};
+use crate::ktest::fixtures::{faulted, st};
+use crate::ktest::Outcome;
+use crate::{kfail, ktest_suite};
 
 mod gmaps;
+mod local;
 mod spaces;
 
 use gmaps::{
@@ -29,6 +29,11 @@ use gmaps::{
     host_segment_protection_reaches_loaded_gmap, host_unmap_page_seen_by_loaded_gmap,
     host_unmap_segment_unlinks_loaded_gmap, notifier_runs_before_the_change,
     removed_gmap_leaves_no_translation,
+};
+use local::{
+    protect_of_a_space_loaded_here_clears_locally,
+    segment_protect_of_a_space_loaded_here_clears_locally,
+    unmap_of_a_space_loaded_here_clears_locally,
 };
 use spaces::{
     dropped_space_leaves_no_translation, mmu_gather_refuses_what_the_tlb_may_reach,
@@ -39,30 +44,6 @@ use spaces::{
 
 fn space(limit: u128, max: u128, pgste: bool) -> Result<AddressSpace, Outcome> {
     AddressSpace::new(limit, max, pgste).or_else(|e| kfail!("AddressSpace::new: {e:?}"))
-}
-
-/// The fault the architecture requires: `code`, and a TEID naming the page
-/// of `va`, the access and the secondary space.
-fn faulted(r: Result<u64, ProgramCheck>, want: u16, va: u64, access: TeidAccess) -> KResult {
-    let Err(pc) = r else {
-        return kfail!(
-            "{va:#x}: expected {} ({want:#x}), but the access succeeded: {r:x?} (a stale TLB entry)",
-            crate::arch::pgm::code_name(want)
-        );
-    };
-    kassert_eq!(pc.code, want);
-    let t = Teid(pc.teid);
-    kassert_eq!(t.address(), va & !0xfff);
-    kassert_eq!(t.space(), 2);
-    if want != code::PROTECTION || facility::has_esop1() {
-        kassert_eq!(t.access(), access);
-    }
-    Ok(())
-}
-
-/// A store result as a load-shaped one, for `faulted`.
-fn st(r: Result<(), ProgramCheck>) -> Result<u64, ProgramCheck> {
-    r.map(|()| 0)
 }
 
 // Addresses at or above 1 MiB: QEMU's IPTE purges everything when the
@@ -92,5 +73,8 @@ ktest_suite!(
         mmu_gather_refuses_what_the_tlb_may_reach,
         upgrade_keeps_the_loaded_top,
         gmap_link_takes_effect_on_the_next_access,
+        protect_of_a_space_loaded_here_clears_locally,
+        unmap_of_a_space_loaded_here_clears_locally,
+        segment_protect_of_a_space_loaded_here_clears_locally,
     ]
 );

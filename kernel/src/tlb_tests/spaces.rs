@@ -20,7 +20,7 @@ pub(super) fn protect_faults_next_store() -> KResult {
     let sp = &s;
     // SAFETY: `s` lives across the window; the frame is the case's.
     let (st1, prot, st2, ld) = unsafe {
-        warm_ipte(s.asce(), |w| {
+        warm_ipte(&s.asce_ref(), |w| {
             let st1 = w.store(VA + 8, 1);
             let prot = sp.protect(VA, Prot::ReadOnly);
             let st2 = w.store(VA + 8, 2);
@@ -42,12 +42,12 @@ pub(super) fn unmap_page_faults_next_load() -> KResult {
     let (a, b) = (tagged_frame(0xa2)?, tagged_frame(0xb2)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.map(VA + 0x1000, b.phys(), Prot::ReadWrite), Ok(()));
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     // SAFETY: the space lives across the window (its page table stays: the
     // other page keeps it).
     let (l1, un, l2, l3) = unsafe {
-        warm_ipte(asce, |w| {
+        warm_ipte(&asce, |w| {
             let l1 = w.load(VA);
             let _ = w.load(VA + 0x1000);
             let un = sp.unmap(VA);
@@ -72,7 +72,7 @@ pub(super) fn remap_serves_new_frame() -> KResult {
     let pb = b.phys();
     // SAFETY: the space lives across the window; both frames are the case's.
     let (l1, r, l2) = unsafe {
-        warm_ipte(s.asce(), |w| {
+        warm_ipte(&s.asce_ref(), |w| {
             let l1 = w.load(VA + 16);
             let r = sp.remap(VA, pb);
             (l1, r, w.load(VA + 16))
@@ -95,13 +95,13 @@ pub(super) fn unmap_segment_faults_next_load() -> KResult {
     for i in 0..4 {
         kassert_eq!(s.map(seg + i * 0x4000, f.phys(), Prot::ReadWrite), Ok(()));
     }
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     let ipte_before = crate::dat::tlb::flush_counts().0;
     // SAFETY: the space lives across the window; the freed page table is
     // unreachable once the segment entry is invalid.
     let (l1, un, l2) = unsafe {
-        warm(asce, |w| {
+        warm(&asce, |w| {
             let l1 = w.load(seg + 0x4000);
             let un = sp.unmap_range(seg, SEGMENT_SIZE);
             (l1, un, w.load(seg + 0x4000))
@@ -126,11 +126,11 @@ pub(super) fn protect_segment_faults_next_store() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
     let f = tagged_frame(0xa5)?;
     kassert_eq!(s.map(VA, f.phys(), Prot::ReadWrite), Ok(()));
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     // SAFETY: the space lives across the window; the frame is the case's.
     let (s1, p, s2, un, s3) = unsafe {
-        warm(asce, |w| {
+        warm(&asce, |w| {
             let s1 = w.store(VA, 1);
             let p = sp.protect_segment(VA, true);
             let s2 = w.store(VA, 2);
@@ -155,14 +155,14 @@ pub(super) fn region_entry_invalidation_faults_next_load() -> KResult {
     let va = 0x2_0000_0000u64 + VA;
     kassert_eq!(s.map(va, f.phys(), Prot::ReadWrite), Ok(()));
     kassert_eq!(s.asce().level(), Level::Region3);
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     let empty = RegionEntry::empty(Level::Region3);
     let mut old = None;
     // SAFETY: the space lives across the window; the entry is put back
     // below, so the segment table it pointed at is not lost.
     let (l1, r, l2) = unsafe {
-        warm(asce, |w| {
+        warm(&asce, |w| {
             let l1 = w.load(va);
             old = sp.region_entry(va, Level::Region3);
             let r = sp.replace_region_entry(va, Level::Region3, empty);
@@ -190,7 +190,8 @@ pub(super) fn dropped_space_leaves_no_translation() -> KResult {
     let mut s = space(1 << 31, 1 << 31, false)?;
     let (a, b) = (tagged_frame(0xa7)?, tagged_frame(0xb7)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
-    let asce = s.asce();
+    let sref = s.asce_ref();
+    let asce = sref.asce();
     let pb = b.phys();
     let mut s = Some(s);
     let mut again = None;
@@ -198,7 +199,7 @@ pub(super) fn dropped_space_leaves_no_translation() -> KResult {
     // replaced by the new space's (the same top table, asserted below); the
     // purge on drop is what makes the last load walk the new ones.
     let (l1, l2) = unsafe {
-        warm(asce, |w| {
+        warm(&sref, |w| {
             let l1 = w.load(VA);
             drop(s.take());
             let n = AddressSpace::new(1 << 31, 1 << 31, false);
@@ -241,14 +242,14 @@ pub(super) fn upgrade_keeps_the_loaded_top() -> KResult {
     let mut s = space(1 << 31, 1 << 42, false)?;
     let (a, b) = (tagged_frame(0xa9)?, tagged_frame(0xb9)?);
     kassert_eq!(s.map(VA, a.phys(), Prot::ReadWrite), Ok(()));
-    let old = s.asce();
+    let old = s.asce_ref();
     let va2 = (1u64 << 31) + VA;
     let pb = b.phys();
     let sp = &mut s;
     // SAFETY: the old top stays allocated (that is what is judged) and
     // the space lives across the window.
     let (l1, m, l2, l3) = unsafe {
-        warm(old, |w| {
+        warm(&old, |w| {
             let l1 = w.load(VA);
             let m = sp.map(va2, pb, Prot::ReadWrite);
             (l1, m, w.load(VA), w.load(va2))
@@ -257,14 +258,14 @@ pub(super) fn upgrade_keeps_the_loaded_top() -> KResult {
     kassert_eq!(l1, Ok(0xa9 << 32));
     kassert_eq!(m, Ok(()));
     kassert_eq!(s.asce().level(), Level::Region3);
-    kassert_ne!(s.asce(), old);
+    kassert_ne!(s.asce(), old.asce());
     kassert_eq!(l2, Ok(0xa9 << 32));
     kassert_matches!(l3, Err(pc) if pc.code == code::ASCE_TYPE);
     // Through the new ASCE (loading it purges QEMU's TLB; that is fine for
     // checking a mapping): both ranges.
     // SAFETY: the space lives across the call.
     let (n1, n2) = unsafe {
-        crate::dat::kernel::with_secondary_lctlg(s.asce(), || {
+        crate::dat::kernel::with_secondary_lctlg(&s.asce_ref(), || {
             (
                 crate::arch::s390x::dat::secondary_load_u64(VA),
                 crate::arch::s390x::dat::secondary_load_u64(va2),
@@ -313,7 +314,7 @@ pub(super) fn mmu_gather_refuses_what_the_tlb_may_reach() -> KResult {
         return kfail!("no page tables at {VA:#x} and {va2:#x}");
     };
     let seg_table = crate::dat::table::table_of_entry(ea);
-    let mut g = tlb_gather_mmu(s.id());
+    let mut g = tlb_gather_mmu(s.id(), s.context().clone());
     // SAFETY: `ea` and `ea2` are the entries of the space's live segment
     // table that point at (or pointed at) `pto` and `pto2`; the case owns
     // the space. The handles made here break `from_raw`'s contract on

@@ -7,34 +7,58 @@ use super::extable;
 use crate::arch::pgm::ProgramCheck;
 use crate::ex_table_entry;
 
+/// Where an IPTE or IDTE purges the TLB entries formed through the entry
+/// it invalidates (Linux's IPTE_GLOBAL / IPTE_LOCAL, IDTE_GLOBAL /
+/// IDTE_LOCAL: the local-clearing control, bit 3 of M4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clearing {
+    /// On every CPU of the configuration (QEMU: a rendezvous of all vCPUs).
+    Global,
+    /// In this CPU's TLB only. Needs the local-TLB-clearing facility (51):
+    /// without it the control is ignored and the clearing is global.
+    Local,
+}
+
 /// IPTE: set the invalid bit of the PTE for `va` in the page table at
-/// `pto` and purge TLB entries formed through it, on every CPU.
+/// `pto` and purge TLB entries formed through it, on every CPU or (local
+/// clearing) on this one.
 ///
 /// # Safety
 /// `pto` must be the real address of a page table (2 KiB aligned) that
 /// stays allocated during the instruction.
-pub unsafe fn ipte(pto: u64, va: u64) {
-    // SAFETY: forwarded to the caller; IPTE only writes the I bit.
+pub unsafe fn ipte(pto: u64, va: u64, clearing: Clearing) {
+    // SAFETY: forwarded to the caller; IPTE only writes the I bit. R3 = 0:
+    // one entry, no range.
     unsafe {
-        asm!(".insn rre,0xb2210000,{pto},{va}", pto = in(reg_addr) pto, va = in(reg_addr) va,
-             options(nostack));
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb2210000,{pto},{va},%r0,1",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb2210000,{pto},{va}",
+                pto = in(reg_addr) pto, va = in(reg_addr) va, options(nostack)),
+        }
     }
 }
 
 /// IDTE (invalidation-and-clearing): set the invalid bit of the region or
 /// segment entry for `va` in the table designated by `designation` (table
-/// origin | designation type) and purge TLB entries formed through it.
+/// origin | designation type) and purge TLB entries formed through it, on
+/// every CPU or (local clearing) on this one.
 ///
 /// # Safety
 /// The designated table must be allocated and of the type given.
-pub unsafe fn idte(designation: u64, va: u64) {
+pub unsafe fn idte(designation: u64, va: u64, clearing: Clearing) {
     // Bits 44-63 of the second operand must be zero: one entry, and the
     // invalidation (not clearing-by-ASCE) form.
     let r2 = va & !0xf_ffff;
-    // SAFETY: forwarded to the caller; IDTE only writes the I bit.
+    // SAFETY: forwarded to the caller; IDTE only writes the I bit. R3 = 0:
+    // no additional ASCE to clear.
     unsafe {
-        asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) designation, a = in(reg_addr) r2,
-             options(nostack));
+        match clearing {
+            Clearing::Local => asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+            Clearing::Global => asm!(".insn rre,0xb98e0000,{d},{a}",
+                d = in(reg_addr) designation, a = in(reg_addr) r2, options(nostack)),
+        }
     }
 }
 
@@ -46,6 +70,18 @@ pub fn idte_clear_asce(asce: u64) {
     // SAFETY: purging TLB entries only costs later translations a walk.
     unsafe {
         asm!(".insn rre,0xb98e0000,{d},{a}", d = in(reg_addr) asce, a = in(reg_addr) r2,
+             options(nostack));
+    }
+}
+
+/// IDTE clearing-by-ASCE with the local-clearing control: purge every
+/// entry this CPU's TLB formed through `asce`, and nothing on other CPUs
+/// (Linux `__tlb_flush_idte` with IDTE_LOCAL).
+pub fn idte_clear_asce_local(asce: u64) {
+    let r2: u64 = 0x800;
+    // SAFETY: purging TLB entries only costs later translations a walk.
+    unsafe {
+        asm!(".insn rrf,0xb98e0000,{d},{a},%r0,1", d = in(reg_addr) asce, a = in(reg_addr) r2,
              options(nostack));
     }
 }

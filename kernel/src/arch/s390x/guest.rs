@@ -112,7 +112,10 @@ extern "C" {
 ///
 /// # Safety
 /// `ctx.asce` must designate live tables for the whole run (the gmap and
-/// its host stay alive), and the guest PSW must be a problem-state PSW
+/// its host stay alive), this CPU must be attached to the gmap's contexts
+/// (`dat::context::AsceRef::attach`) from before the call to after it
+/// returns, so that invalidations reach the TLB entries the guest makes,
+/// and the guest PSW must be a problem-state PSW
 /// with DAT on, not in home-space mode: whatever the guest does then ends
 /// in an interruption handled as an exit.
 pub unsafe fn run_guest(ctx: &mut GuestCtx) -> Exit {

@@ -55,13 +55,13 @@ pub(super) fn hardware_matches_software_walker() -> KResult {
     }
     let (mut ok, mut faults, mut lra_qemu, mut lra_pop, mut stores) =
         (0u32, 0u32, 0u32, 0u32, 0u32);
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sref = &s;
     let mut mismatch: Option<Mismatch> = None;
     // SAFETY: the space lives across the closure; writable frames are ours
     // and stores write back the value just read.
     unsafe {
-        with_secondary_lctlg(asce, || {
+        with_secondary_lctlg(&asce, || {
             for _ in 0..DIFF_ADDRESSES {
                 let r = rng.next_u64();
                 let va = match r % 8 {

@@ -25,10 +25,10 @@ pub(super) fn change_without_invalidation_is_stale() -> KResult {
     let pb = Pte::new(b.phys(), Prot::ReadWrite).unwrap_or(Pte::empty());
     // One CR7 load for the whole sequence: QEMU flushes its TLB on LCTLG.
     let sp = &mut s;
-    let asce = sp.asce();
+    let asce = sp.asce_ref();
     // SAFETY: the space lives across the closure; both frames are ours.
     let (before, stale, r) = unsafe {
-        with_secondary_lctlg(asce, || {
+        with_secondary_lctlg(&asce, || {
             let before = hw::secondary_load_u64(va);
             let r = sp.set_pte_without_invalidation(va, pb);
             let stale = hw::secondary_load_u64(va);
@@ -53,12 +53,12 @@ pub(super) fn changes_through_the_api_are_never_stale() -> KResult {
     let (a, b) = (frame(0xaa)?, frame(0xbb)?);
     let va = 0x60_0000;
     kassert_eq!(s.map(va, a.phys(), Prot::ReadWrite), Ok(()));
-    let asce = s.asce();
+    let asce = s.asce_ref();
     let sp = &mut s;
     let (pa, pb) = (a.phys(), b.phys());
     // SAFETY: the space lives across the closure; both frames are ours.
     let r = unsafe {
-        with_secondary_lctlg(asce, || {
+        with_secondary_lctlg(&asce, || {
             let mut seen = Vec::new();
             for round in 0..4 {
                 seen.push(hw::secondary_load_u64(va));

@@ -49,7 +49,7 @@ fn give_back(p: Pages) {
 /// Run `f` with `s` as the secondary space.
 fn in_space_lctlg<R>(s: &AddressSpace, f: impl FnOnce() -> R) -> R {
     // SAFETY: `s` is borrowed for the whole call, so its tables stay live.
-    unsafe { with_secondary_lctlg(s.asce(), f) }
+    unsafe { with_secondary_lctlg(&s.asce_ref(), f) }
 }
 
 fn load_lctlg(s: &AddressSpace, va: u64) -> Result<u64, ProgramCheck> {

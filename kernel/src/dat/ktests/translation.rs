@@ -274,7 +274,7 @@ pub(super) fn addressing_beyond_memory() -> KResult {
         // SAFETY: the space is live for the closure; the store targets a
         // frame beyond memory, so nothing is written.
         let (r, w) = unsafe {
-            with_secondary_lctlg(space.asce(), || {
+            with_secondary_lctlg(&space.asce_ref(), || {
                 (
                     hw::secondary_load_u64(va),
                     hw::secondary_store_u64(va, 0x5a5a),

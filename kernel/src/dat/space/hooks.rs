@@ -157,7 +157,7 @@ impl AddressSpace {
     /// change its entry for `va`.
     pub(super) unsafe fn ipte(&self, pto: PhysAddr, va: u64) {
         // SAFETY: forwarded to the caller.
-        unsafe { tlb::ipte(pto, va) };
+        unsafe { tlb::ipte(&self.context, pto, va) };
         if self.pgste && tlb::IPTE_GUEST_ALIAS {
             if let Some(h) = HOOKS.get() {
                 let _scope = HookScope::enter();

@@ -23,12 +23,14 @@ mod ops;
 mod testing;
 mod upgrade;
 
+use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub use check::{SpaceCheck, SpaceCheckError};
 pub(crate) use hooks::set_hooks;
 pub use hooks::{in_space_hook, SpaceHooks, PGSTE_IN_BIT};
 
+use super::context::{AsceRef, MmContext};
 use super::dat_bug;
 use super::entry::{pte_index, Asce, EntryError, Level, Prot, Pte, RegionEntry, SegmentEntry};
 use super::frag::{FragAlloc, PteTable};
@@ -84,6 +86,9 @@ pub struct AddressSpace {
     pgste: bool,
     /// The PTE table allocator (Linux mm->context.pgtable_list).
     frags: FragAlloc,
+    /// Which CPUs have the space loaded, and which may hold TLB entries
+    /// of it (Linux mm->context.cpu_attach_mask, mm_cpumask(mm)).
+    context: Arc<MmContext>,
 }
 
 impl AddressSpace {
@@ -106,6 +111,7 @@ impl AddressSpace {
             max_limit,
             pgste,
             frags: FragAlloc::new(pgste),
+            context: Arc::new(MmContext::new()),
         })
     }
 
@@ -116,6 +122,30 @@ impl AddressSpace {
 
     pub fn asce(&self) -> Asce {
         self.asce
+    }
+
+    /// The ASCE as a CPU loads it: with the context it attaches first.
+    pub fn asce_ref(&self) -> AsceRef {
+        AsceRef::new(self.asce, self.context.clone())
+    }
+
+    /// Which CPUs may hold TLB entries of the space.
+    pub fn context(&self) -> &Arc<MmContext> {
+        &self.context
+    }
+
+    /// The space is loaded on every CPU from its start to the end of the
+    /// run (the kernel's own): its invalidations are always global. Before
+    /// any CPU attached it.
+    pub fn set_loaded_everywhere(&mut self) {
+        self.context = Arc::new(MmContext::everywhere());
+    }
+
+    /// Purge every CPU's TLB of the space and forget the CPUs that no
+    /// longer have it loaded (Linux flush_tlb_mm): the next invalidations
+    /// clear locally if no other CPU has it loaded now.
+    pub fn flush_tlb_mm(&self) {
+        tlb::flush_tlb_mm(&self.context, self.asce);
     }
 
     /// What the current top table covers.
@@ -304,7 +334,7 @@ impl Drop for AddressSpace {
     fn drop(&mut self) {
         // Whoever loaded the ASCE has unloaded it; purge what any TLB may
         // still hold of it before its tables go back.
-        tlb::flush_asce(self.asce);
+        tlb::flush_tlb_mm(&self.context, self.asce);
         let (top, level) = (self.asce.origin(), self.asce.level());
         self.free_level(top, level, 0);
         self.frags.release_unused();

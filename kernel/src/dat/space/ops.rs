@@ -114,7 +114,7 @@ impl AddressSpace {
         while let Some(t) = new.pop() {
             let ea = PhysAddr(t.parent.0 + t.parent_level.index(t.va) as u64 * 8);
             // SAFETY: the parent is live; its entry points at `t.child`.
-            unsafe { tlb::idte(t.parent, t.parent_level, t.va) };
+            unsafe { tlb::idte(&self.context, t.parent, t.parent_level, t.va) };
             let empty = match t.parent_level {
                 Level::Segment => SegmentEntry::empty().raw(),
                 l => RegionEntry::empty(l).raw(),
@@ -361,7 +361,7 @@ impl AddressSpace {
         let table = table::table_of_entry(ea);
         let new = SegmentEntry::table(old.page_table(), protect)?;
         // SAFETY: `table` is the live segment table holding the entry.
-        unsafe { tlb::idte(table, Level::Segment, va) };
+        unsafe { tlb::idte(&self.context, table, Level::Segment, va) };
         slot.store(new.raw(), Ordering::Release);
         // Linked gmap segments copied the old entry's bits: they change too.
         self.segment_changed(va, new);
@@ -412,7 +412,7 @@ impl AddressSpace {
         keep: Option<PhysAddr>,
     ) -> Result<UnmapStats, SpaceError> {
         let end = self.check_range(va, len)?;
-        let mut g = tlb_gather_mmu(self.id);
+        let mut g = tlb_gather_mmu(self.id, self.context.clone());
         let mut stats = UnmapStats::default();
         let end = (end as u128).min(self.limit()) as u64;
         if va < end {

@@ -28,7 +28,7 @@ impl AddressSpace {
             return Err(SpaceError::NotMapped);
         };
         // SAFETY: `pto` is the live page table for `va`.
-        unsafe { tlb::ipte(pto, va) };
+        unsafe { tlb::ipte(&self.context, pto, va) };
         // SAFETY: the PTE of a live table; invalid now.
         unsafe { entry(pea) }.store(pte.raw(), Ordering::Release);
         Ok(())
@@ -69,7 +69,7 @@ impl AddressSpace {
         };
         let table = table::table_of_entry(ea);
         // SAFETY: `table` is the live segment table holding the entry.
-        unsafe { tlb::idte(table, Level::Segment, va) };
+        unsafe { tlb::idte(&self.context, table, Level::Segment, va) };
         // SAFETY: an entry of a live table of this space.
         unsafe { entry(ea) }.store(e.raw(), Ordering::Release);
         Ok(())
@@ -91,7 +91,7 @@ impl AddressSpace {
         };
         let table = table::table_of_entry(ea);
         // SAFETY: `table` is the live table of `level` holding the entry.
-        unsafe { tlb::idte(table, level, va) };
+        unsafe { tlb::idte(&self.context, table, level, va) };
         // SAFETY: an entry of a live table of this space.
         unsafe { entry(ea) }.store(e.raw(), Ordering::Release);
         Ok(())

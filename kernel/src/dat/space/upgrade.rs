@@ -70,7 +70,7 @@ impl AddressSpace {
             self.asce = a;
             // Nothing below changed, but the dropped top must not be
             // reachable through any TLB once it is free.
-            tlb::flush_asce(dropped);
+            tlb::flush_tlb_mm(&self.context, dropped);
             // SAFETY: the dropped top is unreachable: no ASCE names it and
             // every TLB was purged of it.
             match unsafe { CrstTable::from_raw(top) } {

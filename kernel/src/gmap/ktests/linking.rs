@@ -5,7 +5,6 @@
 //! range once, before the change.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
@@ -14,6 +13,7 @@ use super::{
 };
 use crate::arch::pgm::{code, ProgramCheck};
 use crate::arch::s390x::dat as hw;
+use crate::dat::context::AsceRef;
 use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
 use crate::dat::kernel::with_secondary_lctlg;
 use crate::gmap::{gmap_remove, Access, GmapError};
@@ -182,13 +182,15 @@ pub(super) fn host_aliasing_within_a_gmap_is_refused() -> KResult {
 type Note = (u64, u64, u64, Result<u64, ProgramCheck>);
 
 static NOTES: Mutex<Vec<Note>> = Mutex::new(Vec::new());
-static WATCHED_ASCE: AtomicU64 = AtomicU64::new(0);
+static WATCHED: Mutex<Option<AsceRef>> = Mutex::new(None);
 
 fn record(gmap: u64, start: u64, end: u64) {
     // Read the guest page now: the change must not be visible yet.
-    let asce = crate::dat::entry::Asce::from_raw(WATCHED_ASCE.load(Ordering::Relaxed));
+    let Some(gref) = WATCHED.lock().clone() else {
+        return;
+    };
     // SAFETY: the test's gmap is live while its host changes.
-    let v = unsafe { with_secondary_lctlg(asce, || hw::secondary_load_u64(start)) };
+    let v = unsafe { with_secondary_lctlg(&gref, || hw::secondary_load_u64(start)) };
     NOTES.lock().push((gmap, start, end, v));
 }
 
@@ -201,7 +203,7 @@ pub(super) fn notifier_sees_exact_range_once_before_the_change() -> KResult {
         kassert!(g.gmap_fault(ga + p * 0x1000, Access::Write).is_ok());
         kassert_eq!(g_store_lctlg(&g, ga + p * 0x1000, 0x100 + p), Ok(()));
     }
-    WATCHED_ASCE.store(g.asce().raw(), Ordering::Relaxed);
+    *WATCHED.lock() = Some(g.asce_ref());
     NOTES.lock().clear();
     crate::gmap::notify::gmap_register_pte_notifier(record);
     kassert_eq!(g.gmap_protect_range(ga + 0x1000, 0x1000), Ok(()));
@@ -251,7 +253,7 @@ pub(super) fn notifier_at_the_top_of_the_address_space() -> KResult {
     kassert_eq!(g.gmap_fault(page, Access::Write), Ok(vm));
     kassert_eq!(g_store_lctlg(&g, page, 0x5151), Ok(()));
     kassert_eq!(g.gmap_protect_range(page, 0x1000), Ok(()));
-    WATCHED_ASCE.store(g.asce().raw(), Ordering::Relaxed);
+    *WATCHED.lock() = Some(g.asce_ref());
     NOTES.lock().clear();
     crate::gmap::notify::gmap_register_pte_notifier(record);
     let r = h.lock().protect(vm, Prot::ReadOnly);

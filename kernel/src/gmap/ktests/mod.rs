@@ -56,25 +56,25 @@ fn gmap(h: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Outcome> {
 
 fn g_load_lctlg(g: &Gmap, gaddr: u64) -> Result<u64, ProgramCheck> {
     // SAFETY: the gmap (and its host) outlive the call.
-    unsafe { with_secondary_lctlg(g.asce(), || hw::secondary_load_u64(gaddr)) }
+    unsafe { with_secondary_lctlg(&g.asce_ref(), || hw::secondary_load_u64(gaddr)) }
 }
 
 fn g_store_lctlg(g: &Gmap, gaddr: u64, v: u64) -> Result<(), ProgramCheck> {
     // SAFETY: guest memory is host frames the test populated.
-    unsafe { with_secondary_lctlg(g.asce(), || hw::secondary_store_u64(gaddr, v)) }
+    unsafe { with_secondary_lctlg(&g.asce_ref(), || hw::secondary_store_u64(gaddr, v)) }
 }
 
 /// The host's view of `vmaddr` (through the host space in CR7).
 fn h_load_lctlg(h: &Arc<Mutex<HostMm>>, vmaddr: u64) -> Result<u64, ProgramCheck> {
-    let asce = h.lock().space().asce();
+    let asce = h.lock().space().asce_ref();
     // SAFETY: the host outlives the call.
-    unsafe { with_secondary_lctlg(asce, || hw::secondary_load_u64(vmaddr)) }
+    unsafe { with_secondary_lctlg(&asce, || hw::secondary_load_u64(vmaddr)) }
 }
 
 fn h_store_lctlg(h: &Arc<Mutex<HostMm>>, vmaddr: u64, v: u64) -> Result<(), ProgramCheck> {
-    let asce = h.lock().space().asce();
+    let asce = h.lock().space().asce_ref();
     // SAFETY: the host's frames are the test's.
-    unsafe { with_secondary_lctlg(asce, || hw::secondary_store_u64(vmaddr, v)) }
+    unsafe { with_secondary_lctlg(&asce, || hw::secondary_store_u64(vmaddr, v)) }
 }
 
 /// Everything a refused (or undone) operation must leave as it was: free
