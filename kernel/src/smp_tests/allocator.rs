@@ -120,6 +120,8 @@ static CHURNING: AtomicU64 = AtomicU64::new(0);
 static CHURN_OPS: AtomicU64 = AtomicU64::new(0);
 /// Checks that failed (u64::MAX: no allocation overlapped them).
 static CHECK_FAILS: AtomicU64 = AtomicU64::new(0);
+/// Checks CPU 0 made.
+static CHECKS_DONE: AtomicU64 = AtomicU64::new(0);
 /// At 4 CPUs about one in five of these failed before the lists had locks.
 const CHECKS: u64 = 100;
 
@@ -132,13 +134,24 @@ fn churn(cpu: usize) {
             core::hint::spin_loop();
         }
         let ops = CHURN_OPS.load(Ordering::Relaxed);
-        for _ in 0..CHECKS {
+        // At least CHECKS checks, and on until the others' work has
+        // overlapped them (a busy host may not run their vCPUs for a
+        // while), for at most 20 s.
+        let deadline =
+            crate::arch::s390x::tod::stck() + crate::arch::s390x::tod::usecs_to_tod(20_000_000);
+        let mut done = 0;
+        while done < CHECKS
+            || (CHURN_OPS.load(Ordering::Relaxed) - ops < CHECKS
+                && crate::arch::s390x::tod::stck() < deadline)
+        {
             if let Err(e) = mm::check() {
                 if CHECK_FAILS.fetch_add(1, Ordering::Relaxed) == 0 {
                     crate::ktest::diag(format_args!("first failed check: {e:?}"));
                 }
             }
+            done += 1;
         }
+        CHECKS_DONE.store(done, Ordering::Relaxed);
         // The checks overlapped the others' work, or the case proves nothing.
         if CHURN_OPS.load(Ordering::Relaxed) == ops {
             CHECK_FAILS.store(u64::MAX, Ordering::Relaxed);
@@ -182,7 +195,7 @@ pub(super) fn mm_check_while_other_cpus_allocate() -> KResult {
     kassert!(mm::check().is_ok(), "{:?}", mm::check());
     crate::ktest::diag(format_args!(
         "{} checks while {} other CPUs made {} allocations and frees",
-        CHECKS,
+        CHECKS_DONE.load(Ordering::Relaxed),
         smp::nr_online() - 1,
         CHURN_OPS.load(Ordering::Relaxed)
     ));
