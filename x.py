@@ -929,7 +929,7 @@ def bench_parse(r):
         # Loop overhead is subtracted from the timed loops (not from the
         # whole-run figures, which have no loop of their own to subtract).
         # dat_map_range times map_range alone, with no loop per page.
-        looped = name.startswith(("buddy_order", "peer_", "dat_")) \
+        looped = name.startswith(("buddy_order", "peer_", "dat_", "ptl_")) \
             and not name.startswith("dat_map_range")
         per_op = v - base if looped else v
         table[name] = round(per_op, 1)

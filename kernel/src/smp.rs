@@ -77,6 +77,74 @@ pub fn nr_cpus() -> usize {
     NR_CPUS.load(Ordering::Relaxed)
 }
 
+/// Lock waiters: CPU i sleeps in an enabled wait while `LOCK_WAIT[i]`
+/// names the lock it waits for and `LOCK_TICKET[i]` its turn; the CPU that
+/// passes the lock on kicks the one whose turn it is with an external call
+/// (Linux's paravirt spinlocks: a vCPU that waits gives its host CPU back,
+/// `arch_spin_lock_wait` with its directed yield). QEMU TCG halts a vCPU in
+/// a wait state, so its thread sleeps until the kick; the DIAG 0x44 yield
+/// Linux also uses is a no-op in TCG (target/s390x/tcg/misc_helper.c).
+static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static LOCK_TICKET: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Kicks sent and sleeps taken (for `x.py bench` and tests).
+static LOCK_KICKS: AtomicU64 = AtomicU64::new(0);
+static LOCK_SLEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// (kicks, sleeps) since boot.
+pub fn lock_wait_counts() -> (u64, u64) {
+    (
+        LOCK_KICKS.load(Ordering::Relaxed),
+        LOCK_SLEEPS.load(Ordering::Relaxed),
+    )
+}
+
+/// Sleep until `ready()` says the lock `key` is ours (our `ticket` came up).
+/// Registered first, then checked: a kick sent after the registration
+/// stays pending until the wait opens the external subclass, so none is
+/// lost. With one CPU online nobody could pass the lock on: `ready` is
+/// then only polled.
+pub(crate) fn lock_sleep(key: u64, ticket: u64, ready: impl Fn() -> bool) {
+    if nr_online() < 2 {
+        while !ready() {
+            core::hint::spin_loop();
+        }
+        return;
+    }
+    let me = cpu_nr() % MAX_CPUS;
+    LOCK_TICKET[me].store(ticket, Ordering::SeqCst);
+    LOCK_WAIT[me].store(key, Ordering::SeqCst);
+    while !ready() {
+        LOCK_SLEEPS.fetch_add(1, Ordering::Relaxed);
+        // Any external interruption ends the wait (the external-call
+        // subclass is open on every CPU); `ready` is checked again.
+        insn::enabled_wait(mask::EXT);
+    }
+    LOCK_WAIT[me].store(0, Ordering::SeqCst);
+}
+
+/// The lock `key` now serves `ticket`: kick the CPU sleeping for it, if
+/// any (after the caller's release, ordered by the fence).
+pub(crate) fn lock_kick(key: u64, ticket: u64) {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    let me = cpu_nr();
+    for (i, w) in LOCK_WAIT.iter().enumerate() {
+        if i != me
+            && w.load(Ordering::SeqCst) == key
+            && LOCK_TICKET[i].load(Ordering::SeqCst) == ticket
+        {
+            LOCK_KICKS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: an external call only ends the target's wait.
+            unsafe {
+                sigp_retry(
+                    CPUS[i].addr.load(Ordering::Relaxed) as u16,
+                    order::EXTERNAL_CALL,
+                    0,
+                )
+            };
+        }
+    }
+}
+
 fn external_call(_f: &mut InterruptFrame) {
     // Only a wake-up: the idle loop looks for work after every interruption.
 }

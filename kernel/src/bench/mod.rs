@@ -506,6 +506,21 @@ mod shared_tables {
     }
 }
 
+/// A page-table lock taken and released with nobody waiting (the ticket
+/// lock's fast path: one interlocked add, one compare-and-swap).
+fn ptl_uncontended() {
+    let Ok(p) = mm::ptdesc::pagetable_alloc(0) else {
+        return;
+    };
+    let Ok(t) = mm::ptdesc::pagetable_pte_ctor(p) else {
+        return;
+    };
+    let l = mm::ptdesc::ptlock_ptr(&t);
+    measure("ptl_lock_unlock_uncontended", OPS, || {
+        drop(core::hint::black_box(l.lock()));
+    });
+}
+
 /// Run every benchmark; the kernel exits afterwards.
 pub fn run() {
     let boot_tod = crate::log::uptime_tod();
@@ -516,6 +531,7 @@ pub fn run() {
     buddy_order::<0>("buddy_order0_alloc_free");
     buddy_order::<3>("buddy_order3_alloc_free");
     alloc_all_then_free();
+    ptl_uncontended();
     dat::run(mm::layout().map_or(0, |l| l.memory));
     gmaps::run();
     shared_tables::run();

@@ -28,29 +28,85 @@ use super::{AllocError, AllocFlags, Pages};
 /// ALLOC_SPLIT_PTLOCKS: `spinlock_t ptl`). A whole word, not Linux's four
 /// bytes: every access to a word of `struct page` has one size (the
 /// union's words are 64-bit), as Rust's memory model, and Miri, require.
+///
+/// A ticket lock (as s390 Linux's queued spinlocks are fair): the high
+/// half of the word is the next ticket, the low half the ticket served.
+/// A waiter spins briefly, then sleeps until the CPU that passes the lock
+/// on kicks it (`smp::lock_sleep`/`lock_kick`): a vCPU waiting under QEMU
+/// TCG gives its host core back to the holder.
 #[repr(C)]
 pub struct PtLock {
     locked: AtomicU64,
 }
 
+/// Spins before a waiter sleeps.
+#[cfg(target_arch = "s390x")]
+const PTL_SPINS: u32 = 64;
+
 impl PtLock {
-    /// Spin until the lock is ours. SMP: a plain test-and-set spinlock;
-    /// interruptions are disabled in all code that takes it. Crate-
-    /// internal: a lock reached through a raw table address could outlive
-    /// its table, and a guard left over would unlock the next table's.
+    /// Wait for our turn. SMP: interruptions are disabled in all code
+    /// that takes it (a sleeping waiter opens only the external subclass,
+    /// whose handlers take no page-table lock). Crate-internal: a lock
+    /// reached through a raw table address could outlive its table, and a
+    /// guard left over would unlock the next table's.
     pub(crate) fn lock(&self) -> PtLockGuard<'_> {
-        while self
-            .locked
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
+        let ticket = (self.locked.fetch_add(1 << 32, Ordering::Acquire) >> 32) as u32;
+        if self.serving() != ticket {
+            self.wait(ticket);
         }
         PtLockGuard { lock: self }
     }
 
+    fn serving(&self) -> u32 {
+        self.locked.load(Ordering::Acquire) as u32
+    }
+
+    #[cold]
+    fn wait(&self, ticket: u32) {
+        #[cfg(target_arch = "s390x")]
+        {
+            for _ in 0..PTL_SPINS {
+                if self.serving() == ticket {
+                    return;
+                }
+                core::hint::spin_loop();
+            }
+            let key = core::ptr::from_ref(self).addr() as u64;
+            crate::smp::lock_sleep(key, ticket as u64, || self.serving() == ticket);
+        }
+        #[cfg(not(target_arch = "s390x"))]
+        while self.serving() != ticket {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Pass the lock to the next ticket (the holder alone changes the low
+    /// half, so it wraps without carrying into the next-ticket half).
+    fn unlock(&self) {
+        let mut v = self.locked.load(Ordering::Relaxed);
+        loop {
+            let next = (v & !0xffff_ffff) | u64::from((v as u32).wrapping_add(1));
+            match self
+                .locked
+                .compare_exchange_weak(v, next, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        let (serving, queued) = ((v as u32).wrapping_add(1), (v >> 32) as u32);
+        // Someone took a ticket after ours: kick the one served now.
+        #[cfg(target_arch = "s390x")]
+        if serving != queued {
+            crate::smp::lock_kick(core::ptr::from_ref(self).addr() as u64, serving as u64);
+        }
+        #[cfg(not(target_arch = "s390x"))]
+        let _ = (serving, queued);
+    }
+
     pub fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::Relaxed) != 0
+        let v = self.locked.load(Ordering::Relaxed);
+        v as u32 != (v >> 32) as u32
     }
 
     /// Reset to unlocked (`ptlock_init`, the ctor's job only).
@@ -65,7 +121,7 @@ pub struct PtLockGuard<'a> {
 
 impl Drop for PtLockGuard<'_> {
     fn drop(&mut self) {
-        self.lock.locked.store(0, Ordering::Release);
+        self.lock.unlock();
     }
 }
 
