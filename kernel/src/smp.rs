@@ -86,11 +86,11 @@ pub fn nr_cpus() -> usize {
 /// Linux also uses is a no-op in TCG (target/s390x/tcg/misc_helper.c).
 static LOCK_WAIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static LOCK_TICKET: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// Kicks sent and sleeps taken (for `x.py bench` and tests).
+/// Kicks sent, and waits entered by lock waiters (one per wake-up).
 static LOCK_KICKS: AtomicU64 = AtomicU64::new(0);
 static LOCK_SLEEPS: AtomicU64 = AtomicU64::new(0);
 
-/// (kicks, sleeps) since boot.
+/// (kicks, waits) since boot: the smp suite reports them.
 pub fn lock_wait_counts() -> (u64, u64) {
     (
         LOCK_KICKS.load(Ordering::Relaxed),
@@ -111,26 +111,29 @@ pub(crate) fn lock_sleep(key: u64, ticket: u64, ready: impl Fn() -> bool) {
         return;
     }
     let me = cpu_nr() % MAX_CPUS;
-    LOCK_TICKET[me].store(ticket, Ordering::SeqCst);
-    LOCK_WAIT[me].store(key, Ordering::SeqCst);
+    LOCK_TICKET[me].store(ticket, Ordering::Relaxed);
+    LOCK_WAIT[me].store(key, Ordering::Relaxed);
+    // The registration before the check of the lock word: a full fence,
+    // paired with the one in `lock_kick` after the release (Dekker).
+    core::sync::atomic::fence(Ordering::SeqCst);
     while !ready() {
         LOCK_SLEEPS.fetch_add(1, Ordering::Relaxed);
         // Any external interruption ends the wait (the external-call
         // subclass is open on every CPU); `ready` is checked again.
         insn::enabled_wait(mask::EXT);
     }
-    LOCK_WAIT[me].store(0, Ordering::SeqCst);
+    LOCK_WAIT[me].store(0, Ordering::Relaxed);
 }
 
 /// The lock `key` now serves `ticket`: kick the CPU sleeping for it, if
 /// any (after the caller's release, ordered by the fence).
 pub(crate) fn lock_kick(key: u64, ticket: u64) {
     core::sync::atomic::fence(Ordering::SeqCst);
-    let me = cpu_nr();
+    let me = cpu_nr() % MAX_CPUS;
     for (i, w) in LOCK_WAIT.iter().enumerate() {
         if i != me
-            && w.load(Ordering::SeqCst) == key
-            && LOCK_TICKET[i].load(Ordering::SeqCst) == ticket
+            && w.load(Ordering::Relaxed) == key
+            && LOCK_TICKET[i].load(Ordering::Relaxed) == ticket
         {
             LOCK_KICKS.fetch_add(1, Ordering::Relaxed);
             // SAFETY: an external call only ends the target's wait.

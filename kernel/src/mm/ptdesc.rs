@@ -50,8 +50,9 @@ impl PtLock {
     /// reached through a raw table address could outlive its table, and a
     /// guard left over would unlock the next table's.
     pub(crate) fn lock(&self) -> PtLockGuard<'_> {
-        let ticket = (self.locked.fetch_add(1 << 32, Ordering::Acquire) >> 32) as u32;
-        if self.serving() != ticket {
+        let old = self.locked.fetch_add(1 << 32, Ordering::Acquire);
+        let ticket = (old >> 32) as u32;
+        if old as u32 != ticket {
             self.wait(ticket);
         }
         PtLockGuard { lock: self }

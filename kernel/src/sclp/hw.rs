@@ -19,7 +19,15 @@ pub struct Sccb(pub [u8; SCCB_SIZE]);
 static SCCB: Mutex<Sccb> = Mutex::new(Sccb([0; SCCB_SIZE]));
 static PENDING: AtomicBool = AtomicBool::new(false);
 
+/// Service signals taken since boot (the sclp suite counts its own).
+static SIGNALS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn service_signals() -> u64 {
+    SIGNALS.load(Ordering::Relaxed)
+}
+
 fn service_signal(_frame: &mut InterruptFrame) {
+    SIGNALS.fetch_add(1, Ordering::Relaxed);
     PENDING.store(false, Ordering::Release);
 }
 

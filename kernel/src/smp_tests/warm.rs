@@ -270,7 +270,14 @@ pub(super) fn remap_and_protect_of_one_pte_lose_nothing() -> KResult {
     *REMAP.lock() = Some(Arc::new(SharedSpace::new(s)));
     REMAP_BAD.store(0, Ordering::Relaxed);
     REMAP_DONE.store(false, Ordering::Relaxed);
+    let (kicks, waits) = smp::lock_wait_counts();
     run_on_all(remap_worker);
+    let (k, w) = smp::lock_wait_counts();
+    crate::ktest::diag(format_args!(
+        "page-table lock: {} waiters kicked, {} waits",
+        k - kicks,
+        w - waits
+    ));
     let shared = REMAP.lock().take().ok_or(Outcome::Fail)?;
     kassert_eq!(REMAP_BAD.load(Ordering::Relaxed), 0);
     let last = frames[((remap_rounds() - 1) % 2) as usize].phys();
