@@ -581,6 +581,11 @@ def memory_size(text):
     return f"{mib}M" if m.group(2) in "Mm" or not m.group(2) else f"{mib >> 10}G"
 
 
+def memory_mib(size):
+    """MiB of a size `memory_size` accepted (`128M`, `4G`)."""
+    return int(size[:-1]) << (10 if size.endswith("G") else 0)
+
+
 def memory_sizes(text):
     return [memory_size(t) for t in text.split(",") if t]
 
@@ -1533,14 +1538,32 @@ def cmd_test(args):
                 for layout in LAYOUTS if any(b[2] == layout for b in plan)}
         if len(plan) > 1:
             log(f"{len(plan)} boots: " + describe_plan(plan))
-        for i, (memory, smp, layout) in enumerate(plan):
-            elf = elfs[layout]
+        timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        jobs = max(1, min(args.jobs, len(plan)))
+
+        def one(i):
+            memory, smp, layout = plan[i]
             label = boot_label(memory, smp, layout)
             if len(plan) > 1:
                 log(f"[boot {i + 1}/{len(plan)} {label}]")
-            k, r, probs, log_path = qemu_suite_run(elf, memory, smp, args.filter,
-                                                   DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
-                                                   label)
+            return qemu_suite_run(elfs[layout], memory, smp, args.filter, timeout, label)
+
+        # Boots run `--jobs` at a time (default: two, this machine's cores),
+        # the costliest first so the last ones to finish are short. Each
+        # boot is its own QEMU with its own log; results are reported in
+        # plan order once all are done.
+        cost = [memory_mib(m) * (4 * n if n > 1 else 1) for m, n, _ in plan]
+        order = sorted(range(len(plan)), key=lambda i: -cost[i])
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {i: pool.submit(one, i) for i in order}
+            results = [futures[i].result() for i in range(len(plan))]
+        wall = time.monotonic() - start
+        times = []
+        for i, (memory, smp, layout) in enumerate(plan):
+            elf = elfs[layout]
+            label = boot_label(memory, smp, layout)
+            k, r, probs, log_path = results[i]
             p = sum(1 for c in k.cases if c[2] == "ok")
             f = sum(1 for c in k.cases if c[2] == "fail")
             s = sum(1 for c in k.cases if c[2] == "skip")
@@ -1552,6 +1575,7 @@ def cmd_test(args):
                 f = 1  # a crash, hang or broken log is a failure even with no failed case
             passed, failed, skipped = passed + p, failed + f, skipped + s
             log(f"[{label}] {p} passed, {f} failed, {s} skipped in {r.seconds:.2f} s")
+            times.append(f"{label} {r.seconds:.1f} s")
             named = deviations_named(r.lines)
             if named and named != deviations_seen:
                 log(f"[{label}] QEMU deviations named (qemu_deviations suite): {', '.join(named)}")
@@ -1560,6 +1584,8 @@ def cmd_test(args):
                 problems.append(f"[{label}] {prob}")
             if probs or f:
                 print_problem_log(r, label, log_path, elf)
+        if len(plan) > 1:
+            log(f"{len(plan)} boots, {jobs} at a time, in {wall:.1f} s: " + ", ".join(times))
     for prob in problems:
         log(f"FAILED: {prob}")
     print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
@@ -2472,7 +2498,8 @@ def main():
                     help="--fault-sweep: boot with exactly these N instead of the spread: "
                     "N, A-B or A-B/STEP, comma-separated (e.g. 1-1000/7)")
     sp.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="J",
-                    help="--fault-sweep: boots at a time (default: 2, or 1 on one core)")
+                    help="boots at a time, for the matrix and --fault-sweep (default: 2, or 1 "
+                         "on one core)")
     sp.set_defaults(func=cmd_test)
 
     sp = sub.add_parser("mutants", help="mutation check: remove each piece of the "
