@@ -298,13 +298,8 @@ fn unretype(page: &Page) {
 
 #[cfg(feature = "memdesc")]
 fn unretype(page: &Page) -> *const u8 {
-    let (refs, flags) = (page.refcount(), page.flags());
     // The callers checked the page is a gmap table with its descriptor.
-    let d = page.desc_ptr(PageType::GmapTable).unwrap_or_default();
-    page.make_allocated(GMAP_TABLE_ORDER);
-    page.set_flags(flags);
-    page.set_refcount(refs);
-    d
+    page.detach_desc(PageType::GmapTable).unwrap_or_default()
 }
 
 #[cfg(feature = "memdesc")]

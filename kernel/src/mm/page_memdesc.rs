@@ -200,6 +200,20 @@ impl Page {
         self.memdesc.store(a | t as u64, Ordering::Release);
     }
 
+    /// The dtor's half of `set_desc`: a page of type `t` becomes a plain
+    /// allocated block again, its order, flags and refcount moved back from
+    /// the descriptor into the word. Returns the descriptor, for the
+    /// caller to free (or to point the page at again); `None` (nothing
+    /// changed) if the page is not of type `t`.
+    pub(in crate::mm) fn detach_desc(&self, t: PageType) -> Option<*const u8> {
+        let d = self.desc_ptr(t)?;
+        let (order, refs, flags) = (self.head_order(), self.refcount(), self.flags());
+        self.make_allocated(order);
+        self.set_flags(flags);
+        self.set_refcount(refs);
+        Some(d)
+    }
+
     pub fn flags(&self) -> PageFlags {
         PageFlags::from_bits_retain(self.raw_flags() & !ORDER_MASK)
     }

@@ -586,11 +586,7 @@ pub fn pagetable_dtor(pt: Frame<PtDesc>) -> Result<Pages, (Frame<PtDesc>, PtDesc
     }
     #[cfg(feature = "memdesc")]
     {
-        let (refs, flags) = (page.refcount(), page.flags());
-        let d = page.desc_ptr(PageType::PageTable);
-        page.make_allocated(order);
-        page.set_flags(flags);
-        page.set_refcount(refs);
+        let d = page.detach_desc(PageType::PageTable);
         if let Some(d) = d.and_then(|d| core::ptr::NonNull::new(d.cast_mut())) {
             // SAFETY: the descriptor came from PTDESC_CACHE in the ctor and
             // nothing reaches it now that the page is retyped.
