@@ -293,6 +293,20 @@ impl RegionEntry {
     pub const fn invalidated(self) -> Self {
         RegionEntry(self.0 | REGION_INVALID)
     }
+
+    /// vSIE: the shadow of the valid guest entry `self`, pointing at the
+    /// shadow table at `origin` instead: the guest's table type, offset and
+    /// length (so the CPU makes the same length checks through the shadow)
+    /// and, with EDAT-1, its protection; nothing else.
+    pub fn shadow_of(self, origin: PhysAddr, edat1: bool) -> Result<Self, EntryError> {
+        if origin.0 & !CRST_ORIGIN != 0 {
+            return Err(EntryError::Misaligned);
+        }
+        let p = if edat1 { REGION_PROTECT } else { 0 };
+        Ok(RegionEntry(
+            origin.0 | (self.0 & (REGION_TF | REGION_TT | REGION_TL | p)),
+        ))
+    }
 }
 
 impl fmt::Debug for RegionEntry {

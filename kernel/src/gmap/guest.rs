@@ -69,17 +69,7 @@ impl Vcpu {
         // the masks longer.
         let _attached = space.attach();
         loop {
-            // `ctx` is public: check what run_guest's contract needs on
-            // every entry (a guest in supervisor state, or in home or
-            // secondary space mode, would reach the kernel's memory).
-            let m = self.ctx.psw.mask;
-            if m & mask::PROBLEM == 0
-                || m & mask::DAT == 0
-                || m & mask::ASC != mask::ASC_PRIMARY
-                || m & (mask::WAIT | mask::EXT | mask::IO | mask::MCHECK | mask::PER) != 0
-            {
-                return Err(GuestStop::BadPsw(m));
-            }
+            check_psw(self.ctx.psw.mask)?;
             if self.exits >= max_exits {
                 return Err(GuestStop::TooManyExits);
             }
@@ -91,31 +81,40 @@ impl Vcpu {
                 Exit::Svc(c) => return Ok(c),
                 Exit::Program(pc) => {
                     let c = pc.exception();
-                    let translation = matches!(
-                        c,
-                        code::SEGMENT_TRANSLATION
-                            | code::PAGE_TRANSLATION
-                            | code::ASCE_TYPE
-                            | code::REGION_FIRST_TRANSLATION
-                            | code::REGION_SECOND_TRANSLATION
-                            | code::REGION_THIRD_TRANSLATION
-                    );
-                    if !translation {
+                    // A protection exception is a store to a page a shadow
+                    // protected (the host lifts that, notifying the
+                    // shadows) or one the host made read-only (refused).
+                    if !is_translation(c) && c != code::PROTECTION {
                         return Err(GuestStop::Program(pc.code, self.ctx.psw.addr));
                     }
                     let t = Teid(pc.teid);
                     let gaddr = t.address();
-                    let access = if t.access() == TeidAccess::Store {
+                    let access = if c == code::PROTECTION || t.access() == TeidAccess::Store {
                         Access::Write
                     } else {
                         Access::Read
                     };
-                    match gmap.gmap_fault(gaddr, access) {
+                    if c == code::PROTECTION {
+                        // Suppressing: back to the store, to run it again.
+                        self.ctx.psw.addr = self.ctx.psw.addr.wrapping_sub(pc.ilc as u64);
+                    }
+                    let mut r = gmap.gmap_fault(gaddr, access);
+                    if r == Err(GmapError::Protected) && c != code::PROTECTION {
+                        // A store's translation exception on a page the
+                        // host made read-only: resolve the translation;
+                        // the store, run again, takes the protection
+                        // exception, which ends the run below.
+                        r = gmap.gmap_fault(gaddr, Access::Read);
+                    }
+                    match r {
                         // Translation exceptions nullify: the guest PSW still
                         // points at the instruction, which runs again.
                         Ok(_) => self.faults += 1,
                         Err(GmapError::OutOfRange) => return Err(GuestStop::BeyondLimit(gaddr)),
                         Err(GmapError::NoMemory) => return Err(GuestStop::NoMemory(gaddr)),
+                        Err(GmapError::Protected) => {
+                            return Err(GuestStop::Program(pc.code, self.ctx.psw.addr))
+                        }
                         Err(_) => return Err(GuestStop::NotMapped(gaddr)),
                     }
                 }
@@ -123,4 +122,31 @@ impl Vcpu {
             }
         }
     }
+}
+
+/// What `run_guest`'s contract needs of a guest PSW, checked on every entry
+/// (`ctx` is public: a guest in supervisor state, or in home or secondary
+/// space mode, would reach the kernel's memory).
+pub(crate) fn check_psw(m: u64) -> Result<(), GuestStop> {
+    if m & mask::PROBLEM == 0
+        || m & mask::DAT == 0
+        || m & mask::ASC != mask::ASC_PRIMARY
+        || m & (mask::WAIT | mask::EXT | mask::IO | mask::MCHECK | mask::PER) != 0
+    {
+        return Err(GuestStop::BadPsw(m));
+    }
+    Ok(())
+}
+
+/// The program-interruption codes of DAT translation exceptions.
+pub(crate) fn is_translation(c: u16) -> bool {
+    matches!(
+        c,
+        code::SEGMENT_TRANSLATION
+            | code::PAGE_TRANSLATION
+            | code::ASCE_TYPE
+            | code::REGION_FIRST_TRANSLATION
+            | code::REGION_SECOND_TRANSLATION
+            | code::REGION_THIRD_TRANSLATION
+    )
 }

@@ -3,7 +3,7 @@
 //! like a VMM's memory. Its unmap, protect and remap go through the
 //! address-space API, so attached gmaps hear of every change.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -39,6 +39,10 @@ pub struct HostMm {
     /// Frames unmapped whose free the allocator refused: kept, freed again
     /// when the host is dropped.
     refused: Vec<Pages>,
+    /// Pages the host itself made read-only (`protect`): what Linux's VMA
+    /// says. Any other read-only PTE was protected for a shadow gmap
+    /// (`AddressSpace::force_prot_vsie`), and a write fault lifts that.
+    readonly: BTreeSet<u64>,
 }
 
 impl HostMm {
@@ -56,6 +60,7 @@ impl HostMm {
             space,
             frames: BTreeMap::new(),
             refused: Vec::new(),
+            readonly: BTreeSet::new(),
         })))
     }
 
@@ -86,10 +91,20 @@ impl HostMm {
     }
 
     /// Make sure the page at `vmaddr` (page aligned) is mapped: a new
-    /// zeroed frame if not. Returns the frame.
-    pub fn populate(&mut self, vmaddr: u64, _write: bool) -> Result<PhysAddr, SpaceError> {
+    /// zeroed frame if not. For a `write`, a page that is read-only only
+    /// because a shadow gmap protected it is made writable again (the
+    /// change notifies the shadows first, as Linux's write fault on a
+    /// `ptep_force_prot` page does); a page the host made read-only stays
+    /// so (`Protected`). Returns the frame.
+    pub fn populate(&mut self, vmaddr: u64, write: bool) -> Result<PhysAddr, SpaceError> {
         let va = self.check_page(vmaddr)?;
-        if let Some((pa, _)) = self.space.lookup(va) {
+        if let Some((pa, prot)) = self.space.lookup(va) {
+            if write && prot == Prot::ReadOnly {
+                if self.readonly.contains(&va) {
+                    return Err(SpaceError::Protected);
+                }
+                self.space.protect(va, Prot::ReadWrite)?;
+            }
             return Ok(pa);
         }
         let p = mm::alloc_pages(0, AllocFlags::ZERO)?;
@@ -220,8 +235,18 @@ impl HostMm {
         }
     }
 
+    /// Change the protection of the populated page at `vmaddr`; the host
+    /// remembers a read-only page as its own choice (a write fault does
+    /// not lift it).
     pub fn protect(&mut self, vmaddr: u64, prot: Prot) -> Result<(), SpaceError> {
-        self.space.protect(vmaddr, prot)
+        self.space.protect(vmaddr, prot)?;
+        let va = vmaddr & !(PAGE_SIZE - 1);
+        if prot == Prot::ReadOnly {
+            self.readonly.insert(va);
+        } else {
+            self.readonly.remove(&va);
+        }
+        Ok(())
     }
 
     /// Replace the frame at `vmaddr` with a new zeroed one, in place (the

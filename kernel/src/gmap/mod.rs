@@ -26,6 +26,7 @@ mod hooks;
 pub mod host;
 pub mod notify;
 mod ops;
+pub mod shadow;
 pub mod table;
 mod walk;
 
@@ -33,6 +34,10 @@ mod walk;
 pub mod guest;
 #[cfg(target_os = "none")]
 mod ktests;
+#[cfg(target_arch = "s390x")]
+pub mod vsie;
+#[cfg(target_os = "none")]
+mod vsie_tests;
 
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
@@ -85,6 +90,8 @@ pub enum GmapError {
     /// The gmap's host no longer holds the address space the gmap was
     /// created over (its `HostMm` was swapped with another): refused.
     HostReplaced,
+    /// A write to a guest page its host made read-only.
+    Protected,
     /// `gmap_remove`: this many gmap tables could not be freed (the
     /// allocator refused them and printed a `BUG: Bad page state` line for
     /// each); they stay allocated. Everything else was torn down.
@@ -146,6 +153,9 @@ pub(crate) struct GmapInner {
     /// Counters: links made, unlinks done.
     links: u64,
     unlinks: u64,
+    /// vSIE: the shadow gmaps made for guest-2s of this gmap (Linux's
+    /// `children`); removed ones are pruned by the next `gmap_shadow`.
+    shadows: Vec<Arc<Mutex<shadow::ShadowInner>>>,
 }
 
 /// A gmap failure no caller can be told about: a counted `BUG:` line
@@ -204,6 +214,7 @@ fn space_error(e: space::SpaceError) -> GmapError {
         space::SpaceError::OutOfRange => GmapError::OutOfRange,
         space::SpaceError::AlreadyMapped => GmapError::AlreadyMapped,
         space::SpaceError::NotMapped => GmapError::NotMapped,
+        space::SpaceError::Protected => GmapError::Protected,
     }
 }
 
@@ -241,6 +252,7 @@ pub fn gmap_create(parent: &Arc<Mutex<HostMm>>, limit: u64) -> Result<Gmap, Gmap
         }],
         links: 0,
         unlinks: 0,
+        shadows: Vec::new(),
     }));
     let mut all = GMAPS.lock();
     all.retain(|w| w.strong_count() > 0);
@@ -290,6 +302,7 @@ impl GmapInner {
     /// (the allocator or the descriptor check refused them): they stay
     /// allocated, no longer this gmap's.
     fn teardown(&mut self) -> u64 {
+        shadow::remove_all(&mut self.shadows);
         let tables = core::mem::take(&mut self.tables);
         self.host_to_guest.clear();
         self.guest_to_host.clear();

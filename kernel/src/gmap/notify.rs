@@ -25,8 +25,16 @@ pub fn gmap_unregister_pte_notifier(f: PteNotifier) {
 }
 
 /// `ptep_notify`: the host PTE for `vmaddr` of space `space` is about to
-/// change (called by the space before its IPTE).
-pub(crate) fn ptep_notify(space: u64, vmaddr: u64) {
+/// change (called by the space before its IPTE), and its PGSTE had `bits`:
+/// the VSIE bit tells the shadows first (`gmap_shadow_notify`), the IN bit
+/// the registered notifiers of every gmap linked to it.
+pub(crate) fn ptep_notify(space: u64, vmaddr: u64, bits: u64) {
+    if bits & crate::dat::space::PGSTE_VSIE_BIT != 0 {
+        super::shadow::shadow_notify(space, vmaddr);
+    }
+    if bits & crate::dat::space::PGSTE_IN_BIT == 0 {
+        return;
+    }
     let guests = super::guests_of(space, vmaddr);
     let cbs: Vec<PteNotifier> = NOTIFIERS.lock().clone();
     for (gmap, gaddr) in guests {

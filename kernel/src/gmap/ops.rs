@@ -89,6 +89,10 @@ impl Gmap {
     /// `gmap_unmap_segment`: drop guest `[to, to+len)`, unlinking what is
     /// linked. Every segment must be mapped.
     pub fn gmap_unmap_segment(&self, to: u64, len: u64) -> Result<(), GmapError> {
+        // The host lock first (the lock order): shadows built from the
+        // guest segments' memory go too, and shadow faults run under it.
+        let parent = self.parent();
+        let _host = lock_host(&parent);
         let mut g = self.inner.lock();
         g.check_segments(to, len)?;
         let mut off = 0;
@@ -100,11 +104,50 @@ impl Gmap {
         }
         let mut off = 0;
         while off < len {
-            g.guest_to_host.remove(&(to + off));
+            if let Some(hs) = g.guest_to_host.remove(&(to + off)) {
+                super::shadow::shadow_notify_range(&g.shadows, hs, hs + (SEGMENT_SIZE - 1));
+            }
             g.unlink_gaddr(to + off);
             off += SEGMENT_SIZE;
         }
         Ok(())
+    }
+
+    /// Guest-1 reads its own memory at `gaddr` (8-aligned): through the
+    /// guest-to-host map and the host's frame (populated if missing), as
+    /// KVM's `read_guest_abs` does.
+    pub fn guest_read_u64(&self, gaddr: u64) -> Result<u64, GmapError> {
+        self.guest_access(gaddr, None)
+    }
+
+    /// Guest-1 stores to its own memory at `gaddr` (8-aligned), as a
+    /// guest-1 store would: a page protected for a shadow is made writable
+    /// first (the host notifies, and shadows built from it go), a page the
+    /// host made read-only is refused (`Protected`).
+    pub fn guest_write_u64(&self, gaddr: u64, v: u64) -> Result<(), GmapError> {
+        self.guest_access(gaddr, Some(v)).map(|_| ())
+    }
+
+    fn guest_access(&self, gaddr: u64, store: Option<u64>) -> Result<u64, GmapError> {
+        if !gaddr.is_multiple_of(8) {
+            return Err(GmapError::Misaligned);
+        }
+        let parent = self.parent();
+        let mut host = lock_host(&parent);
+        let vm = self.inner.lock().translate(gaddr)?;
+        let pa = host
+            .populate(vm & !0xfff, store.is_some())
+            .map_err(space_error)?;
+        // SAFETY: the host's frame at `vm`, kept while its lock is held;
+        // 8-aligned. Guest memory: no Rust object lives there.
+        let w = unsafe { entry(PhysAddr(pa.0 | (vm & 0xfff))) };
+        match store {
+            Some(v) => {
+                w.store(v, Ordering::Release);
+                Ok(v)
+            }
+            None => Ok(w.load(Ordering::Acquire)),
+        }
     }
 
     /// `gmap_translate`: the host address of guest address `gaddr`.

@@ -371,7 +371,8 @@ pub fn check() -> Result<DescStats, DescCheckError> {
         let pfn = Pfn(pfn as u64);
         let (cache, count, orders): (&DescCache, &mut u64, &[u32]) = match page.page_type() {
             Some(PageType::PageTable) => (&PTDESC_CACHE, &mut st.ptdescs, &[0, 2]),
-            Some(PageType::GmapTable) => (&GTDESC_CACHE, &mut st.gtdescs, &[2]),
+            // Order 2: a CRST table; 0: a shadow page table.
+            Some(PageType::GmapTable) => (&GTDESC_CACHE, &mut st.gtdescs, &[0, 2]),
             Some(PageType::DescSlab) => {
                 let h = DescCache::header(pfn.0);
                 let cache = match h.cache.load(Ordering::Relaxed) {

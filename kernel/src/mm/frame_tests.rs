@@ -119,6 +119,56 @@ fn gmap_table_ctor_records_and_the_dtor_clears() {
 }
 
 #[test]
+fn shadow_page_tables_are_order_0_gmap_tables_and_only_shadows_have_them() {
+    let _s = host_test_serial();
+    let (before, g0) = (free_now(), gtdesc::nr_gmap_table_pages());
+    let lvl = gtdesc::GMAP_PTE_LEVEL;
+    let flags = gtdesc::GT_SHADOW | gtdesc::GT_FAKE;
+    // A shadow page table: order 0, flags kept, one page counted.
+    let t = gtdesc::gmap_table_ctor_flags(
+        alloc_pages(0, AllocFlags::empty()).unwrap(),
+        3,
+        lvl,
+        0x5000,
+        flags,
+    )
+    .unwrap();
+    assert_eq!(
+        (t.raw_level(), t.flags(), t.gaddr(), t.order()),
+        (lvl, flags, 0x5000, 0)
+    );
+    assert!(t.is_shadow());
+    assert_eq!(gtdesc::nr_gmap_table_pages(), g0 + 1);
+    // Refused, block handed back: a page table that is not a shadow's, one
+    // of order 2, a CRST table of order 0, an unknown flag or level.
+    for (order, level, fl) in [
+        (0, lvl, 0),
+        (2, lvl, gtdesc::GT_SHADOW),
+        (0, 0, gtdesc::GT_SHADOW),
+        (2, 0, 8),
+        (2, 5, gtdesc::GT_SHADOW),
+    ] {
+        let p = alloc_pages(order, AllocFlags::empty()).unwrap();
+        let (p, e) = gtdesc::gmap_table_ctor_flags(p, 3, level, 0, fl).unwrap_err();
+        assert_eq!(e, GtDescError::WrongOrder(order), "{order} {level} {fl}");
+        assert_eq!(p.order(), order);
+    }
+    // A refused free gives it back with its flags.
+    super::frame_page_for_tests(&t).page_ref_inc();
+    let (t, e) = gtdesc::gmap_table_free(t).unwrap_err();
+    assert_eq!(e, GtDescError::Free(super::FreeError::BadRefcount(2)));
+    assert_eq!((t.raw_level(), t.flags(), t.gaddr()), (lvl, flags, 0x5000));
+    assert_eq!(gtdesc::nr_gmap_table_pages(), g0 + 1);
+    super::frame_page_for_tests(&t).page_ref_dec();
+    // The dtor hands back an order-0 block.
+    let p = gtdesc::gmap_table_dtor(t).unwrap();
+    assert_eq!(p.order(), 0);
+    drop(p);
+    assert_eq!(gtdesc::nr_gmap_table_pages(), g0);
+    assert_eq!(free_now(), before);
+}
+
+#[test]
 fn from_raw_checks_the_type_tag() {
     let _s = host_test_serial();
     let before = free_now();
@@ -141,8 +191,14 @@ fn from_raw_checks_the_type_tag() {
             Frame::<PtDesc>::from_raw(pa_plain).unwrap_err(),
             FrameError::WrongType(Some(PageType::Allocated))
         );
+        // A gmap table has no fixed order (a shadow page table is order
+        // 0), so a page inside a CRST table is refused by its type: a tail.
         assert_eq!(
             Frame::<GmapTableDesc>::from_raw(PhysAddr(pa_g.0 + 0x1000)).unwrap_err(),
+            FrameError::WrongType(Some(PageType::Tail))
+        );
+        assert_eq!(
+            Frame::<GmapTableDesc>::from_raw(PhysAddr(pa_g.0 + 0x800)).unwrap_err(),
             FrameError::Misaligned
         );
         drop(Frame::<PtDesc>::from_raw(pa_pt).unwrap());

@@ -36,7 +36,8 @@ pub struct GmapTableDesc {
     gt_level: AtomicU64,
     __page_type: AtomicU32,
     __page_refcount: AtomicU32,
-    _gt_spare: AtomicU64,
+    /// `GT_SHADOW`, `GT_FAKE` (aliases the spare word).
+    gt_flags: AtomicU64,
 }
 
 // TABLE_MATCH against struct page, like PtDesc's.
@@ -49,7 +50,7 @@ const _: () = {
     assert!(offset_of!(GmapTableDesc, gt_level) == page::PRIVATE_OFFSET);
     assert!(offset_of!(GmapTableDesc, __page_type) == page::PAGE_TYPE_OFFSET);
     assert!(offset_of!(GmapTableDesc, __page_refcount) == page::REFCOUNT_OFFSET);
-    assert!(offset_of!(GmapTableDesc, _gt_spare) == page::SPARE_OFFSET);
+    assert!(offset_of!(GmapTableDesc, gt_flags) == page::SPARE_OFFSET);
     assert!(size_of::<GmapTableDesc>() == size_of::<Page>());
 };
 
@@ -67,7 +68,8 @@ pub struct GmapTableDesc {
     gt_gmap: AtomicU64,
     /// The table's level (raw: `gmap::table` knows the encoding).
     gt_level: AtomicU64,
-    _gt_spare: AtomicU64,
+    /// `GT_SHADOW`, `GT_FAKE`.
+    gt_flags: AtomicU64,
 }
 
 #[cfg(feature = "memdesc")]
@@ -79,6 +81,28 @@ const _: () = {
 
 /// Order of a gmap table block (16 KiB, a CRST table).
 pub const GMAP_TABLE_ORDER: u32 = 2;
+
+/// The raw level of a shadow page table (vSIE): a 2 KiB PTE table in an
+/// order-0 block, as Linux's `gmap_shadow_pgt` takes a 4 KiB page (PTEs
+/// and PGSTEs) from `page_table_alloc_pgste`. CRST levels are 0..=3.
+pub const GMAP_PTE_LEVEL: u64 = 4;
+
+/// Flag: a table of a shadow gmap (vSIE); its gaddr is the guest-1
+/// address of the guest-2 table it shadows (`_pt_s390_gaddr`'s role).
+pub const GT_SHADOW: u64 = 1;
+/// Flag: a shadow table that shadows no guest-2 table (a real-space ASCE,
+/// or a large guest-2 frame split into pages): its gaddr is the guest-1
+/// address it starts mapping (Linux `GMAP_SHADOW_FAKE_TABLE`).
+pub const GT_FAKE: u64 = 2;
+
+/// The block order of a gmap table of raw level `level`.
+pub const fn gmap_table_order(level: u64) -> u32 {
+    if level == GMAP_PTE_LEVEL {
+        0
+    } else {
+        GMAP_TABLE_ORDER
+    }
+}
 
 static NR_GMAP_TABLES: AtomicU64 = AtomicU64::new(0);
 
@@ -95,7 +119,9 @@ pub enum GtDescError {
     /// A ctor on a block that is not a plain allocated block (its type),
     /// or that another reference or a `mapping` still holds.
     NotAllocated(Option<PageType>),
-    /// A ctor on a block that is not order 2 (its order).
+    /// A ctor on a block whose order is not its level's (2 for a CRST
+    /// table, 0 for a shadow page table): its order. Also a level or flags
+    /// value no table has.
     WrongOrder(u32),
     /// The allocator refused the free (it printed why).
     Free(FreeError),
@@ -167,6 +193,16 @@ impl GmapTableDesc {
         self.gt_level.load(Ordering::Relaxed)
     }
 
+    /// `GT_SHADOW`, `GT_FAKE` as the ctor recorded them.
+    pub fn flags(&self) -> u64 {
+        self.gt_flags.load(Ordering::Relaxed)
+    }
+
+    /// A table of a shadow gmap.
+    pub fn is_shadow(&self) -> bool {
+        self.flags() & GT_SHADOW != 0
+    }
+
     pub fn phys(&self) -> super::addr::PhysAddr {
         let page = gmap_table_page(self);
         super::page_to_pfn(page).map_or(super::addr::PhysAddr(0), |pfn| {
@@ -192,7 +228,8 @@ impl core::fmt::Debug for GmapTableDesc {
 // descriptor.
 unsafe impl sealed::Desc for GmapTableDesc {
     const TYPE: PageType = PageType::GmapTable;
-    const ORDER: Option<u32> = Some(GMAP_TABLE_ORDER);
+    // Order 2 for a CRST table, 0 for a shadow page table.
+    const ORDER: Option<u32> = None;
     fn of_page(page: &Page) -> &Self {
         desc_of(page).unwrap_or_else(|| unreachable!("a GmapTable frame without its descriptor"))
     }
@@ -220,19 +257,37 @@ pub fn gmap_table_ctor(
     level: u64,
     gaddr: u64,
 ) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
+    gmap_table_ctor_flags(p, owner, level, gaddr, 0)
+}
+
+/// `gmap_table_ctor` with flags (`GT_SHADOW`, `GT_FAKE`): a shadow gmap's
+/// tables. Level `GMAP_PTE_LEVEL` (a shadow page table) takes an order-0
+/// block and is for shadows only; CRST levels take order 2.
+pub fn gmap_table_ctor_flags(
+    p: Pages,
+    owner: u64,
+    level: u64,
+    gaddr: u64,
+    flags: u64,
+) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
     let page = p.head();
     if !page.has_type(PageType::Allocated) || page.refcount() != 1 || page.mapping() != 0 {
         return Err((p, GtDescError::NotAllocated(page.page_type())));
     }
-    if p.order() != GMAP_TABLE_ORDER {
+    let bad_level = level > GMAP_PTE_LEVEL
+        || flags & !(GT_SHADOW | GT_FAKE) != 0
+        || (level == GMAP_PTE_LEVEL && flags & GT_SHADOW == 0);
+    if bad_level || p.order() != gmap_table_order(level) {
         let o = p.order();
         return Err((p, GtDescError::WrongOrder(o)));
     }
+    let order = p.order();
     let f = retype(p)?;
     f._gt_s390_gaddr.store(gaddr, Ordering::Relaxed);
     f.gt_gmap.store(owner, Ordering::Relaxed);
     f.gt_level.store(level, Ordering::Relaxed);
-    NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+    f.gt_flags.store(flags, Ordering::Relaxed);
+    NR_GMAP_TABLES.fetch_add(1 << order, Ordering::Relaxed);
     Ok(f)
 }
 
@@ -250,13 +305,14 @@ pub fn gmap_table_dtor(
     if page_gmap_table(page).is_err() {
         return Err((t, GtDescError::BadDescriptor));
     }
+    let order = t.order();
     let page = t.into_head();
-    NR_GMAP_TABLES.fetch_sub(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+    NR_GMAP_TABLES.fetch_sub(1 << order, Ordering::Relaxed);
     #[cfg(not(feature = "memdesc"))]
     unretype(page);
     #[cfg(feature = "memdesc")]
     free_desc(unretype(page));
-    Ok(Pages::from_head(page, GMAP_TABLE_ORDER))
+    Ok(Pages::from_head(page, order))
 }
 
 /// The ctor's retyping: the block becomes a gmap table (memdesc: with a
@@ -281,7 +337,7 @@ fn retype(p: Pages) -> Result<Frame<GmapTableDesc>, (Pages, GtDescError)> {
         // the page points at it).
         let t = unsafe { &*d.as_ptr().cast::<GmapTableDesc>() };
         t.md.init(page);
-        t._gt_spare.store(0, Ordering::Relaxed);
+        t.gt_flags.store(0, Ordering::Relaxed);
         page.set_desc(PageType::GmapTable, d.as_ptr());
         Ok(Frame::from_head(page))
     }
@@ -316,18 +372,20 @@ fn free_desc(d: *const u8) {
 pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDesc>, GtDescError)> {
     #[cfg(not(feature = "memdesc"))]
     {
-        let saved = (t.gaddr(), t.owner(), t.raw_level());
+        let saved = (t.gaddr(), t.owner(), t.raw_level(), t.flags());
         let p = gmap_table_dtor(t)?;
+        let order = p.order();
         match super::free_pages(p) {
             Ok(()) => Ok(()),
             Err((p, e)) => {
                 let page = p.into_head();
                 page.set_page_type(PageType::GmapTable);
-                NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+                NR_GMAP_TABLES.fetch_add(1 << order, Ordering::Relaxed);
                 let f = Frame::<GmapTableDesc>::from_head(page);
                 f._gt_s390_gaddr.store(saved.0, Ordering::Relaxed);
                 f.gt_gmap.store(saved.1, Ordering::Relaxed);
                 f.gt_level.store(saved.2, Ordering::Relaxed);
+                f.gt_flags.store(saved.3, Ordering::Relaxed);
                 Err((f, GtDescError::Free(e)))
             }
         }
@@ -343,10 +401,11 @@ pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDe
         if page_gmap_table(page).is_err() {
             return Err((t, GtDescError::BadDescriptor));
         }
+        let order = t.order();
         let page = t.into_head();
-        NR_GMAP_TABLES.fetch_sub(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+        NR_GMAP_TABLES.fetch_sub(1 << order, Ordering::Relaxed);
         let d = unretype(page);
-        match super::free_pages(Pages::from_head(page, GMAP_TABLE_ORDER)) {
+        match super::free_pages(Pages::from_head(page, order)) {
             Ok(()) => {
                 free_desc(d);
                 Ok(())
@@ -354,7 +413,7 @@ pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDe
             Err((p, e)) => {
                 let page = p.into_head();
                 page.set_desc(PageType::GmapTable, d);
-                NR_GMAP_TABLES.fetch_add(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+                NR_GMAP_TABLES.fetch_add(1 << order, Ordering::Relaxed);
                 Err((Frame::from_head(page), GtDescError::Free(e)))
             }
         }
@@ -370,14 +429,15 @@ pub fn gmap_table_free(t: Frame<GmapTableDesc>) -> Result<(), (Frame<GmapTableDe
 pub(crate) fn gmap_table_free_keeping_gaddr(
     t: Frame<GmapTableDesc>,
 ) -> Result<(), (Frame<GmapTableDesc>, GtDescError)> {
+    let order = t.order();
     let page = t.into_head();
     // memdesc: the page keeps its GmapTable word (the descriptor holds the
     // gaddr), so the allocator refuses it as still in use.
     #[cfg(not(feature = "memdesc"))]
     page.set_page_type(PageType::Allocated);
-    match super::free_pages(Pages::from_head(page, GMAP_TABLE_ORDER)) {
+    match super::free_pages(Pages::from_head(page, order)) {
         Ok(()) => {
-            NR_GMAP_TABLES.fetch_sub(1 << GMAP_TABLE_ORDER, Ordering::Relaxed);
+            NR_GMAP_TABLES.fetch_sub(1 << order, Ordering::Relaxed);
             Ok(())
         }
         Err((p, e)) => {

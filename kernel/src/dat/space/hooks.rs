@@ -20,9 +20,9 @@ pub struct SpaceHooks {
     /// The PTE table for the segment at `vmaddr` is about to be unlinked
     /// from space `space` and freed: entries pointing at it must go first.
     pub table_unlink: fn(space: u64, vmaddr: u64, pte_table: PhysAddr),
-    /// The PTE for `vmaddr` of space `space`, which had its PGSTE notify
-    /// bit set, is about to change.
-    pub pte_notify: fn(space: u64, vmaddr: u64),
+    /// The PTE for `vmaddr` of space `space`, which had PGSTE notify bits
+    /// set (`bits`: `PGSTE_IN_BIT`, `PGSTE_VSIE_BIT`), is about to change.
+    pub pte_notify: fn(space: u64, vmaddr: u64, bits: u64),
     /// The PTE for `vmaddr` in the shared page table at `pto` was just
     /// invalidated with IPTE at the host address; purge what the TLBs hold
     /// of it under every guest address that reaches it (see
@@ -88,6 +88,11 @@ pub(crate) fn set_hooks(h: SpaceHooks) {
 
 /// PGSTE bit Linux calls PGSTE_IN_BIT: notify before this PTE changes.
 pub const PGSTE_IN_BIT: u64 = 0x0000_4000_0000_0000;
+/// PGSTE bit Linux calls PGSTE_VSIE_BIT: a shadow gmap depends on this PTE
+/// (the page holds a guest-2 table it shadows, or a shadow PTE maps the
+/// frame); tell the shadows before this PTE changes.
+pub const PGSTE_VSIE_BIT: u64 = 0x0000_2000_0000_0000;
+const PGSTE_NOTIFY_BITS: u64 = PGSTE_IN_BIT | PGSTE_VSIE_BIT;
 
 impl AddressSpace {
     pub(super) fn pgste_addr(&self, pte: PhysAddr) -> Option<PhysAddr> {
@@ -97,11 +102,33 @@ impl AddressSpace {
     /// Set the notify bit of the PGSTE of the PTE for `va` (which must
     /// exist): the next change of that PTE calls the pte_notify hook first.
     pub fn pgste_set_notify(&mut self, va: u64) -> Result<(), SpaceError> {
+        self.pgste_set_bits(va, PGSTE_IN_BIT)
+    }
+
+    /// Set `bits` (`PGSTE_IN_BIT`, `PGSTE_VSIE_BIT`) in the PGSTE of the
+    /// present PTE for `va` (Linux's `ptep_shadow_pte` sets the VSIE bit of
+    /// the parent's PTE a shadow PTE copies).
+    pub(crate) fn pgste_set_bits(&self, va: u64, bits: u64) -> Result<(), SpaceError> {
         let pte = self.pte_addr(va).ok_or(SpaceError::NotMapped)?;
         let pg = self.pgste_addr(pte).ok_or(SpaceError::NotMapped)?;
+        // SAFETY: a PTE of a live table of this space.
+        if !super::super::entry::Pte::from_raw(unsafe { entry(pte) }.load(Ordering::Acquire))
+            .is_present()
+        {
+            return Err(SpaceError::NotMapped);
+        }
         // SAFETY: the PGSTE of a live whole-page table of this space.
-        unsafe { entry(pg) }.fetch_or(PGSTE_IN_BIT, Ordering::AcqRel);
+        unsafe { entry(pg) }.fetch_or(bits & PGSTE_NOTIFY_BITS, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The PGSTE notify bits of the PTE for `va` (0 without one).
+    pub fn pgste_bits(&self, va: u64) -> u64 {
+        let Some(pg) = self.pte_addr(va).and_then(|p| self.pgste_addr(p)) else {
+            return 0;
+        };
+        // SAFETY: the PGSTE of a live whole-page table of this space.
+        unsafe { entry(pg) }.load(Ordering::Acquire) & PGSTE_NOTIFY_BITS
     }
 
     /// Clear the notify bit of the PGSTE of the PTE for `va` (undoing
@@ -129,11 +156,11 @@ impl AddressSpace {
             return;
         };
         // SAFETY: the PGSTE of a live whole-page table of this space.
-        let old = unsafe { entry(pg) }.fetch_and(!PGSTE_IN_BIT, Ordering::AcqRel);
-        if old & PGSTE_IN_BIT != 0 {
+        let old = unsafe { entry(pg) }.fetch_and(!PGSTE_NOTIFY_BITS, Ordering::AcqRel);
+        if old & PGSTE_NOTIFY_BITS != 0 {
             if let Some(h) = HOOKS.get() {
                 let _scope = HookScope::enter();
-                (h.pte_notify)(self.id, va & !(PAGE_SIZE - 1));
+                (h.pte_notify)(self.id, va & !(PAGE_SIZE - 1), old & PGSTE_NOTIFY_BITS);
             }
         }
     }

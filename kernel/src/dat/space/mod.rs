@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 pub use check::{SpaceCheck, SpaceCheckError};
 pub(crate) use hooks::set_hooks;
-pub use hooks::{in_space_hook, SpaceHooks, PGSTE_IN_BIT};
+pub use hooks::{in_space_hook, SpaceHooks, PGSTE_IN_BIT, PGSTE_VSIE_BIT};
 
 use super::context::{AsceRef, MmContext};
 use super::dat_bug;
@@ -51,6 +51,8 @@ pub enum SpaceError {
     OutOfRange,
     AlreadyMapped,
     NotMapped,
+    /// A write to a page its owner made read-only (`HostMm::populate`).
+    Protected,
 }
 
 impl From<AllocError> for SpaceError {

@@ -332,6 +332,36 @@ impl AddressSpace {
         Ok(old)
     }
 
+    /// Linux `ptep_force_prot(PROT_READ, PGSTE_VSIE_BIT)`: make the present
+    /// page at `va` read-only (notify and IPTE first if it was writable)
+    /// and set its PGSTE VSIE bit: a shadow gmap protects the page that
+    /// holds a guest-2 table, so that a change of it (a store makes the
+    /// host lift the protection, which notifies) reaches the shadow.
+    pub(crate) fn force_prot_vsie(&self, va: u64) -> Result<(), SpaceError> {
+        self.check_page(va)?;
+        let (Some(pto), Some(pea)) = (self.pte_table(va), self.pte_addr(va)) else {
+            return Err(SpaceError::NotMapped);
+        };
+        let _ptl = table::table_ptdesc(pto).map(|pt| ptdesc::ptlock_ptr(pt).lock());
+        // SAFETY: a PTE of a live table, under its lock.
+        let slot = unsafe { entry(pea) };
+        let old = Pte::from_raw(slot.load(Ordering::Acquire));
+        if !old.is_present() || old.is_invalid() {
+            return Err(SpaceError::NotMapped);
+        }
+        if !old.is_protected() {
+            // Tightening is a change: shadow PTEs that map the page
+            // writable (its VSIE bit) must go first, or guest-2 could
+            // change the guest-2 table in it behind its shadow's back.
+            // Linux's ptep_force_prot does not notify; zdat does.
+            self.notify_before_change(va, pea);
+            // SAFETY: `pto` is this live page table.
+            unsafe { self.ipte(pto, va) };
+            slot.store(old.with_prot(Prot::ReadOnly).raw(), Ordering::Release);
+        }
+        self.pgste_set_bits(va, super::PGSTE_VSIE_BIT)
+    }
+
     /// Change the protection of the page at `va`.
     pub fn protect(&self, va: u64, prot: Prot) -> Result<(), SpaceError> {
         self.change_pte(va, |old| Ok(old.validated().with_prot(prot)))

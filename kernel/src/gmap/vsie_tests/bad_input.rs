@@ -1,0 +1,205 @@
+//! vsie bad input: malformed guest-2 ASCEs and entries are reflected to
+//! guest-1 as the architecture's exception and change no host table; the
+//! shadow checker catches a broken protection; a parent removed under live
+//! shadows gives every page back.
+
+use super::{world, G2Tables, World, G1_DATA, G1_SIZE};
+use crate::arch::pgm::code;
+use crate::dat::entry::{Level, Prot, Pte, RegionEntry};
+use crate::dat::space::PGSTE_VSIE_BIT;
+use crate::dat::table::entry;
+use crate::gmap::shadow::{ShadowCheckError, ShadowFault};
+use crate::ktest::KResult;
+use crate::mm::addr::PhysAddr;
+use crate::{kassert, kassert_eq, kassert_matches, kfail};
+
+/// What a refused shadow fault must leave as it was on the host side.
+#[derive(Debug, PartialEq, Eq)]
+struct HostState {
+    host: Result<crate::dat::space::SpaceCheck, crate::dat::space::SpaceCheckError>,
+    frames: usize,
+    gmap: Result<u64, crate::gmap::GmapCheckError>,
+}
+
+fn host_state(w: &World) -> HostState {
+    let h = w.h.lock();
+    let (host, frames) = (h.space().check(), h.nr_frames());
+    drop(h);
+    HostState {
+        host,
+        frames,
+        gmap: w.g.check(),
+    }
+}
+
+/// One malformed guest-2 translation after another, each reflected with
+/// the exception the architecture defines: a region entry of the wrong
+/// table type, a segment entry with table-type bits, a PTE with bit 52
+/// (translation specification), a table beyond guest-1 memory
+/// (addressing), an address beyond what the ASCE's type covers (ASCE
+/// type), beyond the ASCE's table length and beyond a region entry's
+/// table length (the translation exception of the level). The host's
+/// tables, frames and the gmap stay as they were; the shadow's checker
+/// passes after each.
+pub(super) fn malformed_guest2_tables_are_reflected_and_change_no_host_table() -> KResult {
+    let w = world()?;
+    w.w(G1_DATA, 0x77)?;
+    let mut t = G2Tables::new(&w, Level::Region3)?;
+    let s = w.shadow(t.asce())?;
+    // (guest-2 address, what is wrong, the code) — each address its own
+    // region-third entry so the cases do not meet.
+    let r3 = |i: u64| (i << 31) | 0x10_0000;
+    let mut cases: alloc::vec::Vec<(u64, u16)> = alloc::vec::Vec::new();
+    // A region-third entry whose table type says region-second.
+    t.map(&w, r3(1), G1_DATA, Prot::ReadWrite)?;
+    let Some(e) = t.entry_g1(&w, r3(1), Some(Level::Region3), false)? else {
+        return kfail!("no entry");
+    };
+    let good = RegionEntry::from_raw(w.r(e)?);
+    let wrong =
+        RegionEntry::table(Level::Region2, good.next_origin()).or_else(|e| kfail!("{e:?}"))?;
+    w.w(e, wrong.raw())?;
+    cases.push((r3(1), code::TRANSLATION_SPECIFICATION));
+    // A segment entry with table-type bits set.
+    t.map(&w, r3(2), G1_DATA, Prot::ReadWrite)?;
+    let Some(e) = t.entry_g1(&w, r3(2), Some(Level::Segment), false)? else {
+        return kfail!("no entry");
+    };
+    w.w(e, w.r(e)? | 0x4)?;
+    cases.push((r3(2), code::TRANSLATION_SPECIFICATION));
+    // A PTE with bit 52.
+    let p = Pte::new(PhysAddr(G1_DATA), Prot::ReadWrite).or_else(|e| kfail!("{e:?}"))?;
+    t.set(&w, r3(3), None, p.with_bit52().raw())?;
+    cases.push((r3(3), code::TRANSLATION_SPECIFICATION));
+    // A segment table beyond guest-1 memory.
+    let far = RegionEntry::table(Level::Region3, PhysAddr(G1_SIZE + 0x10_0000))
+        .or_else(|e| kfail!("{e:?}"))?;
+    t.set(&w, r3(4), Some(Level::Region3), far.raw())?;
+    cases.push((r3(4), code::ADDRESSING));
+    // A page beyond guest-1 memory.
+    t.map(&w, r3(5), G1_SIZE + 0x1000, Prot::ReadWrite)?;
+    cases.push((r3(5), code::ADDRESSING));
+    // A region-third entry of table length 0 (512 segments), an address
+    // past it.
+    t.map(&w, r3(6) + (600 << 20), G1_DATA, Prot::ReadWrite)?;
+    let Some(e) = t.entry_g1(&w, r3(6), Some(Level::Region3), false)? else {
+        return kfail!("no entry");
+    };
+    w.w(e, w.r(e)? & !0x3)?;
+    cases.push((r3(6) + (600 << 20), code::SEGMENT_TRANSLATION));
+    // An invalid PTE (valid tables above): guest-2's page translation.
+    t.set(&w, r3(7), None, Pte::empty().raw())?;
+    cases.push((r3(7), code::PAGE_TRANSLATION));
+    let before = host_state(&w);
+    for &(g2, want) in &cases {
+        kassert_eq!(
+            s.shadow_fault(g2, false),
+            Err(ShadowFault::Reflect(want)),
+            "{g2:#x}"
+        );
+        kassert_eq!(host_state(&w), before, "{g2:#x}");
+        kassert_eq!(s.check(), Ok(0), "{g2:#x}");
+    }
+    // The ASCE's own limits, through shadows of other ASCEs.
+    let seg = G2Tables::new(&w, Level::Segment)?;
+    let ss = w.shadow(seg.asce())?;
+    kassert_eq!(
+        ss.shadow_fault(1 << 31, false),
+        Err(ShadowFault::Reflect(code::ASCE_TYPE))
+    );
+    let short = w.shadow(t.asce().with_tl(0))?;
+    kassert_eq!(
+        short.shadow_fault(600 << 31, false),
+        Err(ShadowFault::Reflect(code::REGION_THIRD_TRANSLATION))
+    );
+    // And what is well-formed still works next to it all. Mapping it
+    // stores into guest-2's top table, whose page the shadow protected:
+    // the whole shadow goes, and the next gmap_shadow makes a new one.
+    t.map(&w, r3(8), G1_DATA, Prot::ReadWrite)?;
+    kassert!(s.is_removed());
+    kassert_eq!(s.shadow_fault(r3(8), false), Err(ShadowFault::Again));
+    let s = w.shadow(t.asce())?;
+    kassert_eq!(s.shadow_fault(r3(8), false), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    Ok(())
+}
+
+/// The checker is not a tautology: a source page made writable behind
+/// the shadow's back, or a shadowed page's VSIE bit lost, is reported.
+pub(super) fn checker_catches_a_shadow_entry_whose_source_is_writable() -> KResult {
+    let w = world()?;
+    let mut t = G2Tables::new(&w, Level::Segment)?;
+    let g2 = 0x1234_5000;
+    t.map(&w, g2, G1_DATA, Prot::ReadWrite)?;
+    let s = w.shadow(t.asce())?;
+    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    let Some(pte_g1) = t.entry_g1(&w, g2, None, false)? else {
+        return kfail!("no PTE");
+    };
+    // The host PTE of the page holding guest-2's PTE table, made writable
+    // without the space's API (so nobody is notified).
+    let h = w.h.lock();
+    let Some(hpte) = h.space().pte_addr(w.vm(pte_g1) & !0xfff) else {
+        return kfail!("no host PTE");
+    };
+    // SAFETY: a live host PTE; the case puts it back below and nothing
+    // else runs meanwhile (the host lock is held).
+    let slot = unsafe { entry(hpte) };
+    let old = slot.load(core::sync::atomic::Ordering::Acquire);
+    slot.store(
+        Pte::from_raw(old).with_prot(Prot::ReadWrite).raw(),
+        core::sync::atomic::Ordering::Release,
+    );
+    drop(h);
+    let broken = s.check();
+    let h = w.h.lock();
+    slot.store(old, core::sync::atomic::Ordering::Release);
+    drop(h);
+    kassert_matches!(broken, Err(ShadowCheckError::Unprotected { kind: 1, .. }));
+    kassert_eq!(s.check(), Ok(1));
+    // The data page's PGSTE VSIE bit lost.
+    let h = w.h.lock();
+    let Some(dpte) = h.space().pte_addr(w.vm(G1_DATA)) else {
+        return kfail!("no host PTE");
+    };
+    // SAFETY: the PGSTE of a live host PTE (PGSTEs sit 2 KiB above in the
+    // whole-page tables of a PGSTE space); put back below.
+    let pg = unsafe { entry(PhysAddr(dpte.0 + 0x800)) };
+    let old = pg.fetch_and(!PGSTE_VSIE_BIT, core::sync::atomic::Ordering::AcqRel);
+    drop(h);
+    let broken = s.check();
+    pg.store(old, core::sync::atomic::Ordering::Release);
+    kassert_eq!(broken, Err(ShadowCheckError::Page(g2 & !0xfff)));
+    kassert_eq!(s.check(), Ok(1));
+    Ok(())
+}
+
+/// The parent gmap removed while shadow handles live: the shadows are
+/// removed (their checker says so), and once the handles go every page is
+/// back (the runner's leak check).
+pub(super) fn teardown_with_live_shadows_returns_every_page() -> KResult {
+    let w = world()?;
+    w.w(G1_DATA, 5)?;
+    let mut t = G2Tables::new(&w, Level::Region2)?;
+    let mut handles = alloc::vec::Vec::new();
+    for i in 0..3u64 {
+        let g2 = (i << 42) | (i << 31) | 0x20_0000;
+        t.map(&w, g2, G1_DATA + i * 0x1000, Prot::ReadWrite)?;
+        let s = w.shadow(t.asce().with_tl(3 - i))?;
+        kassert_eq!(s.shadow_fault(g2, false), Ok(()));
+        kassert_eq!(s.check(), Ok(1));
+        handles.push(s);
+    }
+    kassert!(crate::gmap::table::nr_gmap_table_pages() > 0);
+    let World { h, g } = w;
+    kassert_eq!(crate::gmap::gmap_remove(g), Ok(()));
+    for s in &handles {
+        kassert!(s.is_removed());
+        kassert_eq!(s.check(), Ok(0));
+        kassert_eq!(s.shadow_fault(0x20_0000, false), Err(ShadowFault::Again));
+    }
+    drop(handles);
+    drop(h);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! vsie on several CPUs: concurrent shadow faults on one guest-2 segment
+//! shadow it once, and an unshadow while another CPU keeps the shadow
+//! loaded (its TLB warm) leaves that CPU no stale translation.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use super::{world, G2Tables, World, G1_DATA};
+use crate::arch::pgm::code;
+use crate::dat::entry::{Level, Prot};
+use crate::dat::kernel::warm_secondary;
+use crate::gmap::shadow::ShadowGmap;
+use crate::ktest::{KResult, Outcome};
+use crate::smp::{self, run_on_all};
+use crate::{kassert_eq, kskip};
+
+/// One guest-2 segment of 64 pages, each page holding its own tag.
+const SEG: u64 = (2u64 << 31) | (3 << 20);
+const PAGES: u64 = 64;
+
+fn tag(p: u64) -> u64 {
+    0x7a00_0000_0000_0000 | p
+}
+
+struct Shared {
+    w: World,
+    s: ShadowGmap,
+}
+
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+fn need_smp() -> KResult {
+    if smp::nr_online() < 2 {
+        kskip!("one CPU: run with --smp 2 or more");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<(World, G2Tables), Outcome> {
+    let w = world()?;
+    let mut t = G2Tables::new(&w, Level::Region3)?;
+    for p in 0..PAGES {
+        w.w(G1_DATA + p * 0x1000, tag(p))?;
+        t.map(&w, SEG + p * 0x1000, G1_DATA + p * 0x1000, Prot::ReadWrite)?;
+    }
+    Ok((w, t))
+}
+
+fn shadow_of_shared() -> Option<ShadowGmap> {
+    SHARED.lock().as_ref().map(|s| s.s.clone())
+}
+
+/// Every CPU faults in all 64 pages of one guest-2 segment, in its own
+/// order, at once, then reads each tag through the shadow on its own DAT:
+/// the segment's shadow page table and segment table were made exactly
+/// once, and the checker passes.
+pub(super) fn two_cpus_faulting_one_segment_shadow_it_once() -> KResult {
+    need_smp()?;
+    let (w, t) = setup()?;
+    let s = w.shadow(t.asce())?;
+    *SHARED.lock() = Some(Shared { w, s: s.clone() });
+    ERRORS.store(0, Ordering::Relaxed);
+    run_on_all(|cpu| {
+        let Some(s) = shadow_of_shared() else {
+            return;
+        };
+        for i in 0..PAGES {
+            let p = (i * (2 * cpu as u64 + 1) + cpu as u64 * 7) % PAGES;
+            if s.shadow_fault(SEG + p * 0x1000, false).is_err() {
+                ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // SAFETY: the shadow lives until every CPU returned.
+        let r = unsafe {
+            warm_secondary(&s.asce_ref(), |wm| {
+                (0..PAGES)
+                    .filter(|&p| wm.load(SEG + p * 0x1000) != Ok(tag(p)))
+                    .count() as u64
+            })
+        };
+        ERRORS.fetch_add(r.unwrap_or(1), Ordering::Relaxed);
+    });
+    let shared = SHARED.lock().take().ok_or(Outcome::Fail)?;
+    kassert_eq!(ERRORS.load(Ordering::Relaxed), 0);
+    // Segment table and page table: two shadow tables, made once each.
+    kassert_eq!(s.stats().tables_made, 2);
+    kassert_eq!(s.check(), Ok(PAGES));
+    drop(shared);
+    run_on_all(|_| crate::mm::drain_pcp());
+    Ok(())
+}
+
+static READER_WARM: AtomicBool = AtomicBool::new(false);
+static CHANGED: AtomicBool = AtomicBool::new(false);
+/// What the reader's first load after the change gave: 1 the fault the
+/// architecture requires, 2 the old tag (stale), 3 anything else
+/// (including never warm).
+static AFTER: AtomicU64 = AtomicU64::new(0);
+/// Whether CPU 0 saw the reader warm before it changed the mapping, and
+/// whether its guest-1 store went through.
+static CHANGER: AtomicU64 = AtomicU64::new(0);
+static TABLES: Mutex<Option<G2Tables>> = Mutex::new(None);
+
+/// 20 s in TOD units (4096 per microsecond): how long either side waits.
+const PATIENCE: u64 = 20_000_000u64 << 12;
+
+fn reader() {
+    let Some(s) = shadow_of_shared() else {
+        return;
+    };
+    // SAFETY: the shadow lives until every CPU returned.
+    let r = unsafe {
+        warm_secondary(&s.asce_ref(), |wm| {
+            let t0 = crate::arch::s390x::tod::stck();
+            let mut good = 0u64;
+            while crate::arch::s390x::tod::stck().wrapping_sub(t0) < PATIENCE {
+                if CHANGED.load(Ordering::Acquire) {
+                    return match wm.load(SEG) {
+                        Err(pc) if pc.code == code::SEGMENT_TRANSLATION => 1,
+                        Ok(v) if v == tag(0) => 2,
+                        _ => 3,
+                    };
+                }
+                if wm.load(SEG) == Ok(tag(0)) {
+                    good += 1;
+                    if good == 100 {
+                        READER_WARM.store(true, Ordering::Release);
+                    }
+                }
+                core::hint::spin_loop();
+            }
+            3
+        })
+    };
+    AFTER.store(r.unwrap_or(3), Ordering::Release);
+}
+
+fn changer() {
+    let t0 = crate::arch::s390x::tod::stck();
+    while !READER_WARM.load(Ordering::Acquire)
+        && crate::arch::s390x::tod::stck().wrapping_sub(t0) < PATIENCE
+    {
+        core::hint::spin_loop();
+    }
+    let warm = READER_WARM.load(Ordering::Acquire);
+    let shared = SHARED.lock();
+    let mut tables = TABLES.lock();
+    let ok = match (shared.as_ref(), tables.as_mut()) {
+        (Some(sh), Some(t)) => t
+            .map(&sh.w, SEG, G1_DATA + PAGES * 0x1000, Prot::ReadWrite)
+            .is_ok(),
+        _ => false,
+    };
+    drop(tables);
+    drop(shared);
+    CHANGER.store(u64::from(warm) | (u64::from(ok) << 1), Ordering::Release);
+    // Raised whatever happened, so the reader always ends.
+    CHANGED.store(true, Ordering::Release);
+}
+
+/// CPU 1 keeps the shadow loaded and reads a guest-2 page in a loop;
+/// CPU 0, once CPU 1's loads succeed, has guest-1 point that page
+/// elsewhere (the shadow page table goes, its IDTE reaching CPU 1, which
+/// has the shadow attached) and raises a flag; CPU 1's first load after
+/// the flag must fault.
+pub(super) fn unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale() -> KResult {
+    need_smp()?;
+    let (w, t) = setup()?;
+    let s = w.shadow(t.asce())?;
+    kassert_eq!(s.shadow_fault(SEG, false), Ok(()));
+    *SHARED.lock() = Some(Shared { w, s: s.clone() });
+    *TABLES.lock() = Some(t);
+    READER_WARM.store(false, Ordering::Relaxed);
+    CHANGED.store(false, Ordering::Relaxed);
+    AFTER.store(0, Ordering::Relaxed);
+    CHANGER.store(0, Ordering::Relaxed);
+    run_on_all(|cpu| match cpu {
+        0 => changer(),
+        1 => reader(),
+        _ => {}
+    });
+    let tables = TABLES.lock().take();
+    let shared = SHARED.lock().take();
+    kassert_eq!(
+        CHANGER.load(Ordering::Acquire),
+        3,
+        "1: reader warm, 2: store done"
+    );
+    kassert_eq!(
+        AFTER.load(Ordering::Acquire),
+        1,
+        "1: faulted, 2: stale, 3: other"
+    );
+    // The one page shadowed went with its page table.
+    kassert_eq!(s.check(), Ok(0));
+    drop((tables, shared));
+    run_on_all(|_| crate::mm::drain_pcp());
+    Ok(())
+}
