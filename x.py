@@ -466,6 +466,77 @@ MUTANTS = [
         "filter": "tlb_warm",
         "expect": ["tlb_warm.dropped_space_leaves_no_translation", "tlb_warm.removed_gmap_leaves_no_translation"],
     },
+    {
+        "name": "shadow-skips-protect",
+        "why": "a shadow entry is made valid without protecting the guest-1 page it was copied from",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": """\
+        h.space()
+            .force_prot_vsie(vm)
+            .map_err(|e| Retry::Fault(ShadowFault::Host(super::space_error(e))))?;""",
+        "replace": "",
+        "filter": "vsie.*",
+        "expect": ["vsie.guest1_changing_a_guest2_pte_is_seen_by_the_next_access",
+                   "vsie.guest1_changing_a_guest2_segment_entry_is_seen"],
+    },
+    {
+        "name": "shadow-skips-unshadow",
+        "why": "gmap_shadow_notify drops nothing: a changed guest-1 page leaves its shadows as they were",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": "let Some(keys) = self.rmap.get(&vm).cloned() else {",
+        "replace": "let Some(keys) = None::<Vec<ShadowKey>> else {",
+        "filter": "vsie.*",
+        "expect": ["vsie.guest1_changing_a_guest2_pte_is_seen_by_the_next_access",
+                   "vsie.host_remap_of_a_guest2_page_invalidates_its_shadow_pte",
+                   "vsie.host_losing_the_top_table_page_drops_the_whole_shadow"],
+    },
+    {
+        "name": "shadow-pte-ignores-host-protection",
+        "why": "a shadow PTE takes guest-2's protection only, not the host's",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": "let ro = g2_protected || hprot == Prot::ReadOnly;",
+        "replace": "let ro = g2_protected && hprot == Prot::ReadOnly;",
+        "filter": "vsie.*",
+        "expect": ["vsie.host_protect_of_a_guest2_page_is_seen_and_refused"],
+    },
+    {
+        "name": "shadow-tighten-keeps-writable-shadow-ptes",
+        "why": "protecting a page for a shadow leaves the writable shadow PTEs that map it",
+        "file": "kernel/src/dat/space/ops.rs",
+        "find": """\
+            self.notify_before_change(va, pea);
+            // SAFETY: `pto` is this live page table.
+            unsafe { self.ipte(pto, va) };
+            slot.store(old.with_prot(Prot::ReadOnly).raw(), Ordering::Release);""",
+        "replace": """\
+            // SAFETY: `pto` is this live page table.
+            unsafe { self.ipte(pto, va) };
+            slot.store(old.with_prot(Prot::ReadOnly).raw(), Ordering::Release);""",
+        "filter": "vsie.*",
+        "expect": ["vsie.guest2_store_to_its_own_table_page_lifts_the_protection"],
+    },
+    {
+        "name": "shadow-drop-skips-flush",
+        "why": "a whole shadow is dropped (its top emptied) without purging the TLBs",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": """\
+        self.removed = true;
+        tlb::flush_tlb_mm(&self.context, self.asce);""",
+        "replace": """\
+        self.removed = true;""",
+        "filter": "vsie.*",
+        "expect": ["vsie.host_losing_the_top_table_page_drops_the_whole_shadow"],
+    },
+    {
+        "name": "shadow-unshadow-idte-local",
+        "why": "an unshadow's IDTE ignores which CPUs have the shadow loaded",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": "unsafe { tlb::idte(&self.context, ptbl, plevel, key.base) };",
+        "replace": "unsafe { tlb::idte(&crate::dat::context::MmContext::new(), ptbl, plevel, key.base) };",
+        "smp": 2,
+        "filter": "vsie_smp.*",
+        "expect": ["vsie_smp.unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale"],
+    },
     # Append new mutants here.
 ]
 

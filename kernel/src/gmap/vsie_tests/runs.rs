@@ -408,7 +408,12 @@ pub(super) fn guest2_store_to_its_own_table_page_lifts_the_protection() -> KResu
     kassert_eq!(ran.vcpu.ctx.gprs[4], 0xb0b);
     kassert_eq!(w.r(target)?, Pte::empty().raw());
     // B's table is shadowed again (the load), so its page is read-only
-    // again and V's shadow PTE cannot be writable.
+    // again and V's shadow PTE cannot be writable. (The shadow made
+    // before the run went when guest-1 stored V's segment entry into
+    // guest-2's top table: the run used a new one.)
+    kassert!(s.is_removed());
+    let s = w.shadow(t.asce())?;
+    kassert!(!s.pte(b).is_invalid());
     kassert_eq!(
         w.h.lock().space().lookup(vm).map(|x| x.1),
         Some(Prot::ReadOnly)
