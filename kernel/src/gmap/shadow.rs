@@ -232,25 +232,40 @@ pub fn gmap_shadow(
     asce: Asce,
     edat_level: u8,
 ) -> Result<ShadowGmap, ShadowError> {
-    if edat_level > 1 || asce.is_real_space() {
+    if edat_level > 1 {
         return Err(ShadowError::Unsupported);
     }
+    let real = asce.is_real_space();
     let host = parent.parent();
     let _h = lock_host(&host);
     let mut p = parent.inner.lock();
     p.shadows.retain(|s| !s.lock().removed);
+    // A real-space ASCE designates no table: every such ASCE is the same
+    // space (guest-2 addresses are guest-1 addresses), so there is at most
+    // one shadow of that kind per EDAT level.
     if let Some(s) = p.shadows.iter().find(|s| {
         let s = s.lock();
-        s.orig_asce.raw() == asce.raw() && s.edat_level == edat_level
+        let same = if real {
+            s.orig_asce.is_real_space()
+        } else {
+            s.orig_asce.raw() == asce.raw()
+        };
+        same && s.edat_level == edat_level
     }) {
         return Ok(ShadowGmap { inner: s.clone() });
     }
     let id = NEXT_SHADOW.fetch_add(1, Ordering::Relaxed);
-    let level = asce.level();
-    let top = alloc_crst(id, level, asce.origin().0).ok_or(ShadowError::NoMemory)?;
+    // Real space: a fake region-first table at the top (Linux makes the
+    // same choice in kvm_s390_shadow_tables), covering every address.
+    let (level, tl, gaddr, flags) = if real {
+        (Level::Region1, 3, 0, GT_SHADOW | GT_FAKE)
+    } else {
+        (asce.level(), asce.tl(), asce.origin().0, GT_SHADOW)
+    };
+    let top = alloc_table(id, level as u64, gaddr, flags).ok_or(ShadowError::NoMemory)?;
     let sasce = Asce::new(top.phys(), level)
         .map_err(|_| ShadowError::NoMemory)?
-        .with_tl(asce.tl());
+        .with_tl(tl);
     let mut tables = BTreeMap::new();
     tables.insert(
         key_for(crst_kind(level), 0),
@@ -281,11 +296,8 @@ pub fn gmap_shadow(
     Ok(ShadowGmap { inner })
 }
 
-/// A shadow region or segment table of `level`, every entry empty.
-fn alloc_crst(owner: u64, level: Level, gaddr: u64) -> Option<GmapTable> {
-    alloc_table(owner, level as u64, gaddr, GT_SHADOW)
-}
-
+/// A shadow table of raw level `raw_level` (0..=3 CRST, 4 a page table),
+/// every entry empty.
 fn alloc_table(owner: u64, raw_level: u64, gaddr: u64, flags: u64) -> Option<GmapTable> {
     let order = gtdesc::gmap_table_order(raw_level);
     let p = mm::alloc_pages(order, AllocFlags::empty()).ok()?;
@@ -625,7 +637,7 @@ impl ShadowInner {
             if !valid {
                 continue;
             }
-            if !self.source_ok(h, parent, t.gaddr() + i * 8, key) {
+            if !fake && !self.source_ok(h, parent, t.gaddr() + i * 8, key) {
                 return Err(ShadowCheckError::Unprotected { kind, g2 });
             }
             self.check_table(h, parent, child, child_kind, g2, ptes)?;
@@ -869,6 +881,19 @@ impl ShadowGmap {
             let p = s.parent.upgrade().ok_or(Retry::Fault(ShadowFault::Again))?;
             (p, s.orig_asce, facilities(s.edat_level))
         };
+        if orig.is_real_space() {
+            // No guest-2 tables: fake tables down to the page, guest-2's
+            // address is the guest-1 address.
+            let mut level = Level::Region1;
+            loop {
+                self.install_fake(g2, level)?;
+                match level.lower() {
+                    Some(l) => level = l,
+                    None => break,
+                }
+            }
+            return self.install_page(h, &parent, g2, g2 & !(PAGE_SIZE - 1), false, write);
+        }
         // The walk: read-only, under the host lock.
         let mut steps: Vec<G2Step> = Vec::new();
         steps
@@ -1043,6 +1068,57 @@ impl ShadowGmap {
         // Invalid → valid needs no invalidation.
         // SAFETY: an entry of a live shadow table, under the shadow lock.
         unsafe { entry(ea) }.store(new_raw, Ordering::Release);
+        s.stats.tables_made += 1;
+        Ok(())
+    }
+
+    /// The entry for `g2` in the fake table of `level` (real space): valid,
+    /// pointing at a fake table of the level below that covers the guest-1
+    /// addresses equal to its guest-2 ones. Nothing to protect: no guest-2
+    /// table is copied.
+    fn install_fake(&self, g2: u64, level: Level) -> Result<(), Retry> {
+        let mut s = self.inner.lock();
+        let Found::Entry(ea, _) = s.find(g2, Some(level)) else {
+            return Err(Retry::Again);
+        };
+        // SAFETY: an entry of a live shadow table, under the shadow lock.
+        let slot = unsafe { entry(ea) };
+        let raw = slot.load(Ordering::Acquire);
+        let valid = match level {
+            Level::Segment => !SegmentEntry::from_raw(raw).is_invalid(),
+            _ => !RegionEntry::from_raw(raw).is_invalid(),
+        };
+        if valid {
+            return Ok(());
+        }
+        let flags = GT_SHADOW | GT_FAKE;
+        let nomem = Retry::Fault(ShadowFault::NoMemory);
+        let (child, new_raw, child_key) = match level.lower() {
+            Some(lower) => {
+                let ck = key_for(crst_kind(lower), g2);
+                let t = alloc_table(s.id, lower as u64, ck.base, flags).ok_or(nomem)?;
+                let raw = RegionEntry::table(level, t.phys())
+                    .map_err(|_| Retry::Fault(ShadowFault::NoMemory))?
+                    .raw();
+                (t, raw, ck)
+            }
+            None => {
+                let ck = key_for(KIND_PGT, g2);
+                let t = alloc_table(s.id, GMAP_PTE_LEVEL, ck.base, flags).ok_or(nomem)?;
+                let raw = SegmentEntry::table(t.phys(), false)
+                    .map_err(|_| Retry::Fault(ShadowFault::NoMemory))?
+                    .raw();
+                (t, raw, ck)
+            }
+        };
+        s.tables.insert(
+            child_key,
+            ShadowTable {
+                table: child,
+                parent: Some((ea, level)),
+            },
+        );
+        slot.store(new_raw, Ordering::Release);
         s.stats.tables_made += 1;
         Ok(())
     }

@@ -15,7 +15,7 @@ use crate::arch::s390x::dat as hw;
 use crate::dat::entry::{Level, Prot, Pte, RegionEntry};
 use crate::dat::kernel::with_secondary_lctlg;
 use crate::dat::walk::{self, Facilities, TableReader};
-use crate::gmap::shadow::{ShadowFault, ShadowGmap};
+use crate::gmap::shadow::{gmap_shadow, ShadowFault, ShadowGmap};
 use crate::ktest::{KResult, Outcome, Rng};
 use crate::mm::addr::PhysAddr;
 use crate::{kassert, kassert_eq, kfail};
@@ -127,13 +127,30 @@ fn build(w: &World, r: &mut Rng) -> Result<G2Tables, Outcome> {
         return kfail!("no entry");
     };
     w.w(e, w.r(e)? | 0x200)?;
+    // A large segment (EDAT-1 reads a 1 MiB frame, EDAT-0 a page table at
+    // the same origin) and a protected region-third entry (EDAT-1 only).
+    let large = crate::dat::entry::SegmentEntry::large(PhysAddr(G1_DATA), false)
+        .or_else(|e| kfail!("{e:?}"))?;
+    t.set(
+        w,
+        r3(0, 0, 7) | (100 << 20),
+        Some(Level::Segment),
+        large.raw(),
+    )?;
+    let Some(e) = t.entry_g1(w, r3(5, 0, 0), Some(Level::Region3), false)? else {
+        return kfail!("no entry");
+    };
+    w.w(e, w.r(e)? | 0x200)?;
     Ok(t)
 }
 
 /// The software verdict: guest-2's walk, then guest-1's gmap and the
 /// host (whose page the hardware side populated by then).
-fn software(w: &World, t: &G2Tables, a: u64, store: bool) -> Verdict {
-    let fac = Facilities::default();
+fn software(w: &World, t: &G2Tables, a: u64, store: bool, edat1: bool) -> Verdict {
+    let fac = Facilities {
+        edat1,
+        edat2: false,
+    };
     match walk::translate(&G1Mem(w), t.asce(), a, fac, store) {
         Err(c) => Verdict::Fault(c, stores_teid(c).then_some(a & !0xfff)),
         Ok(tr) => {
@@ -193,60 +210,83 @@ fn hardware(s: &ShadowGmap, a: u64, store: bool, stuck: &mut u64) -> Verdict {
     Verdict::Fault(0xfffc, None)
 }
 
-/// 10,000 random guest-2 addresses: the CPU through the shadow and the
-/// two-stage software walk agree on each (real address, or the exception
-/// code and TEID page), and every outcome class occurs.
+/// What one pass over `n` random addresses found.
+#[derive(Default)]
+struct Pass {
+    bad: Vec<(u64, bool, Verdict, Verdict)>,
+    seen: Vec<(u16, u64)>,
+    ok: u64,
+    stuck: u64,
+}
+
+fn pass(w: &World, t: &G2Tables, s: &ShadowGmap, edat1: bool, n: u64, r: &mut Rng) -> Pass {
+    let mut p = Pass::default();
+    let asce = s.asce_ref();
+    for i in 0..n {
+        let a = g2_addr(r);
+        let store = i % 8 == 0;
+        // SAFETY: the shadow lives across the call; it maps guest-1 data
+        // memory of this case (stores write back what they read).
+        let hv = unsafe { with_secondary_lctlg(&asce, || hardware(s, a, store, &mut p.stuck)) };
+        let sv = software(w, t, a, store, edat1);
+        if hv != sv && p.bad.len() < 8 {
+            p.bad.push((a, store, hv, sv));
+        }
+        match sv {
+            Verdict::Ok(_) => p.ok += 1,
+            Verdict::Fault(c, _) => match p.seen.iter_mut().find(|x| x.0 == c) {
+                Some(x) => x.1 += 1,
+                None => p.seen.push((c, 1)),
+            },
+        }
+    }
+    p
+}
+
+/// 10,000 random guest-2 addresses (and 2,000 more with EDAT-1 for
+/// guest-2: a large segment, a protected region entry): the CPU through
+/// the shadow and the two-stage software walk agree on each (real
+/// address, or the exception code and TEID page), and every outcome class
+/// occurs.
 pub(super) fn random_guest2_addresses_agree_with_a_two_stage_walk() -> KResult {
     let w = world()?;
     let mut r = Rng(0x5eed_05ad_0000_0001);
     let t = build(&w, &mut r)?;
-    let s = w.shadow(t.asce())?;
-    let mut stuck = 0;
-    let mut bad: Vec<(u64, bool, Verdict, Verdict)> = Vec::new();
-    let mut seen: Vec<(u16, u64)> = Vec::new();
-    let mut ok = 0u64;
-    let asce = s.asce_ref();
-    for i in 0..N {
-        let a = g2_addr(&mut r);
-        let store = i % 8 == 0;
-        // SAFETY: the shadow lives across the call; it maps guest-1 data
-        // memory of this case (stores write back what they read).
-        let hv = unsafe { with_secondary_lctlg(&asce, || hardware(&s, a, store, &mut stuck)) };
-        let sv = software(&w, &t, a, store);
-        if hv != sv && bad.len() < 8 {
-            bad.push((a, store, hv, sv));
+    for (edat, n) in [(0u8, N), (1, N / 5)] {
+        let s = gmap_shadow(&w.g, t.asce(), edat).or_else(|e| kfail!("{e:?}"))?;
+        let p = pass(&w, &t, &s, edat == 1, n, &mut r);
+        for (a, st, hv, sv) in &p.bad {
+            crate::ktest::diag(format_args!(
+                "EDAT-{edat} {a:#018x} store {st}: hardware {hv:x?}, software {sv:x?}"
+            ));
         }
-        match sv {
-            Verdict::Ok(_) => ok += 1,
-            Verdict::Fault(c, _) => match seen.iter_mut().find(|x| x.0 == c) {
-                Some(x) => x.1 += 1,
-                None => seen.push((c, 1)),
-            },
-        }
-    }
-    for (a, st, hv, sv) in &bad {
+        kassert!(
+            p.bad.is_empty(),
+            "EDAT-{edat}: {} of {n} disagree",
+            p.bad.len()
+        );
+        kassert_eq!(p.stuck, 0);
         crate::ktest::diag(format_args!(
-            "{a:#018x} store {st}: hardware {hv:x?}, software {sv:x?}"
+            "EDAT-{edat}: {} of {n} translated; faults by code: {:x?}",
+            p.ok, p.seen
         ));
+        for c in [
+            code::PAGE_TRANSLATION,
+            code::SEGMENT_TRANSLATION,
+            code::REGION_THIRD_TRANSLATION,
+            code::REGION_SECOND_TRANSLATION,
+            code::REGION_FIRST_TRANSLATION,
+            code::TRANSLATION_SPECIFICATION,
+            code::ADDRESSING,
+            code::PROTECTION,
+        ] {
+            kassert!(
+                p.seen.iter().any(|x| x.0 == c),
+                "EDAT-{edat}: no address took {c:#x}"
+            );
+        }
+        kassert!(p.ok > n / 8, "EDAT-{edat}: only {} translated", p.ok);
+        kassert!(s.check().is_ok(), "{:?}", s.check());
     }
-    kassert!(bad.is_empty(), "{} of {N} disagree", bad.len());
-    kassert_eq!(stuck, 0);
-    crate::ktest::diag(format_args!(
-        "{ok} of {N} translated; faults by code: {seen:x?}"
-    ));
-    for c in [
-        code::PAGE_TRANSLATION,
-        code::SEGMENT_TRANSLATION,
-        code::REGION_THIRD_TRANSLATION,
-        code::REGION_SECOND_TRANSLATION,
-        code::REGION_FIRST_TRANSLATION,
-        code::TRANSLATION_SPECIFICATION,
-        code::ADDRESSING,
-        code::PROTECTION,
-    ] {
-        kassert!(seen.iter().any(|x| x.0 == c), "no address took {c:#x}");
-    }
-    kassert!(ok > N / 8, "only {ok} translated");
-    kassert!(s.check().is_ok(), "{:?}", s.check());
     Ok(())
 }

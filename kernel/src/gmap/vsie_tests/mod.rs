@@ -236,9 +236,11 @@ use bad_input::{
 };
 use differential::random_guest2_addresses_agree_with_a_two_stage_walk;
 use runs::{
-    guest2_protection_is_reflected_to_guest1, guest2_sees_guest1_remap_its_page_between_runs,
+    edat1_large_guest2_segment_and_region_protection, guest2_protection_is_reflected_to_guest1,
+    guest2_sees_guest1_remap_its_page_between_runs,
     guest2_store_to_its_own_table_page_lifts_the_protection,
     guest2_sums_an_array_over_tables_guest1_fills_lazily,
+    real_space_guest2_runs_on_fake_tables_of_one_shadow,
     shadow_is_reused_while_valid_and_its_tables_say_what_they_shadow,
     top_table_page_lost_drops_the_shadow_and_it_is_rebuilt,
 };
@@ -265,6 +267,8 @@ ktest_suite!(
         top_table_page_lost_drops_the_shadow_and_it_is_rebuilt,
         guest2_protection_is_reflected_to_guest1,
         guest2_store_to_its_own_table_page_lifts_the_protection,
+        real_space_guest2_runs_on_fake_tables_of_one_shadow,
+        edat1_large_guest2_segment_and_region_protection,
         guest1_changing_a_guest2_pte_is_seen_by_the_next_access,
         guest1_changing_a_guest2_segment_entry_is_seen,
         host_remap_of_a_guest2_page_invalidates_its_shadow_pte,

@@ -82,12 +82,25 @@ fn run(
     entry: u64,
     regs: &[(usize, u64)],
 ) -> Result<Ran, Outcome> {
+    let asce = t.asce();
+    run_with(w, t, pages, entry, regs, asce, 0)
+}
+
+/// `run` with another ASCE or EDAT level than the tables' own.
+fn run_with(
+    w: &World,
+    t: &mut G2Tables,
+    pages: &BTreeMap<u64, (u64, Prot)>,
+    entry: u64,
+    regs: &[(usize, u64)],
+    asce: crate::dat::entry::Asce,
+    edat: u8,
+) -> Result<Ran, Outcome> {
     let mut vcpu = Vcpu::new(&w.g, entry);
     vcpu.ctx.psw = guest_psw(entry);
     for &(r, v) in regs {
         vcpu.ctx.gprs[r] = v;
     }
-    let asce = t.asce();
     let mut g1 = LazyGuest1 {
         w,
         t,
@@ -96,7 +109,7 @@ fn run(
         failed: false,
     };
     let mut stats = NestedStats::default();
-    let r = run_nested(&mut vcpu, &w.g, asce, 0, &mut g1, 200, &mut stats);
+    let r = run_nested(&mut vcpu, &w.g, asce, edat, &mut g1, 200, &mut stats);
     if g1.failed {
         return kfail!("guest-1's handler could not map a page");
     }
@@ -425,5 +438,103 @@ pub(super) fn guest2_store_to_its_own_table_page_lifts_the_protection() -> KResu
     );
     kassert_matches!(s.check(), Ok(_));
     let _ = SEGMENT_SIZE;
+    Ok(())
+}
+
+/// A guest-2 in real space (its ASCE designates no table: guest-2
+/// addresses are guest-1 addresses) runs on fake shadow tables: nothing is
+/// reflected, the sum is right, every real-space ASCE gets the one shadow,
+/// and an address beyond guest-1 memory is an addressing exception.
+pub(super) fn real_space_guest2_runs_on_fake_tables_of_one_shadow() -> KResult {
+    let w = world()?;
+    load_code(&w, sum_code())?;
+    fill(&w, G1_DATA, 1536, |i| 2 * i)?;
+    let mut t = G2Tables::new(&w, Level::Segment)?;
+    let real = crate::dat::entry::Asce::from_raw(0x20 | 0x3);
+    kassert!(real.is_real_space());
+    let other = crate::dat::entry::Asce::from_raw(0x20 | 0x7000_0000 | 0xc);
+    let s = w.shadow(real)?;
+    kassert_eq!(w.shadow(other)?.id(), s.id());
+    kassert!(w.shadow(t.asce())?.id() != s.id());
+    let ran = run_with(
+        &w,
+        &mut t,
+        &BTreeMap::new(),
+        G1_CODE,
+        &[(2, G1_DATA), (3, 1536)],
+        real,
+        0,
+    )?;
+    kassert_eq!(ran.r, Ok(1), "{:?}", ran.seen);
+    kassert_eq!(ran.vcpu.ctx.gprs[4], 1536 * 1535);
+    kassert_eq!(ran.stats.reflected, 0);
+    kassert_eq!(s.check(), Ok(4));
+    // Fake tables: shadow, fake, their gaddr the guest-1 address they map.
+    let top = crate::gmap::table::gmap_table_at(s.asce().origin()).or_else(|e| kfail!("{e:?}"))?;
+    kassert_eq!(top.flags(), gtdesc::GT_SHADOW | gtdesc::GT_FAKE);
+    kassert_eq!(s.asce().level(), Level::Region1);
+    kassert_eq!(
+        s.shadow_fault(super::G1_SIZE + 0x1000, false),
+        Err(crate::gmap::shadow::ShadowFault::Reflect(code::ADDRESSING))
+    );
+    Ok(())
+}
+
+/// EDAT-1 for guest-2: a large guest-2 segment (format control set) is
+/// shadowed by a fake page table that maps its 1 MiB frame page by page,
+/// and a protected region-third entry (EDAT-1 region protection) makes a
+/// store through it a reflected protection exception. Without EDAT the
+/// same segment entry names a page table.
+pub(super) fn edat1_large_guest2_segment_and_region_protection() -> KResult {
+    let w = world()?;
+    load_code(&w, sum_code())?;
+    fill(&w, G1_DATA, 1536, |i| i + 1)?;
+    let mut t = G2Tables::new(&w, Level::Region3)?;
+    let (code, _) = layout(Level::Region3);
+    let big = (5u64 << 31) | (7 << 20);
+    // Guest-2's segment at `big`: the 1 MiB guest-1 frame at G1_DATA.
+    let large = SegmentEntry::large(PhysAddr(G1_DATA), false).or_else(|e| kfail!("{e:?}"))?;
+    t.set(&w, big, Some(Level::Segment), large.raw())?;
+    let mut pages = BTreeMap::new();
+    pages.insert(code, (G1_CODE, Prot::ReadOnly));
+    let asce = t.asce();
+    let ran = run_with(
+        &w,
+        &mut t,
+        &pages,
+        code,
+        &[(2, big + 0x1000), (3, 1024)],
+        asce,
+        1,
+    )?;
+    kassert_eq!(ran.r, Ok(1), "{:?}", ran.seen);
+    kassert_eq!(ran.vcpu.ctx.gprs[4], (513..=1536).sum::<u64>());
+    let s = gmap_shadow(&w.g, asce, 1).or_else(|e| kfail!("{e:?}"))?;
+    kassert_matches!(s.check(), Ok(n) if n >= 2);
+    let ste = s.pte(big + 0x1000);
+    kassert_eq!(
+        Some(ste.frame()),
+        w.h.lock()
+            .space()
+            .lookup(w.vm(G1_DATA + 0x1000))
+            .map(|x| x.0)
+    );
+    // The fake page table's gaddr: the guest-1 frame it splits.
+    // (EDAT-0 reads the same entry as a page-table origin: another shadow,
+    // another translation.)
+    let s0 = w.shadow(asce)?;
+    kassert!(s0.id() != s.id());
+    // Region protection.
+    let Some(e) = t.entry_g1(&w, big, Some(Level::Region3), false)? else {
+        return kfail!("no entry");
+    };
+    w.w(e, w.r(e)? | 0x200)?;
+    let s = gmap_shadow(&w.g, asce, 1).or_else(|e| kfail!("{e:?}"))?;
+    kassert_eq!(
+        s.shadow_fault(big + 0x2000, true),
+        Err(crate::gmap::shadow::ShadowFault::Reflect(code::PROTECTION))
+    );
+    kassert_eq!(s.shadow_fault(big + 0x2000, false), Ok(()));
+    kassert!(s.pte(big + 0x2000).is_protected());
     Ok(())
 }
