@@ -506,6 +506,122 @@ mod shared_tables {
     }
 }
 
+/// vSIE (issue "nested guests"): instructions per shadow fault with every
+/// level below the top missing and with only the PTE missing, per
+/// guest-1 store that unshadows a page table (and per store that
+/// unshadows nothing, for the difference), per whole-shadow drop, and the
+/// shadow-table memory that 1 GiB of guest-2 space takes.
+mod vsie {
+    use super::{report, stck, value};
+    use crate::dat::entry::{Level, Prot, SEGMENT_SIZE};
+    use crate::gmap::vsie_tests::{world, G2Tables, World, G1_DATA};
+
+    const K: u64 = 64;
+
+    fn note(what: &str) {
+        crate::kprintln!("BENCH-NOTE vsie: {what} failed");
+    }
+
+    /// Guest-2 (region-second ASCE) maps K pages, one per region-third
+    /// region: each first fault makes the region-third, segment and page
+    /// tables.
+    fn all_levels(w: &World) -> Option<()> {
+        let mut t = G2Tables::new(w, Level::Region2).ok()?;
+        let g2 = |i: u64| (i << 42) | (i << 31) | (i << 20) | 0x5000;
+        for i in 0..K {
+            t.map(w, g2(i), G1_DATA + i * 0x1000, Prot::ReadWrite)
+                .ok()?;
+        }
+        let s = w.shadow(t.asce()).ok()?;
+        let t0 = stck();
+        for i in 0..K {
+            s.shadow_fault(g2(i), false).ok()?;
+        }
+        report("vsie_shadow_fault_all_levels", K, stck() - t0);
+        // The whole shadow dropped: a guest-1 store into guest-2's top
+        // table, whose page the shadow protected.
+        let top = t.asce().origin().0;
+        let t0 = stck();
+        w.w(top + 8 * 100, w.g.guest_read_u64(top + 8 * 100).ok()?)
+            .ok()?;
+        report("vsie_full_shadow_drop_64_tables", 1, stck() - t0);
+        s.is_removed().then_some(())
+    }
+
+    /// K pages of one guest-2 segment: after the first, each fault only
+    /// makes the PTE. Then guest-1 stores into the page holding that page
+    /// table (one unshadow of a 64-PTE table each round) against stores
+    /// into a page no shadow uses.
+    fn pte_only(w: &World) -> Option<()> {
+        let mut t = G2Tables::new(w, Level::Region3).ok()?;
+        let base = (3u64 << 31) | (5 << 20);
+        for i in 0..K {
+            t.map(w, base + i * 0x1000, G1_DATA + i * 0x1000, Prot::ReadWrite)
+                .ok()?;
+        }
+        let s = w.shadow(t.asce()).ok()?;
+        s.shadow_fault(base, false).ok()?;
+        let t0 = stck();
+        for i in 1..K {
+            s.shadow_fault(base + i * 0x1000, false).ok()?;
+        }
+        report("vsie_shadow_fault_pte_only", K - 1, stck() - t0);
+        let pte = G2Tables::pte_g1(&mut t, w, base)?;
+        let (mut tod, mut plain) = (0, 0);
+        let rounds = 16u64;
+        for _ in 0..rounds {
+            for i in 0..K {
+                s.shadow_fault(base + i * 0x1000, false).ok()?;
+            }
+            let v = w.g.guest_read_u64(pte).ok()?;
+            let t0 = stck();
+            w.w(pte, v).ok()?;
+            tod += stck() - t0;
+            let t0 = stck();
+            w.w(G1_DATA + 0x10_0000, v).ok()?;
+            plain += stck() - t0;
+        }
+        report("vsie_guest1_store_unshadowing_pgt", rounds, tod);
+        report("vsie_guest1_store_plain", rounds, plain);
+        (s.stats().tables_dropped >= rounds).then_some(())
+    }
+
+    /// One page shadowed in each of the 512 segments of 512 MiB and of
+    /// 1 GiB: the shadow tables' memory, per GiB of guest-2 space (a
+    /// segment's page table is there once any of its pages is).
+    fn memory(w: &World) -> Option<()> {
+        let mut t = G2Tables::new(w, Level::Region3).ok()?;
+        let base = 1u64 << 31;
+        let segs = 1024u64;
+        for i in 0..segs {
+            t.map(w, base + i * SEGMENT_SIZE, G1_DATA, Prot::ReadOnly)
+                .ok()?;
+        }
+        let s = w.shadow(t.asce()).ok()?;
+        for i in 0..segs {
+            s.shadow_fault(base + i * SEGMENT_SIZE, false).ok()?;
+        }
+        let (_, pages) = s.table_counts();
+        value("vsie_shadow_table_kib_per_gib", pages * 4, "KiB");
+        Some(())
+    }
+
+    pub fn run() {
+        for (name, f) in [
+            ("all_levels", all_levels as fn(&World) -> Option<()>),
+            ("pte_only", pte_only),
+            ("memory", memory),
+        ] {
+            let Ok(w) = world() else {
+                return note("world");
+            };
+            if f(&w).is_none() {
+                note(name);
+            }
+        }
+    }
+}
+
 /// A page-table lock taken and released with nobody waiting (the ticket
 /// lock's fast path: one interlocked add, one compare-and-swap).
 fn ptl_uncontended() {
@@ -534,6 +650,7 @@ pub fn run() {
     ptl_uncontended();
     dat::run(mm::layout().map_or(0, |l| l.memory));
     gmaps::run();
+    vsie::run();
     shared_tables::run();
     #[cfg(feature = "bench")]
     {

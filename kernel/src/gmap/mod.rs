@@ -37,7 +37,7 @@ mod ktests;
 #[cfg(target_arch = "s390x")]
 pub mod vsie;
 #[cfg(target_os = "none")]
-mod vsie_tests;
+pub(crate) mod vsie_tests;
 
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};

@@ -312,9 +312,13 @@ fn alloc_table(owner: u64, raw_level: u64, gaddr: u64, flags: u64) -> Option<Gma
     } else {
         CRST_ENTRIES
     };
-    for i in 0..n as u64 {
-        // SAFETY: the table is ours, not yet reachable.
-        unsafe { entry(PhysAddr(t.phys().0 + i * 8)) }.store(empty, Ordering::Relaxed);
+    let ptr = mm::memmap().frame_ptr(t.phys().pfn()) as *const AtomicU64;
+    // SAFETY: the handle owns the block (`n` words fit its order: 2048
+    // for 16 KiB, 256 of a 4 KiB page table's block), 8-aligned; nothing
+    // else reaches it yet.
+    let words = unsafe { core::slice::from_raw_parts(ptr, n) };
+    for w in words {
+        w.store(empty, Ordering::Relaxed);
     }
     Some(t)
 }
@@ -511,10 +515,13 @@ impl ShadowInner {
             Level::Segment => SegmentEntry::empty().raw(),
             l => RegionEntry::empty(l).raw(),
         };
-        for i in 0..CRST_ENTRIES as u64 {
-            // SAFETY: the live top table; nothing can use it (flushed, and
-            // every CPU's next walk finds these empty entries).
-            unsafe { entry(PhysAddr(top.0 + i * 8)) }.store(empty, Ordering::Release);
+        let ptr = mm::memmap().frame_ptr(top.pfn()) as *const AtomicU64;
+        // SAFETY: the live top table (16 KiB, CRST_ENTRIES words), which
+        // the shadow owns; nothing can use what it pointed at any more
+        // (flushed, and every CPU's next walk finds these empty entries).
+        let words = unsafe { core::slice::from_raw_parts(ptr, CRST_ENTRIES) };
+        for w in words {
+            w.store(empty, Ordering::Release);
         }
         let keys: Vec<ShadowKey> = self.tables.keys().copied().collect();
         for k in keys {

@@ -28,17 +28,17 @@ const VM_BASE: u64 = 0x1000_0000;
 const G1_SIZE: u64 = 64 * SEGMENT_SIZE;
 /// Guest-1 addresses: guest-2's code, data pages, tables.
 const G1_CODE: u64 = 0x1000;
-const G1_DATA: u64 = 0x0080_0000;
+pub(crate) const G1_DATA: u64 = 0x0080_0000;
 const G1_CRST: u64 = 0x0100_0000;
 const G1_PT: u64 = 0x0300_0000;
 
 /// A host with guest-1's memory mapped in a gmap.
-struct World {
-    h: Arc<Mutex<HostMm>>,
-    g: Gmap,
+pub(crate) struct World {
+    pub(crate) h: Arc<Mutex<HostMm>>,
+    pub(crate) g: Gmap,
 }
 
-fn world() -> Result<World, Outcome> {
+pub(crate) fn world() -> Result<World, Outcome> {
     let h = HostMm::new(HOST_LIMIT).or_else(|e| kfail!("HostMm::new: {e:?}"))?;
     let g = gmap_create(&h, (1 << 31) - 1).or_else(|e| kfail!("gmap_create: {e:?}"))?;
     if let Err(e) = g.gmap_map_segment(VM_BASE, 0, G1_SIZE) {
@@ -48,7 +48,7 @@ fn world() -> Result<World, Outcome> {
 }
 
 impl World {
-    fn w(&self, g1: u64, v: u64) -> KResult {
+    pub(crate) fn w(&self, g1: u64, v: u64) -> KResult {
         self.g
             .guest_write_u64(g1, v)
             .or_else(|e| kfail!("guest-1 store at {g1:#x}: {e:?}"))
@@ -65,13 +65,13 @@ impl World {
         VM_BASE + g1
     }
 
-    fn shadow(&self, asce: Asce) -> Result<ShadowGmap, Outcome> {
+    pub(crate) fn shadow(&self, asce: Asce) -> Result<ShadowGmap, Outcome> {
         gmap_shadow(&self.g, asce, 0).or_else(|e| kfail!("gmap_shadow: {e:?}"))
     }
 }
 
 /// Guest-2's DAT tables, in guest-1 memory, written by guest-1 stores.
-struct G2Tables {
+pub(crate) struct G2Tables {
     top: Level,
     top_g1: u64,
     next_crst: u64,
@@ -86,7 +86,7 @@ fn empty_of(level: Level) -> u64 {
 }
 
 impl G2Tables {
-    fn new(w: &World, top: Level) -> Result<Self, Outcome> {
+    pub(crate) fn new(w: &World, top: Level) -> Result<Self, Outcome> {
         let mut t = G2Tables {
             top,
             top_g1: 0,
@@ -97,7 +97,7 @@ impl G2Tables {
         Ok(t)
     }
 
-    fn asce(&self) -> Asce {
+    pub(crate) fn asce(&self) -> Asce {
         // Cannot fail: the bump keeps tables 16 KiB aligned.
         Asce::new(PhysAddr(self.top_g1), self.top).unwrap_or(Asce::from_raw(0))
     }
@@ -181,8 +181,13 @@ impl G2Tables {
         }
     }
 
+    /// The guest-1 address of guest-2's PTE for `g2`, if its tables exist.
+    pub(crate) fn pte_g1(&mut self, w: &World, g2: u64) -> Option<u64> {
+        self.entry_g1(w, g2, None, false).ok().flatten()
+    }
+
     /// Map guest-2 page `g2` to guest-1 page `g1`.
-    fn map(&mut self, w: &World, g2: u64, g1: u64, prot: Prot) -> KResult {
+    pub(crate) fn map(&mut self, w: &World, g2: u64, g1: u64, prot: Prot) -> KResult {
         let Some(ea) = self.entry_g1(w, g2, None, true)? else {
             return kfail!("no PTE slot for {g2:#x}");
         };
