@@ -95,8 +95,16 @@ impl Vcpu {
                         Access::Read
                     };
                     if c == code::PROTECTION {
+                        // Only a shadow's protection can be lifted; a page
+                        // that is writable already, or one the host made
+                        // read-only, ends the run.
+                        if gmap.gmap_fault_protection(gaddr) != Ok(true) {
+                            return Err(GuestStop::Program(pc.code, self.ctx.psw.addr));
+                        }
                         // Suppressing: back to the store, to run it again.
                         self.ctx.psw.addr = self.ctx.psw.addr.wrapping_sub(pc.ilc as u64);
+                        self.faults += 1;
+                        continue;
                     }
                     let mut r = gmap.gmap_fault(gaddr, access);
                     if r == Err(GmapError::Protected) && c != code::PROTECTION {

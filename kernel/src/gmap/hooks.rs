@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 use spin::Mutex;
 
 use super::{seg, table, GmapInner, GMAPS};
-use crate::dat::entry::{SegmentEntry, SEGMENT_SIZE};
+use crate::dat::entry::SegmentEntry;
 use crate::dat::table::entry;
 use crate::dat::tlb;
 use crate::mm::addr::PhysAddr;
@@ -74,12 +74,6 @@ pub(super) fn gmap_pte_alias_purge(space_id: u64, vmaddr: u64, pto: PhysAddr) {
 /// it takes the new bits too, IDTE first (Linux keeps gmap segment entries
 /// in step with the host's pmd in gmap_pmdp_*).
 pub(super) fn gmap_segment_change(space_id: u64, vmaddr: u64, new: SegmentEntry) {
-    // Shadow PTEs copied the protection of pages in the segment: they go.
-    super::shadow::shadow_notify_range(
-        &super::shadow::shadows_of(space_id),
-        seg(vmaddr),
-        seg(vmaddr) + (SEGMENT_SIZE - 1),
-    );
     for g in gmaps_of(space_id) {
         let mut g = g.lock();
         let Some(gseg) = g.host_to_guest.get(&seg(vmaddr)).copied() else {

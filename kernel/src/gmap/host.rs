@@ -98,12 +98,9 @@ impl HostMm {
     /// so (`Protected`). Returns the frame.
     pub fn populate(&mut self, vmaddr: u64, write: bool) -> Result<PhysAddr, SpaceError> {
         let va = self.check_page(vmaddr)?;
-        if let Some((pa, prot)) = self.space.lookup(va) {
-            if write && prot == Prot::ReadOnly {
-                if self.readonly.contains(&va) {
-                    return Err(SpaceError::Protected);
-                }
-                self.space.protect(va, Prot::ReadWrite)?;
+        if let Some((pa, _)) = self.space.lookup(va) {
+            if write {
+                self.make_writable(va)?;
             }
             return Ok(pa);
         }
@@ -123,6 +120,23 @@ impl HostMm {
             self.free_frame(old);
         }
         Ok(pa)
+    }
+
+    /// A write fault on the present page at `vmaddr`: lift a shadow's
+    /// protection (the change notifies the shadows first). `Ok(true)` if it
+    /// did, `Ok(false)` if the page was writable already (nothing to fix),
+    /// `Protected` if the host made the page or its segment read-only.
+    pub fn make_writable(&mut self, vmaddr: u64) -> Result<bool, SpaceError> {
+        let va = self.check_page(vmaddr)?;
+        let (_, prot) = self.space.lookup(va).ok_or(SpaceError::NotMapped)?;
+        if self.space.segment_entry(va).is_protected() || self.readonly.contains(&va) {
+            return Err(SpaceError::Protected);
+        }
+        if prot == Prot::ReadWrite {
+            return Ok(false);
+        }
+        self.space.protect(va, Prot::ReadWrite)?;
+        Ok(true)
     }
 
     /// Give back a frame nothing maps; if the allocator refuses (it prints
@@ -214,6 +228,16 @@ impl HostMm {
     /// them and tries again when dropped).
     pub fn unmap_range(&mut self, vmaddr: u64, len: u64) -> Result<u64, HostError> {
         let st = self.space.unmap_range(vmaddr, len)?;
+        // A page mapped again later starts writable: forget the host's
+        // read-only choices for the range.
+        let ro: Vec<u64> = self
+            .readonly
+            .range(vmaddr..vmaddr.saturating_add(len))
+            .copied()
+            .collect();
+        for va in ro {
+            self.readonly.remove(&va);
+        }
         // The space checked that vmaddr + len does not overflow.
         let keys: Vec<u64> = self
             .frames

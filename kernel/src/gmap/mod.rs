@@ -330,7 +330,13 @@ impl GmapInner {
 /// tables (they stay allocated; the rest is torn down). Dropping a `Gmap`
 /// does the same teardown, but can only report a refusal as a BUG.
 pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
-    let refused = g.inner.lock().teardown();
+    // Host first (the lock order; its shadows' faults and checks run
+    // under it).
+    let host = g.parent();
+    let refused = {
+        let _h = lock_host(&host);
+        g.inner.lock().teardown()
+    };
     drop(g);
     match refused {
         0 => Ok(()),
@@ -340,10 +346,13 @@ pub fn gmap_remove(g: Gmap) -> Result<(), GmapError> {
 
 impl Drop for Gmap {
     fn drop(&mut self) {
+        let host = self.inner.lock().parent.clone();
+        let h = lock_host(&host);
         let mut inner = self.inner.lock();
         let refused = inner.teardown();
         let id = inner.id;
         drop(inner);
+        drop(h);
         if refused != 0 {
             report_bug(format_args!(
                 "gmap {id} dropped: {refused} of its tables could not be freed; they stay allocated"

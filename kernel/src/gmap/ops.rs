@@ -187,6 +187,17 @@ impl Gmap {
         r.map(|_| vmaddr)
     }
 
+    /// A guest store to `gaddr` took a protection exception: lift a
+    /// shadow's protection of its host page (`HostMm::make_writable`).
+    /// `Ok(false)`: the page was writable, the protection is not one the
+    /// host can lift; `Protected`: the host made it read-only.
+    pub fn gmap_fault_protection(&self, gaddr: u64) -> Result<bool, GmapError> {
+        let parent = self.parent();
+        let mut host = lock_host(&parent);
+        let vmaddr = self.inner.lock().translate(gaddr)?;
+        host.make_writable(vmaddr & !0xfff).map_err(space_error)
+    }
+
     /// The real address of the gmap segment entry for `gaddr`, if the
     /// tables above it exist.
     pub fn segment_entry_addr(&self, gaddr: u64) -> Option<PhysAddr> {

@@ -75,14 +75,16 @@ pub enum ShadowFault {
     NoMemory,
     /// The host refused (a write to a page the host made read-only).
     Host(GmapError),
+    /// A store to a page that holds a guest-2 table on the store's own
+    /// translation path: making it writable unshadows that path every time
+    /// (see `shadow_fault`). Not resolvable without emulating the store.
+    SelfMapped,
 }
 
 /// Why `gmap_shadow` made no shadow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShadowError {
     NoMemory,
-    /// The parent gmap was removed.
-    ParentGone,
     /// An EDAT level above 1, or a real-space ASCE: not modelled.
     Unsupported,
 }
@@ -197,14 +199,25 @@ fn facilities(edat_level: u8) -> Facilities {
 /// populating it would give); a guest-1 address no segment maps is
 /// outside guest-1 memory (an addressing exception).
 struct G1Reader<'a> {
-    parent: &'a Mutex<GmapInner>,
+    /// Guest-1 address → host address (the parent gmap's translation).
+    tr: &'a dyn Fn(u64) -> Option<u64>,
     host: &'a HostMm,
 }
 
-impl G1Reader<'_> {
+impl<'a> G1Reader<'a> {
     fn vmaddr(&self, g1: u64) -> Option<u64> {
-        self.parent.lock().translate(g1).ok()
+        (self.tr)(g1)
     }
+
+    fn read(&self, g1: u64) -> Option<u64> {
+        self.read_entry(PhysAddr(g1))
+    }
+}
+
+/// The parent's translation, locking it for each lookup (the fault path
+/// holds no gmap lock between its steps).
+fn tr_locked(parent: &Mutex<GmapInner>) -> impl Fn(u64) -> Option<u64> + '_ {
+    move |g1| parent.lock().translate(g1).ok()
 }
 
 impl TableReader for G1Reader<'_> {
@@ -245,12 +258,12 @@ pub fn gmap_shadow(
     // one shadow of that kind per EDAT level.
     if let Some(s) = p.shadows.iter().find(|s| {
         let s = s.lock();
-        let same = if real {
+        // (EDAT means nothing without tables: one real-space shadow.)
+        if real {
             s.orig_asce.is_real_space()
         } else {
-            s.orig_asce.raw() == asce.raw()
-        };
-        same && s.edat_level == edat_level
+            s.orig_asce.raw() == asce.raw() && s.edat_level == edat_level
+        }
     }) {
         return Ok(ShadowGmap { inner: s.clone() });
     }
@@ -380,14 +393,24 @@ impl ShadowInner {
     }
 
     fn add_rmap(&mut self, vm: u64, key: ShadowKey) -> Result<(), ShadowFault> {
+        // Both vectors reserved before either changes: a refusal leaves
+        // the two maps agreeing.
+        self.rmap
+            .entry(vm)
+            .or_default()
+            .try_reserve(1)
+            .map_err(|_| ShadowFault::NoMemory)?;
+        self.sources
+            .entry(key)
+            .or_default()
+            .try_reserve(1)
+            .map_err(|_| ShadowFault::NoMemory)?;
         let r = self.rmap.entry(vm).or_default();
         if !r.contains(&key) {
-            r.try_reserve(1).map_err(|_| ShadowFault::NoMemory)?;
             r.push(key);
         }
         let s = self.sources.entry(key).or_default();
         if !s.contains(&vm) {
-            s.try_reserve(1).map_err(|_| ShadowFault::NoMemory)?;
             s.push(vm);
         }
         Ok(())
@@ -508,7 +531,6 @@ impl ShadowInner {
             return;
         }
         self.removed = true;
-        tlb::flush_tlb_mm(&self.context, self.asce);
         let top_key = key_for(crst_kind(self.asce.level()), 0);
         let top = self.asce.origin();
         let empty = match self.asce.level() {
@@ -523,6 +545,10 @@ impl ShadowInner {
         for w in words {
             w.store(empty, Ordering::Release);
         }
+        // Then the purge: a CPU walking the shadow meanwhile may have
+        // refilled its TLB from the old entries until here; after it, no
+        // TLB holds anything below the top, and the tables can go.
+        tlb::flush_tlb_mm(&self.context, self.asce);
         let keys: Vec<ShadowKey> = self.tables.keys().copied().collect();
         for k in keys {
             if k == top_key {
@@ -564,11 +590,12 @@ impl ShadowInner {
 
 impl ShadowInner {
     /// Is the host page holding guest-1 address `g1` protected for `key`?
-    fn source_ok(&self, h: &HostMm, parent: &Mutex<GmapInner>, g1: u64, key: ShadowKey) -> bool {
-        let Ok(vm) = parent.lock().translate(g1) else {
+    fn source_ok(&self, rd: &G1Reader<'_>, g1: u64, key: ShadowKey) -> bool {
+        let Some(vm) = rd.vmaddr(g1) else {
             return false;
         };
         let vm = vm & !(PAGE_SIZE - 1);
+        let h = rd.host;
         h.space()
             .lookup(vm)
             .is_some_and(|(_, p)| p == Prot::ReadOnly)
@@ -580,8 +607,7 @@ impl ShadowInner {
     /// `check` for the table at `tbl` of `kind` covering from `base`.
     fn check_table(
         &self,
-        h: &HostMm,
-        parent: &Mutex<GmapInner>,
+        rd: &G1Reader<'_>,
         tbl: PhysAddr,
         kind: u8,
         base: u64,
@@ -609,15 +635,39 @@ impl ShadowInner {
                     continue;
                 }
                 let g2 = base + i * PAGE_SIZE;
-                if !fake && !self.source_ok(h, parent, t.gaddr() + i * 8, key) {
-                    return Err(ShadowCheckError::Unprotected { kind, g2 });
+                let h = rd.host;
+                // The guest-1 page guest-2 maps there now: from its PTE,
+                // or the frame a fake table splits.
+                let g1page = if fake {
+                    Some(t.gaddr() + i * PAGE_SIZE)
+                } else {
+                    if !self.source_ok(rd, t.gaddr() + i * 8, key) {
+                        return Err(ShadowCheckError::Unprotected { kind, g2 });
+                    }
+                    rd.read(t.gaddr() + i * 8)
+                        .map(Pte::from_raw)
+                        .and_then(|gp| {
+                            (!gp.is_invalid()
+                                && !gp.is_malformed()
+                                && (!gp.is_protected() || p.is_protected()))
+                            .then_some(gp.frame().0)
+                        })
+                };
+                let Some(vm) = g1page.and_then(|g| rd.vmaddr(g)) else {
+                    return Err(ShadowCheckError::Stale { kind, g2 });
+                };
+                // The frame guest-2 maps now, or the shadow PTE is stale.
+                let vm = vm & !(PAGE_SIZE - 1);
+                if h.space().lookup(vm).map(|x| x.0) != Some(p.frame()) {
+                    return Err(ShadowCheckError::Stale { kind, g2 });
                 }
                 let pk = key_for(KIND_PAGE, g2);
-                let Some(vm) = self.sources.get(&pk).and_then(|v| v.first().copied()) else {
+                if !self.sources.get(&pk).is_some_and(|v| v.contains(&vm)) {
                     return Err(ShadowCheckError::Page(g2));
-                };
+                }
+                let seg_ro = h.space().segment_entry(vm).is_protected();
                 let frame_ok = h.space().lookup(vm).is_some_and(|(f, prot)| {
-                    f == p.frame() && (prot == Prot::ReadWrite || p.is_protected())
+                    f == p.frame() && ((prot == Prot::ReadWrite && !seg_ro) || p.is_protected())
                 });
                 if !frame_ok || h.space().pgste_bits(vm) & PGSTE_VSIE_BIT == 0 {
                     return Err(ShadowCheckError::Page(g2));
@@ -644,12 +694,59 @@ impl ShadowInner {
             if !valid {
                 continue;
             }
-            if !fake && !self.source_ok(h, parent, t.gaddr() + i * 8, key) {
-                return Err(ShadowCheckError::Unprotected { kind, g2 });
+            if !fake {
+                if !self.source_ok(rd, t.gaddr() + i * 8, key) {
+                    return Err(ShadowCheckError::Unprotected { kind, g2 });
+                }
+                // The copy against guest-2's entry as it is now: the same
+                // type, offset, length (and protection) bits, and the
+                // child shadowing the table (or frame) it names.
+                let Some(graw) = rd.read(t.gaddr() + i * 8) else {
+                    return Err(ShadowCheckError::Stale { kind, g2 });
+                };
+                if !self.copy_matches(level, raw, graw, child) {
+                    return Err(ShadowCheckError::Stale { kind, g2 });
+                }
             }
-            self.check_table(h, parent, child, child_kind, g2, ptes)?;
+            self.check_table(rd, child, child_kind, g2, ptes)?;
         }
         Ok(())
+    }
+}
+
+impl ShadowInner {
+    /// Is the shadow entry `raw` (of a table of `level`, pointing at the
+    /// shadow table `child`) a copy of guest-2's entry `graw`?
+    fn copy_matches(&self, level: Level, raw: u64, graw: u64, child: PhysAddr) -> bool {
+        let edat1 = facilities(self.edat_level).edat1;
+        let child_gaddr = |pa: PhysAddr| {
+            mm::virt_to_page(crate::dat::table::phys_to_virt(pa))
+                .and_then(|pg| gtdesc::page_gmap_table(pg).ok())
+                .map(|d| d.gaddr())
+        };
+        match level {
+            Level::Segment => {
+                let (se, ge) = (SegmentEntry::from_raw(raw), SegmentEntry::from_raw(graw));
+                let target = if edat1 && ge.is_large() {
+                    ge.large_frame()
+                } else {
+                    ge.page_table()
+                };
+                !ge.is_invalid()
+                    && ge.tt() == 0
+                    && se.is_protected() == ge.is_protected()
+                    && child_gaddr(child) == Some(target.0)
+            }
+            l => {
+                let (se, ge) = (RegionEntry::from_raw(raw), RegionEntry::from_raw(graw));
+                let same_bits = (se.tf(), se.tl(), se.level()) == (ge.tf(), ge.tl(), ge.level())
+                    && (!edat1 || se.is_protected() == ge.is_protected());
+                !ge.is_invalid()
+                    && ge.level() == l
+                    && same_bits
+                    && child_gaddr(child) == Some(ge.next_origin().0)
+            }
+        }
     }
 }
 
@@ -721,6 +818,10 @@ pub enum ShadowCheckError {
     Rmap(ShadowKey),
     /// A removed shadow that still holds tables below its top, or rmaps.
     Removed,
+    /// A valid shadow entry (guest-2 address, kind) that is not a copy of
+    /// guest-2's entry as it is now (another origin, other bits, an
+    /// invalid entry, a page no longer guest-2's there).
+    Stale { kind: u8, g2: u64 },
 }
 
 /// What a step of the guest-2 walk found, as the fault installs it.
@@ -822,9 +923,13 @@ impl ShadowGmap {
                 }
             }
         }
-        // The fault keeps unshadowing its own path (guest-2's data page is
-        // one of its own table pages): let the guest run into it again.
-        Err(ShadowFault::Again)
+        // The fault keeps unshadowing its own path: guest-2 stores into a
+        // page that holds a table on the store's own translation path, so
+        // lifting the page's protection drops that table and shadowing it
+        // again protects the page again. zdat refuses to leave a writable
+        // shadow PTE of a protected page (which would end the loop), and
+        // says so.
+        Err(ShadowFault::SelfMapped)
     }
 
     /// Check the shadow against its host: every table reached from the
@@ -835,8 +940,13 @@ impl ShadowGmap {
     /// every rmap names a live structure and agrees with its inverse.
     /// Returns the number of valid shadow PTEs.
     pub fn check(&self) -> Result<u64, ShadowCheckError> {
-        let host = self.inner.lock().host.clone();
+        let (host, parent) = {
+            let s = self.inner.lock();
+            (s.host.clone(), s.parent.upgrade())
+        };
+        // The lock order: host, gmap, shadow.
         let h = lock_host(&host);
+        let pg = parent.as_ref().map(|p| p.lock());
         let s = self.inner.lock();
         if s.removed {
             return if s.tables.len() <= 1 && s.rmap.is_empty() && s.sources.is_empty() {
@@ -845,12 +955,14 @@ impl ShadowGmap {
                 Err(ShadowCheckError::Removed)
             };
         }
-        let Some(parent) = s.parent.upgrade() else {
+        let Some(pg) = pg else {
             return Err(ShadowCheckError::Removed);
         };
+        let tr = |g1: u64| pg.translate(g1).ok();
+        let rd = G1Reader { tr: &tr, host: &h };
         let mut ptes = 0;
         let top = s.asce.level();
-        s.check_table(&h, &parent, s.asce.origin(), crst_kind(top), 0, &mut ptes)?;
+        s.check_table(&rd, s.asce.origin(), crst_kind(top), 0, &mut ptes)?;
         // Every rmap names a live structure, both directions agree.
         for (k, vms) in &s.sources {
             let live = if k.kind == KIND_PAGE {
@@ -890,7 +1002,11 @@ impl ShadowGmap {
         };
         if orig.is_real_space() {
             // No guest-2 tables: fake tables down to the page, guest-2's
-            // address is the guest-1 address.
+            // address is the guest-1 address. Beyond guest-1 memory first
+            // (nothing is made for an address that cannot be mapped).
+            if parent.lock().translate(g2).is_err() {
+                return Err(Retry::Fault(ShadowFault::Reflect(code::ADDRESSING)));
+            }
             let mut level = Level::Region1;
             loop {
                 self.install_fake(g2, level)?;
@@ -906,11 +1022,9 @@ impl ShadowGmap {
         steps
             .try_reserve(5)
             .map_err(|_| Retry::Fault(ShadowFault::NoMemory))?;
+        let tr = tr_locked(&parent);
         let r = {
-            let rd = G1Reader {
-                parent: &parent,
-                host: h,
-            };
+            let rd = G1Reader { tr: &tr, host: h };
             let mut level = Some(orig.level());
             walk::walk_traced(&rd, orig, g2, fac, &mut |st| {
                 if steps.len() < 5 {
@@ -933,7 +1047,7 @@ impl ShadowGmap {
         for st in steps.iter().take(n) {
             match st.level {
                 Some(l) => self.install_crst(h, &parent, g2, l, st, fac)?,
-                None => pte_src = Some(st.g1),
+                None => pte_src = Some((st.g1, st.raw)),
             }
         }
         let t = match r {
@@ -945,8 +1059,9 @@ impl ShadowGmap {
         }
         // The guest-2 PTE's page is the shadow page table's source (none
         // for a fake table: a large guest-2 frame has no page table).
-        if let Some(g1) = pte_src {
+        if let Some((g1, raw)) = pte_src {
             self.protect_source(h, &parent, g1, key_for(KIND_PGT, g2))?;
+            self.unchanged_since_walk(h, &parent, g1, raw)?;
         }
         self.install_page(
             h,
@@ -956,6 +1071,27 @@ impl ShadowGmap {
             t.protected,
             write,
         )
+    }
+
+    /// The walk read guest-2's entry at `g1` before its page was
+    /// protected: a store in between (guest-1 running on another CPU, or
+    /// guest-2 through a writable shadow PTE of the page) notified nobody.
+    /// Read it again now that a change must notify: if it moved, walk
+    /// again.
+    fn unchanged_since_walk(
+        &self,
+        h: &HostMm,
+        parent: &Mutex<GmapInner>,
+        g1: u64,
+        raw: u64,
+    ) -> Result<(), Retry> {
+        let tr = tr_locked(parent);
+        let rd = G1Reader { tr: &tr, host: h };
+        if rd.read(g1) == Some(raw) {
+            Ok(())
+        } else {
+            Err(Retry::Again)
+        }
     }
 
     /// Protect the host page holding guest-1 address `g1` for `key`:
@@ -1028,9 +1164,14 @@ impl ShadowGmap {
                 }
             }
         }
-        // Source first: only then may the entry become valid.
+        // Source first: only then may the entry become valid; and the
+        // entry as it is once protected.
         self.protect_source(h, parent, st.g1, key)?;
+        self.unchanged_since_walk(h, parent, st.g1, st.raw)?;
         let mut s = self.inner.lock();
+        if s.removed {
+            return Err(Retry::Fault(ShadowFault::Again));
+        }
         let Found::Entry(ea, _) = s.find(g2, Some(level)) else {
             return Err(Retry::Again);
         };
@@ -1085,6 +1226,9 @@ impl ShadowGmap {
     /// table is copied.
     fn install_fake(&self, g2: u64, level: Level) -> Result<(), Retry> {
         let mut s = self.inner.lock();
+        if s.removed {
+            return Err(Retry::Fault(ShadowFault::Again));
+        }
         let Found::Entry(ea, _) = s.find(g2, Some(level)) else {
             return Err(Retry::Again);
         };
@@ -1154,7 +1298,13 @@ impl ShadowGmap {
                 e => ShadowFault::Host(super::space_error(e)),
             })
         })?;
-        let (frame, hprot) = h.space().lookup(vm).ok_or(Retry::Again)?;
+        let (frame, pprot) = h.space().lookup(vm).ok_or(Retry::Again)?;
+        // The host's protection is its PTE's and its segment entry's.
+        let hprot = if h.space().segment_entry(vm).is_protected() {
+            Prot::ReadOnly
+        } else {
+            pprot
+        };
         h.space()
             .pgste_set_bits(vm, PGSTE_VSIE_BIT)
             .map_err(|_| Retry::Again)?;
@@ -1174,7 +1324,13 @@ impl ShadowGmap {
             .map_err(Retry::Fault)?;
         // SAFETY: a PTE of a live shadow page table, under the shadow lock.
         let slot = unsafe { entry(ea) };
-        if !Pte::from_raw(slot.load(Ordering::Acquire)).is_invalid() {
+        let old = slot.load(Ordering::Acquire);
+        if old == new.raw() {
+            // Another CPU's fault made it already: an IPTE would only
+            // make it invalid for a moment under CPUs using it.
+            return Ok(());
+        }
+        if !Pte::from_raw(old).is_invalid() {
             // SAFETY: `pto` is that live shadow page table.
             unsafe { tlb::ipte(&s.context, pto, g2) };
         }

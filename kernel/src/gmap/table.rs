@@ -36,6 +36,9 @@ pub enum GmapTableError {
     WrongLevel(Option<Level>),
     /// `gmap_segment_gaddr` of an entry of a region table (its level).
     NotSegmentTable(Level),
+    /// A shadow gmap's table (vSIE): its gaddr is the guest-1 address of
+    /// the guest-2 table it shadows, not a guest address it maps.
+    ShadowTable,
     /// An entry address that is not 8-byte aligned, a table address that
     /// is not 16 KiB aligned, or a table's guest address not aligned to
     /// what a table of its level covers.
@@ -161,6 +164,9 @@ pub fn gmap_table_entry_gaddr(entry_va: VirtAddr) -> Result<(Level, u64), GmapTa
     let table_va = entry_va.align_down(4 * PAGE_SIZE);
     let page = mm::virt_to_page(table_va).ok_or(GmapTableError::NotInMemmap)?;
     let t = page_gmap_table(page)?;
+    if t.is_shadow() {
+        return Err(GmapTableError::ShadowTable);
+    }
     let level = table_level(t).ok_or(GmapTableError::WrongLevel(None))?;
     let index = (entry_va.0 - table_va.0) / 8;
     // gmap_alloc_table keeps gaddr aligned to what the table covers, so

@@ -13,6 +13,20 @@ use super::guest::{check_psw, is_translation, GuestStop, Vcpu};
 use super::shadow::{gmap_shadow, ShadowError, ShadowFault, ShadowGmap};
 use super::Gmap;
 
+/// The TEID guest-1 gets with a reflected exception `rc` (KVM's
+/// `inject_fault` builds it the same way): the exit's when the exit was
+/// that exception; for a protection exception found on a translation exit
+/// (guest-2's own protection, on its first store), the DAT-protection
+/// format QEMU stores: the page, store (bit 53) and bit 61, which says the
+/// address is valid, with the exit's address-space bits.
+pub fn reflected_teid(rc: u16, exit_code: u16, exit_teid: u64) -> u64 {
+    if rc == code::PROTECTION && exit_code != code::PROTECTION {
+        (exit_teid & !0xfff) | 0x400 | 0x4 | (exit_teid & 3)
+    } else {
+        exit_teid
+    }
+}
+
 /// Guest-1's hypervisor: what it does with an interruption of guest-2
 /// that is guest-1's to handle.
 pub trait Guest1 {
@@ -104,6 +118,16 @@ pub fn run_nested(
                 let t = Teid(pc.teid);
                 let write = c == code::PROTECTION || t.access() == TeidAccess::Store;
                 if c == code::PROTECTION {
+                    // A protection exception through a writable shadow
+                    // PTE is none DAT can explain (key or low-address
+                    // protection): not the shadow's to resolve.
+                    let p = s.pte(t.address());
+                    if !p.is_invalid() && !p.is_protected() {
+                        return Err(NestedStop::Guest(GuestStop::Program(
+                            pc.code,
+                            vcpu.ctx.psw.addr,
+                        )));
+                    }
                     // Suppressing: the PSW is past the store; back to it,
                     // so that resuming runs it again (Linux's
                     // do_protection_exception rewinds the same way).
@@ -116,8 +140,9 @@ pub fn run_nested(
                     }
                     Err(ShadowFault::Reflect(rc)) => {
                         stats.reflected += 1;
-                        if !g1.program_interrupt(vcpu, rc, pc.teid) {
-                            return Err(NestedStop::Reflected(rc, pc.teid));
+                        let teid = reflected_teid(rc, c, pc.teid);
+                        if !g1.program_interrupt(vcpu, rc, teid) {
+                            return Err(NestedStop::Reflected(rc, teid));
                         }
                     }
                     Err(ShadowFault::Again) => {}

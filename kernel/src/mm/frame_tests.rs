@@ -147,6 +147,7 @@ fn shadow_page_tables_are_order_0_gmap_tables_and_only_shadows_have_them() {
         (0, 0, gtdesc::GT_SHADOW),
         (2, 0, 8),
         (2, 5, gtdesc::GT_SHADOW),
+        (2, 0, gtdesc::GT_FAKE),
     ] {
         let p = alloc_pages(order, AllocFlags::empty()).unwrap();
         let (p, e) = gtdesc::gmap_table_ctor_flags(p, 3, level, 0, fl).unwrap_err();

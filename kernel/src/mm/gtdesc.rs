@@ -276,6 +276,7 @@ pub fn gmap_table_ctor_flags(
     }
     let bad_level = level > GMAP_PTE_LEVEL
         || flags & !(GT_SHADOW | GT_FAKE) != 0
+        || (flags & GT_FAKE != 0 && flags & GT_SHADOW == 0)
         || (level == GMAP_PTE_LEVEL && flags & GT_SHADOW == 0);
     if bad_level || p.order() != gmap_table_order(level) {
         let o = p.order();

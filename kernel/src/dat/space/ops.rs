@@ -390,6 +390,18 @@ impl AddressSpace {
         }
         let table = table::table_of_entry(ea);
         let new = SegmentEntry::table(old.page_table(), protect)?;
+        // Every page of the segment changes: the PGSTE notifications
+        // first (shadow PTEs copied the segment's protection), as for a
+        // change of each PTE.
+        if self.pgste {
+            let base = va & !(super::super::entry::SEGMENT_SIZE - 1);
+            for i in 0..PTRS_PER_PTE as u64 {
+                self.notify_before_change(
+                    base + i * PAGE_SIZE,
+                    PhysAddr(old.page_table().0 + i * 8),
+                );
+            }
+        }
         // SAFETY: `table` is the live segment table holding the entry.
         unsafe { tlb::idte(&self.context, table, Level::Segment, va) };
         slot.store(new.raw(), Ordering::Release);

@@ -172,6 +172,30 @@ pub(super) fn checker_catches_a_shadow_entry_whose_source_is_writable() -> KResu
     pg.store(old, core::sync::atomic::Ordering::Release);
     kassert_eq!(broken, Err(ShadowCheckError::Page(g2 & !0xfff)));
     kassert_eq!(s.check(), Ok(1));
+    // Guest-2's PTE changed behind the protection (a store into the host
+    // frame, not through the host's PTE): the shadow PTE is stale, and the
+    // checker says so.
+    let h = w.h.lock();
+    let Some((frame, _)) = h.space().lookup(w.vm(pte_g1) & !0xfff) else {
+        return kfail!("no host frame");
+    };
+    drop(h);
+    // SAFETY: the guest-1 frame holding guest-2's PTE, put back below.
+    let gp = unsafe { entry(PhysAddr(frame.0 | (pte_g1 & 0xfff))) };
+    let old = gp.load(core::sync::atomic::Ordering::Acquire);
+    let moved =
+        Pte::new(PhysAddr(G1_DATA + 0x5000), Prot::ReadWrite).or_else(|e| kfail!("{e:?}"))?;
+    gp.store(moved.raw(), core::sync::atomic::Ordering::Release);
+    let broken = s.check();
+    gp.store(old, core::sync::atomic::Ordering::Release);
+    kassert_eq!(
+        broken,
+        Err(ShadowCheckError::Stale {
+            kind: 1,
+            g2: g2 & !0xfff
+        })
+    );
+    kassert_eq!(s.check(), Ok(1));
     Ok(())
 }
 

@@ -243,6 +243,7 @@ use differential::random_guest2_addresses_agree_with_a_two_stage_walk;
 use runs::{
     edat1_large_guest2_segment_and_region_protection, guest2_protection_is_reflected_to_guest1,
     guest2_sees_guest1_remap_its_page_between_runs,
+    guest2_store_through_its_own_page_table_stops_cleanly,
     guest2_store_to_its_own_table_page_lifts_the_protection,
     guest2_sums_an_array_over_tables_guest1_fills_lazily,
     real_space_guest2_runs_on_fake_tables_of_one_shadow,
@@ -252,13 +253,16 @@ use runs::{
 use smp::{
     two_cpus_faulting_one_segment_shadow_it_once,
     unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale,
+    whole_shadow_dropped_while_another_cpu_uses_it_leaves_nothing_stale,
 };
 use warm::{
     guest1_changing_a_guest2_pte_is_seen_by_the_next_access,
     guest1_changing_a_guest2_segment_entry_is_seen,
+    host_forgets_its_read_only_choice_when_it_unmaps,
     host_losing_the_top_table_page_drops_the_whole_shadow,
     host_protect_of_a_guest2_page_is_seen_and_refused,
     host_remap_of_a_guest2_page_invalidates_its_shadow_pte,
+    host_segment_protection_reaches_the_shadow,
     parent_unmapping_the_guest1_segment_drops_the_shadow_part,
 };
 
@@ -280,6 +284,9 @@ ktest_suite!(
         host_protect_of_a_guest2_page_is_seen_and_refused,
         parent_unmapping_the_guest1_segment_drops_the_shadow_part,
         host_losing_the_top_table_page_drops_the_whole_shadow,
+        host_segment_protection_reaches_the_shadow,
+        host_forgets_its_read_only_choice_when_it_unmaps,
+        guest2_store_through_its_own_page_table_stops_cleanly,
         malformed_guest2_tables_are_reflected_and_change_no_host_table,
         checker_catches_a_shadow_entry_whose_source_is_writable,
         teardown_with_live_shadows_returns_every_page,
@@ -293,5 +300,6 @@ ktest_suite!(
     [
         two_cpus_faulting_one_segment_shadow_it_once,
         unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale,
+        whole_shadow_dropped_while_another_cpu_uses_it_leaves_nothing_stale,
     ]
 );

@@ -30,6 +30,8 @@ struct Shared {
 
 static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 static ERRORS: AtomicU64 = AtomicU64::new(0);
+/// The first error a CPU met, for the diagnostic.
+static FIRST_ERROR: Mutex<Option<(usize, u64, alloc::string::String)>> = Mutex::new(None);
 
 fn need_smp() -> KResult {
     if smp::nr_online() < 2 {
@@ -68,8 +70,9 @@ pub(super) fn two_cpus_faulting_one_segment_shadow_it_once() -> KResult {
         };
         for i in 0..PAGES {
             let p = (i * (2 * cpu as u64 + 1) + cpu as u64 * 7) % PAGES;
-            if s.shadow_fault(SEG + p * 0x1000, false).is_err() {
+            if let Err(e) = s.shadow_fault(SEG + p * 0x1000, false) {
                 ERRORS.fetch_add(1, Ordering::Relaxed);
+                *FIRST_ERROR.lock() = Some((cpu, p, alloc::format!("{e:?}")));
             }
         }
         // SAFETY: the shadow lives until every CPU returned.
@@ -80,10 +83,25 @@ pub(super) fn two_cpus_faulting_one_segment_shadow_it_once() -> KResult {
                     .count() as u64
             })
         };
-        ERRORS.fetch_add(r.unwrap_or(1), Ordering::Relaxed);
+        match r {
+            Ok(0) => {}
+            Ok(n) => {
+                ERRORS.fetch_add(n, Ordering::Relaxed);
+                *FIRST_ERROR.lock() = Some((cpu, n, "tags wrong through the shadow".into()));
+            }
+            Err(c) => {
+                ERRORS.fetch_add(1, Ordering::Relaxed);
+                *FIRST_ERROR.lock() = Some((cpu, c.0, "warm window cooled".into()));
+            }
+        }
     });
     let shared = SHARED.lock().take().ok_or(Outcome::Fail)?;
-    kassert_eq!(ERRORS.load(Ordering::Relaxed), 0);
+    kassert_eq!(
+        ERRORS.load(Ordering::Relaxed),
+        0,
+        "(cpu, page or count, what): {:?}",
+        FIRST_ERROR.lock().take()
+    );
     // Segment table and page table: two shadow tables, made once each.
     kassert_eq!(s.stats().tables_made, 2);
     kassert_eq!(s.check(), Ok(PAGES));
@@ -102,6 +120,11 @@ static AFTER: AtomicU64 = AtomicU64::new(0);
 /// whether its guest-1 store went through.
 static CHANGER: AtomicU64 = AtomicU64::new(0);
 static TABLES: Mutex<Option<G2Tables>> = Mutex::new(None);
+/// What the changer does: 0 point guest-2's PTE elsewhere (the shadow
+/// page table goes), 1 store into guest-2's top table (the whole shadow
+/// goes). And the code the reader's next load must take for it.
+static MODE: AtomicU64 = AtomicU64::new(0);
+static WANT: AtomicU64 = AtomicU64::new(0);
 
 /// 20 s in TOD units (4096 per microsecond): how long either side waits.
 const PATIENCE: u64 = 20_000_000u64 << 12;
@@ -117,8 +140,9 @@ fn reader() {
             let mut good = 0u64;
             while crate::arch::s390x::tod::stck().wrapping_sub(t0) < PATIENCE {
                 if CHANGED.load(Ordering::Acquire) {
+                    let want = WANT.load(Ordering::Acquire) as u16;
                     return match wm.load(SEG) {
-                        Err(pc) if pc.code == code::SEGMENT_TRANSLATION => 1,
+                        Err(pc) if pc.code == want => 1,
                         Ok(v) if v == tag(0) => 2,
                         _ => 3,
                     };
@@ -148,9 +172,14 @@ fn changer() {
     let shared = SHARED.lock();
     let mut tables = TABLES.lock();
     let ok = match (shared.as_ref(), tables.as_mut()) {
-        (Some(sh), Some(t)) => t
+        (Some(sh), Some(t)) if MODE.load(Ordering::Acquire) == 0 => t
             .map(&sh.w, SEG, G1_DATA + PAGES * 0x1000, Prot::ReadWrite)
             .is_ok(),
+        // An unused entry in the page of the top table the shadow uses.
+        (Some(sh), Some(t)) => {
+            let e = t.top_g1 + 8 * 100;
+            sh.w.r(e).and_then(|v| sh.w.w(e, v)).is_ok()
+        }
         _ => false,
     };
     drop(tables);
@@ -166,7 +195,21 @@ fn changer() {
 /// has the shadow attached) and raises a flag; CPU 1's first load after
 /// the flag must fault.
 pub(super) fn unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale() -> KResult {
+    change_under_a_warm_reader(0, code::SEGMENT_TRANSLATION)
+}
+
+/// The same with the whole shadow dropped (guest-1 stores into guest-2's
+/// top table): its top is emptied before the purge that reaches CPU 1,
+/// so CPU 1's next load faults at the top instead of walking the freed
+/// tables below.
+pub(super) fn whole_shadow_dropped_while_another_cpu_uses_it_leaves_nothing_stale() -> KResult {
+    change_under_a_warm_reader(1, code::REGION_THIRD_TRANSLATION)
+}
+
+fn change_under_a_warm_reader(mode: u64, want: u16) -> KResult {
     need_smp()?;
+    MODE.store(mode, Ordering::Release);
+    WANT.store(want as u64, Ordering::Release);
     let (w, t) = setup()?;
     let s = w.shadow(t.asce())?;
     kassert_eq!(s.shadow_fault(SEG, false), Ok(()));
@@ -193,8 +236,9 @@ pub(super) fn unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale() 
         1,
         "1: faulted, 2: stale, 3: other"
     );
-    // The one page shadowed went with its page table.
+    // The one page shadowed went with its page table (or the shadow).
     kassert_eq!(s.check(), Ok(0));
+    kassert_eq!(s.is_removed(), mode == 1);
     drop((tables, shared));
     run_on_all(|_| crate::mm::drain_pcp());
     Ok(())

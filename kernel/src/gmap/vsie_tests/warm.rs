@@ -189,3 +189,53 @@ pub(super) fn host_losing_the_top_table_page_drops_the_whole_shadow() -> KResult
     kassert!(n.id() != s.id());
     Ok(())
 }
+
+/// The host makes the whole segment holding guest-2's page read-only
+/// (its segment entry's protection): the shadows are told before the
+/// segment entry changes, so the writable shadow PTE is gone at once; the
+/// page is then shadowed read-only, and a store the host refuses is not
+/// resolved.
+pub(super) fn host_segment_protection_reaches_the_shadow() -> KResult {
+    let (w, _t, s) = setup()?;
+    let ss = s.clone();
+    let hh = w.h.clone();
+    let vm = w.vm(G1_DATA);
+    // SAFETY: as above; stores go to the guest-1 page the case owns.
+    let (s1, p, s2, fw, fr, s3) = unsafe {
+        warm(&s.asce_ref(), |wm| {
+            let s1 = wm.store(G2, 0x3333);
+            let p = hh.lock().space_mut().protect_segment(vm, true);
+            let s2 = wm.store(G2, 0x4444);
+            let fw = ss.shadow_fault(G2, true);
+            let fr = ss.shadow_fault(G2, false);
+            (s1, p, s2, fw, fr, wm.store(G2, 0x5555))
+        })
+    }?;
+    kassert_eq!(s1, Ok(()));
+    kassert_eq!(p, Ok(()));
+    faulted(st(s2), code::PAGE_TRANSLATION, G2, TeidAccess::Store)?;
+    kassert_eq!(fw, Err(ShadowFault::Host(GmapError::Protected)));
+    kassert_eq!(fr, Ok(()));
+    faulted(st(s3), code::PROTECTION, G2, TeidAccess::Store)?;
+    kassert!(s.pte(G2).is_protected());
+    kassert_eq!(s.check(), Ok(1));
+    // Guest-1 cannot store there either.
+    kassert_eq!(w.g.guest_write_u64(G1_DATA, 1), Err(GmapError::Protected));
+    Ok(())
+}
+
+/// A read-only choice of the host ends with the page: unmapped and
+/// populated again, the page is writable, and guest-1's store to it is
+/// not refused.
+pub(super) fn host_forgets_its_read_only_choice_when_it_unmaps() -> KResult {
+    let (w, _t, s) = setup()?;
+    let vm = w.vm(G1_DATA);
+    kassert_eq!(w.h.lock().protect(vm, Prot::ReadOnly), Ok(()));
+    kassert_eq!(w.g.guest_write_u64(G1_DATA, 1), Err(GmapError::Protected));
+    kassert_eq!(w.h.lock().unmap_range(vm, 0x1000), Ok(1));
+    kassert_eq!(w.g.guest_write_u64(G1_DATA, 2), Ok(()));
+    kassert_eq!(w.g.guest_read_u64(G1_DATA), Ok(2));
+    kassert_eq!(s.shadow_fault(G2, true), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    Ok(())
+}
