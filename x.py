@@ -537,6 +537,60 @@ MUTANTS = [
         "filter": "vsie_smp.*",
         "expect": ["vsie_smp.unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale"],
     },
+    {
+        "name": "shadow-ignores-segment-protection",
+        "why": "a shadow PTE takes the host PTE's protection, not its segment entry's",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": """\
+        let hprot = if h.space().segment_entry(vm).is_protected() {
+            Prot::ReadOnly
+        } else {
+            pprot
+        };""",
+        "replace": "        let hprot = pprot;",
+        "filter": "vsie.*",
+        "expect": ["vsie.host_segment_protection_reaches_the_shadow"],
+    },
+    {
+        "name": "protect-segment-skips-notify",
+        "why": "a host segment protection change notifies no PGSTE (shadow PTEs keep their write access)",
+        "file": "kernel/src/dat/space/ops.rs",
+        "find": """\
+        if self.pgste {
+            let base = va & !(super::super::entry::SEGMENT_SIZE - 1);
+            for i in 0..PTRS_PER_PTE as u64 {
+                self.notify_before_change(
+                    base + i * PAGE_SIZE,
+                    PhysAddr(old.page_table().0 + i * 8),
+                );
+            }
+        }""",
+        "replace": "",
+        "filter": "vsie.*",
+        "expect": ["vsie.host_segment_protection_reaches_the_shadow"],
+    },
+    {
+        "name": "unmap-segment-keeps-shadows",
+        "why": "the parent unmapping a guest-1 segment leaves the shadows built from its memory",
+        "file": "kernel/src/gmap/ops.rs",
+        "find": "super::shadow::shadow_notify_range(&g.shadows, hs, hs + (SEGMENT_SIZE - 1));",
+        "replace": "let _ = hs;",
+        "filter": "vsie.*",
+        "expect": ["vsie.parent_unmapping_the_guest1_segment_drops_the_shadow_part"],
+    },
+    {
+        "name": "shadow-page-skips-vsie-bit",
+        "why": "a shadow PTE is made without the VSIE bit on the host PTE of its frame",
+        "file": "kernel/src/gmap/shadow.rs",
+        "find": """\
+        h.space()
+            .pgste_set_bits(vm, PGSTE_VSIE_BIT)
+            .map_err(|_| Retry::Again)?;""",
+        "replace": "",
+        "filter": "vsie.*",
+        "expect": ["vsie.host_remap_of_a_guest2_page_invalidates_its_shadow_pte",
+                   "vsie.host_protect_of_a_guest2_page_is_seen_and_refused"],
+    },
     # Append new mutants here.
 ]
 
