@@ -5,13 +5,17 @@
 //! eighth a store), faults resolved by `shadow_fault` until it maps the
 //! page or reflects; the outcome must equal a two-stage software walk:
 //! guest-2's tables in guest-1 memory (`dat::walk`), then guest-1's gmap,
-//! then the host's PTE.
+//! then the host's PTE. And, so that the exceptions are not software
+//! judging software (the shadow's reflections come from `dat::walk` too),
+//! the CPU's own walk of an eager copy of guest-2's tables with host real
+//! origins must give the same outcome at every EDAT-0 address.
 
 use alloc::vec::Vec;
 
 use super::{world, G2Tables, World, G1_DATA, G1_SIZE};
-use crate::arch::pgm::{code, stores_teid, ProgramCheck, Teid};
+use crate::arch::pgm::{code, stores_teid, ProgramCheck, Teid, TeidAccess};
 use crate::arch::s390x::dat as hw;
+use crate::dat::context::AsceRef;
 use crate::dat::entry::{Level, Prot, Pte, RegionEntry};
 use crate::dat::kernel::with_secondary_lctlg;
 use crate::dat::walk::{self, Facilities, TableReader};
@@ -151,12 +155,16 @@ fn software(w: &World, t: &G2Tables, a: u64, store: bool, edat1: bool) -> Verdic
         edat1,
         edat2: false,
     };
-    match walk::translate(&G1Mem(w), t.asce(), a, fac, store) {
+    // The load first (as both hardware sides do), then the store.
+    match walk::translate(&G1Mem(w), t.asce(), a, fac, false) {
         Err(c) => Verdict::Fault(c, stores_teid(c).then_some(a & !0xfff)),
         Ok(tr) => {
             let Ok(vm) = w.g.gmap_translate(tr.real.0) else {
                 return Verdict::Fault(code::ADDRESSING, None);
             };
+            if store && tr.protected {
+                return Verdict::Fault(code::PROTECTION, Some(a & !0xfff));
+            }
             match w.h.lock().space().lookup(vm & !0xfff) {
                 Some((f, _)) => Verdict::Ok(f.0 | (a & 0xfff)),
                 None => Verdict::Fault(0xffff, None),
@@ -193,7 +201,9 @@ fn hardware(s: &ShadowGmap, a: u64, store: bool, stuck: &mut u64) -> Verdict {
             }
             Err(pc) => pc,
         };
-        let write = pc.exception() == code::PROTECTION || store;
+        // A store only if the store failed (the load goes first).
+        let write =
+            pc.exception() == code::PROTECTION || Teid(pc.teid).access() == TeidAccess::Store;
         match s.shadow_fault(a, write) {
             Ok(()) => continue,
             Err(ShadowFault::Reflect(c)) => {
@@ -213,13 +223,24 @@ fn hardware(s: &ShadowGmap, a: u64, store: bool, stuck: &mut u64) -> Verdict {
 /// What one pass over `n` random addresses found.
 #[derive(Default)]
 struct Pass {
+    /// (address, store, the shadow's verdict, the other side's).
     bad: Vec<(u64, bool, Verdict, Verdict)>,
+    /// Where the CPU's own walk of an eager copy disagreed.
+    bad_eager: Vec<(u64, bool, Verdict, Verdict)>,
     seen: Vec<(u16, u64)>,
     ok: u64,
     stuck: u64,
 }
 
-fn pass(w: &World, t: &G2Tables, s: &ShadowGmap, edat1: bool, n: u64, r: &mut Rng) -> Pass {
+fn pass(
+    w: &World,
+    t: &G2Tables,
+    s: &ShadowGmap,
+    edat1: bool,
+    n: u64,
+    r: &mut Rng,
+    eager: Option<&AsceRef>,
+) -> Pass {
     let mut p = Pass::default();
     let asce = s.asce_ref();
     for i in 0..n {
@@ -232,6 +253,14 @@ fn pass(w: &World, t: &G2Tables, s: &ShadowGmap, edat1: bool, n: u64, r: &mut Rn
         if hv != sv && p.bad.len() < 8 {
             p.bad.push((a, store, hv, sv));
         }
+        if let Some(e) = eager {
+            // SAFETY: the eager copy's tables live across the call; it
+            // maps the same guest-1 data memory (stores write back).
+            let ev = unsafe { with_secondary_lctlg(e, || direct(a, store)) };
+            if ev != hv && p.bad_eager.len() < 8 {
+                p.bad_eager.push((a, store, hv, ev));
+            }
+        }
         match sv {
             Verdict::Ok(_) => p.ok += 1,
             Verdict::Fault(c, _) => match p.seen.iter_mut().find(|x| x.0 == c) {
@@ -243,23 +272,152 @@ fn pass(w: &World, t: &G2Tables, s: &ShadowGmap, edat1: bool, n: u64, r: &mut Rn
     p
 }
 
+/// An address beyond the machine's memory (1 TiB): where the eager copy
+/// points what lies beyond guest-1 memory, so the CPU's own fetch of it
+/// is the addressing exception.
+const BEYOND: u64 = 1 << 40;
+
+/// The eager copy: guest-2's tables (as reachable from its ASCE) copied
+/// into kernel frames with every table origin and page frame replaced by
+/// the host real address guest-1's gmap and the host give it, nothing
+/// else changed, so that the CPU's own DAT walks guest-2's entries:
+/// invalid bits, table types, offsets and lengths, protection and
+/// reserved bits are judged by QEMU, not by `dat::walk`. Independent of
+/// `gmap::shadow`; built with plain guest-1 loads.
+struct Eager {
+    frames: Vec<crate::mm::Pages>,
+    memo: alloc::collections::BTreeMap<(u64, u8), u64>,
+}
+
+impl Eager {
+    /// The host frame of guest-1 page `g1`, or BEYOND outside guest-1
+    /// memory.
+    fn frame(w: &World, g1: u64) -> u64 {
+        if w.g.guest_read_u64(g1 & !0xfff).is_err() {
+            return BEYOND;
+        }
+        let Ok(vm) = w.g.gmap_translate(g1 & !0xfff) else {
+            return BEYOND;
+        };
+        w.h.lock().space().lookup(vm).map_or(BEYOND, |(f, _)| f.0)
+    }
+
+    /// Copy the table at guest-1 `g1` of `level` (`None`: a page table);
+    /// its real address.
+    fn table(&mut self, w: &World, g1: u64, level: Option<Level>) -> Result<u64, Outcome> {
+        let key = (g1, level.map_or(9, |l| l as u8));
+        if let Some(&pa) = self.memo.get(&key) {
+            return Ok(pa);
+        }
+        if g1 >= G1_SIZE {
+            return Ok(BEYOND);
+        }
+        let (order, n) = if level.is_some() { (2, 2048) } else { (0, 256) };
+        let p = crate::mm::alloc_pages(order, crate::mm::AllocFlags::ZERO)
+            .or_else(|e| kfail!("eager copy: {e:?}"))?;
+        let pa = p.phys().0;
+        self.frames.push(p);
+        self.memo.insert(key, pa);
+        for i in 0..n {
+            let graw = w.r(g1 + i * 8)?;
+            let raw = match level {
+                None => {
+                    let e = Pte::from_raw(graw);
+                    if e.is_invalid() {
+                        graw
+                    } else {
+                        (graw & 0xfff) | Self::frame(w, e.frame().0)
+                    }
+                }
+                Some(Level::Segment) => {
+                    let e = crate::dat::entry::SegmentEntry::from_raw(graw);
+                    if e.is_invalid() || e.tt() != 0 {
+                        graw
+                    } else {
+                        let pt = self.table(w, e.page_table().0, None)?;
+                        (graw & 0x7ff) | (pt + (e.page_table().0 & 0x7ff))
+                    }
+                }
+                Some(l) => {
+                    let e = RegionEntry::from_raw(graw);
+                    if e.is_invalid() || e.level() != l {
+                        graw
+                    } else {
+                        let c = self.table(w, e.next_origin().0, l.lower())?;
+                        (graw & 0xfff) | c
+                    }
+                }
+            };
+            // SAFETY: the frame was just allocated to the copy.
+            unsafe { crate::dat::table::entry(PhysAddr(pa + i * 8)) }
+                .store(raw, core::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(pa)
+    }
+}
+
+/// The CPU's own verdict through the eager copy (secondary space).
+fn direct(a: u64, store: bool) -> Verdict {
+    let r = hw::secondary_load_u64(a).and_then(|v| {
+        if store {
+            // SAFETY: guest-1 data memory of the case; the value stored
+            // is the one there.
+            unsafe { hw::secondary_store_u64(a, v) }
+        } else {
+            Ok(())
+        }
+    });
+    match r {
+        Ok(()) => match hw::secondary_lrag(a) {
+            (0, real) => Verdict::Ok(real),
+            (cc, _) => Verdict::Fault(0xfffe, Some(cc as u64)),
+        },
+        Err(pc) => fault_of(&pc),
+    }
+}
+
 /// 10,000 random guest-2 addresses (and 2,000 more with EDAT-1 for
 /// guest-2: a large segment, a protected region entry): the CPU through
-/// the shadow and the two-stage software walk agree on each (real
-/// address, or the exception code and TEID page), and every outcome class
-/// occurs.
+/// the shadow, the two-stage software walk and (EDAT-0) the CPU through
+/// an eager copy agree on each (real address, or the exception code and
+/// TEID page), and every outcome class occurs.
 pub(super) fn random_guest2_addresses_agree_with_a_two_stage_walk() -> KResult {
     let w = world()?;
     let mut r = Rng(0x5eed_05ad_0000_0001);
     let t = build(&w, &mut r)?;
+    // The CPU's own walk of an eager copy judges the EDAT-0 pass too
+    // (this CPU has no EDAT-1: the EDAT-1 pass has the software walk only).
+    let mut eager = Eager {
+        frames: Vec::new(),
+        memo: alloc::collections::BTreeMap::new(),
+    };
+    let top = eager.table(&w, t.asce().origin().0, Some(t.asce().level()))?;
+    let easce = crate::dat::entry::Asce::new(PhysAddr(top), t.asce().level())
+        .or_else(|e| kfail!("{e:?}"))?
+        .with_tl(t.asce().tl());
+    let eref = AsceRef::new(
+        easce,
+        alloc::sync::Arc::new(crate::dat::context::MmContext::new()),
+    );
     for (edat, n) in [(0u8, N), (1, N / 5)] {
         let s = gmap_shadow(&w.g, t.asce(), edat).or_else(|e| kfail!("{e:?}"))?;
-        let p = pass(&w, &t, &s, edat == 1, n, &mut r);
+        let e = (edat == 0).then_some(&eref);
+        let p = pass(&w, &t, &s, edat == 1, n, &mut r, e);
         for (a, st, hv, sv) in &p.bad {
             crate::ktest::diag(format_args!(
                 "EDAT-{edat} {a:#018x} store {st}: hardware {hv:x?}, software {sv:x?}"
             ));
         }
+        for (a, st, hv, ev) in &p.bad_eager {
+            crate::ktest::diag(format_args!(
+                "EDAT-{edat} {a:#018x} store {st}: shadow {hv:x?}, CPU on the eager copy {ev:x?}"
+            ));
+        }
+        kassert!(
+            p.bad_eager.is_empty(),
+            "EDAT-{edat}: the eager copy disagrees on {} of {n}",
+            p.bad_eager.len()
+        );
         kassert!(
             p.bad.is_empty(),
             "EDAT-{edat}: {} of {n} disagree",
