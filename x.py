@@ -535,7 +535,8 @@ MUTANTS = [
         "replace": "unsafe { tlb::idte(&crate::dat::context::MmContext::new(), ptbl, plevel, key.base) };",
         "smp": 2,
         "filter": "vsie_smp.*",
-        "expect": ["vsie_smp.unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale"],
+        "expect": ["vsie_smp.unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale",
+                   "vsie_smp.guest2_on_another_cpu_sees_guest1_change_its_mapping"],
     },
     {
         "name": "shadow-ignores-segment-protection",

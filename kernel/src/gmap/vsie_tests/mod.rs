@@ -251,6 +251,7 @@ use runs::{
     top_table_page_lost_drops_the_shadow_and_it_is_rebuilt,
 };
 use smp::{
+    guest2_on_another_cpu_sees_guest1_change_its_mapping,
     two_cpus_faulting_one_segment_shadow_it_once,
     unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale,
     whole_shadow_dropped_while_another_cpu_uses_it_leaves_nothing_stale,
@@ -301,5 +302,6 @@ ktest_suite!(
         two_cpus_faulting_one_segment_shadow_it_once,
         unshadow_while_another_cpu_uses_the_shadow_leaves_nothing_stale,
         whole_shadow_dropped_while_another_cpu_uses_it_leaves_nothing_stale,
+        guest2_on_another_cpu_sees_guest1_change_its_mapping,
     ]
 );

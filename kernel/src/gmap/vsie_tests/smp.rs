@@ -243,3 +243,151 @@ fn change_under_a_warm_reader(mode: u64, want: u16) -> KResult {
     run_on_all(|_| crate::mm::drain_pcp());
     Ok(())
 }
+
+// Guest-2 for the nested case: load 0(r2) until it differs from r5, at
+// most r3 times; SVC 1 when it changed, SVC 2 when it never did.
+core::arch::global_asm!(
+    ".section .rodata.guest2_poll,\"a\"",
+    ".balign 8",
+    ".globl zdat_guest2_poll_start",
+    "zdat_guest2_poll_start:",
+    "2:  lg %r4,0(%r2)",
+    "    cgr %r4,%r5",
+    "    jne 3f",
+    "    brctg %r3,2b",
+    "    svc 2",
+    "3:  svc 1",
+    ".globl zdat_guest2_poll_end",
+    "zdat_guest2_poll_end:",
+);
+
+extern "C" {
+    static zdat_guest2_poll_start: u8;
+    static zdat_guest2_poll_end: u8;
+}
+
+/// Guest-2's code page, its data page, and the poll program's result.
+const G2_CODE: u64 = (2u64 << 31) | (9 << 20);
+static NESTED_ASCE: AtomicU64 = AtomicU64::new(0);
+/// 1: SVC 1 (saw the change), 2: SVC 2 (polled out on the old value: a
+/// stale translation), 3: anything else.
+static NESTED_END: AtomicU64 = AtomicU64::new(0);
+
+struct Decline;
+
+impl crate::gmap::vsie::Guest1 for Decline {
+    fn program_interrupt(&mut self, _: &mut crate::gmap::guest::Vcpu, _: u16, _: u64) -> bool {
+        false
+    }
+}
+
+static NESTED_WORLD: Mutex<Option<alloc::sync::Arc<World>>> = Mutex::new(None);
+static NESTED_SHADOW: Mutex<Option<ShadowGmap>> = Mutex::new(None);
+/// Whether the changer saw guest-2 running on the shadow (its code and
+/// data pages shadowed) before it changed the mapping, and whether the
+/// change went through.
+static NESTED_CHANGER: AtomicU64 = AtomicU64::new(0);
+
+fn nested_runner() {
+    let asce = crate::dat::entry::Asce::from_raw(NESTED_ASCE.load(Ordering::Acquire));
+    let Some(w) = NESTED_WORLD.lock().clone() else {
+        return;
+    };
+    let mut v = crate::gmap::guest::Vcpu::new(&w.g, G2_CODE);
+    v.ctx.gprs[2] = SEG;
+    v.ctx.gprs[3] = 1 << 31;
+    v.ctx.gprs[5] = tag(0);
+    let mut stats = crate::gmap::vsie::NestedStats::default();
+    let r = crate::gmap::vsie::run_nested(&mut v, &w.g, asce, 0, &mut Decline, 1000, &mut stats);
+    NESTED_END.store(
+        match r {
+            Ok(1) => 1,
+            Ok(2) => 2,
+            _ => 3,
+        },
+        Ordering::Release,
+    );
+}
+
+fn nested_changer() {
+    let t0 = crate::arch::s390x::tod::stck();
+    let s = NESTED_SHADOW.lock().clone();
+    let mut warm = false;
+    while let Some(s) = &s {
+        if s.stats().faults >= 2 {
+            warm = true;
+            break;
+        }
+        if crate::arch::s390x::tod::stck().wrapping_sub(t0) >= PATIENCE {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    // Let guest-2 poll on a warm TLB a little (TOD: 4096 per us).
+    let t1 = crate::arch::s390x::tod::stck();
+    while crate::arch::s390x::tod::stck().wrapping_sub(t1) < (2_000u64 << 12) {
+        core::hint::spin_loop();
+    }
+    let w = NESTED_WORLD.lock().clone();
+    let ok = match (w, TABLES.lock().as_mut()) {
+        (Some(w), Some(t)) => t
+            .map(&w, SEG, G1_DATA + PAGES * 0x1000, Prot::ReadWrite)
+            .is_ok(),
+        _ => false,
+    };
+    NESTED_CHANGER.store(u64::from(warm) | (u64::from(ok) << 1), Ordering::Release);
+}
+
+/// Guest-2 runs on CPU 1 (`run_nested`), polling a page on a warm TLB
+/// until its value changes; CPU 0, once guest-2's pages are shadowed,
+/// has guest-1 point that page at another one. The shadow page table goes
+/// with an IDTE that reaches CPU 1, guest-2's next load faults, is
+/// shadowed again and sees the new value: SVC 1. A stale translation
+/// would keep it polling the old value until its counter runs out: SVC 2.
+pub(super) fn guest2_on_another_cpu_sees_guest1_change_its_mapping() -> KResult {
+    need_smp()?;
+    let (w, mut t) = setup()?;
+    // Guest-2's code page: the poll program, in guest-1 page 0x2000.
+    // SAFETY: the symbols bracket the program in .rodata.
+    let code = unsafe {
+        let a = core::ptr::addr_of!(zdat_guest2_poll_start);
+        let e = core::ptr::addr_of!(zdat_guest2_poll_end);
+        core::slice::from_raw_parts(a, e as usize - a as usize)
+    };
+    for (i, c) in code.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        w.w(0x2000 + i as u64 * 8, u64::from_be_bytes(b))?;
+    }
+    t.map(&w, G2_CODE, 0x2000, Prot::ReadOnly)?;
+    w.w(G1_DATA + PAGES * 0x1000, 0x600d)?;
+    let s = w.shadow(t.asce())?;
+    NESTED_ASCE.store(t.asce().raw(), Ordering::Release);
+    NESTED_END.store(0, Ordering::Relaxed);
+    NESTED_CHANGER.store(0, Ordering::Relaxed);
+    *NESTED_SHADOW.lock() = Some(s.clone());
+    *NESTED_WORLD.lock() = Some(alloc::sync::Arc::new(w));
+    *TABLES.lock() = Some(t);
+    run_on_all(|cpu| match cpu {
+        0 => nested_changer(),
+        1 => nested_runner(),
+        _ => {}
+    });
+    let tables = TABLES.lock().take();
+    let world = NESTED_WORLD.lock().take();
+    NESTED_SHADOW.lock().take();
+    kassert_eq!(
+        NESTED_CHANGER.load(Ordering::Acquire),
+        3,
+        "1: guest-2 was running, 2: mapping changed"
+    );
+    kassert_eq!(
+        NESTED_END.load(Ordering::Acquire),
+        1,
+        "1: saw the change, 2: stale, 3: other"
+    );
+    kassert_eq!(s.check().map(|_| ()), Ok(()));
+    drop((tables, world, s));
+    run_on_all(|_| crate::mm::drain_pcp());
+    Ok(())
+}
