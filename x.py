@@ -1094,11 +1094,117 @@ def wrap_command(cmd, width=112):
     return " \\\n".join(lines)
 
 
+SWEEP_MEMORY = ["128M", "512M", "1G", "4G", "16G"]
+SWEEP_CPUS = [1, 2, 4, 8]
+
+
+def cmd_bench_sweep(args):
+    """`x.py bench --sweep`: how boot cost, memory overhead and the suite's
+    wall time grow with memory and CPUs. Boot figures come from the bench
+    kernel booted with `bench bench.boot` under -icount (guest instructions
+    from kernel entry to the first benchmark: all CPUs' together); the
+    wall time from the release kernel running the whole default suite."""
+    ensure_apt(QEMU, "qemu-system-misc")
+    sizes = [m for m in args.sweep_memory.split(",") if m]
+    for m in sizes:
+        try:
+            memory_size(m)
+        except argparse.ArgumentTypeError as e:
+            die(f"--sweep-memory: {e}")
+    try:
+        cpus = [int(c) for c in args.sweep_cpus.split(",") if c]
+    except ValueError:
+        die(f"--sweep-cpus: not a list of numbers: {args.sweep_cpus}")
+    if not cpus or min(cpus) < 1 or max(cpus) > 248:
+        die("--sweep-cpus: 1 to 248 CPUs")
+    layout = layout_of(args)
+    out = BUILD_DIR / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    # Both kernels built once and copied: the feature switch rebuilds the
+    # kernel crate in a shared target dir.
+    bench_elf = out / f"zdat-bench-{layout}"
+    shutil.copyfile(build_layout(layout, release=True, quiet=True, features=["kernel/bench"]),
+                    bench_elf)
+    test_elf = out / f"zdat-test-{layout}"
+    if not args.no_suite:
+        shutil.copyfile(build_layout(layout, release=True, quiet=True), test_elf)
+    icount = ["-icount", "shift=0,sleep=off", "-rtc", "base=2000-01-01T00:00:00"]
+    rows = []
+    for m in sizes:
+        for n in cpus:
+            r = boot(qemu_cmd(bench_elf, m, n, "bench bench.boot", icount), args.timeout)
+            parsed = bench_parse(r)
+            if parsed is None:
+                die(f"the boot-figure run at {m} with {n} CPUs did not finish"
+                    + (f" (killed after {args.timeout} s)" if r.timed_out else ""))
+            values = parsed[1]
+            row = {"memory": m, "cpus": n,
+                   "boot_instructions": values.get("boot_instructions", (None,))[0],
+                   "memmap_ppm": values.get("memmap_ppm", (None,))[0],
+                   "pagetable_ppm": values.get("pagetable_ppm_boot", (None,))[0]}
+            if not args.no_suite:
+                log_path = out / f"suite-{layout}-{m}-smp{n}.log"
+                t = boot(qemu_cmd(test_elf, m, n, ""), args.timeout, log_path=log_path)
+                k = parse_ktap(t.lines)
+                failed = sum(1 for c in k.cases if c[2] == "fail")
+                row["suite_s"] = round(t.seconds, 2)
+                row["suite_ok"] = not t.timed_out and not k.errors and failed == 0 \
+                    and k.status == 0
+                row["suite_cases"] = len(k.cases)
+            rows.append(row)
+            log(f"{m} x {n} CPUs: " + ", ".join(f"{k}={v}" for k, v in row.items()
+                                                  if k not in ("memory", "cpus")))
+    print()
+    head = f"{'memory':>7} {'CPUs':>4} {'boot instr':>12} {'memmap ppm':>10} {'PT ppm':>7}"
+    if not args.no_suite:
+        head += f" {'suite s':>8} {'cases':>6}  result"
+    print(head)
+    for r in rows:
+        line = (f"{r['memory']:>7} {r['cpus']:>4} {r['boot_instructions'] or '-':>12} "
+                f"{r['memmap_ppm'] or '-':>10} {r['pagetable_ppm'] or '-':>7}")
+        if not args.no_suite:
+            line += (f" {r['suite_s']:>8.2f} {r['suite_cases']:>6}  "
+                     + ("ok" if r["suite_ok"] else "FAILED (log in build/sweep/)"))
+        print(line)
+    import json
+    (BUILD_DIR / "bench-sweep.json").write_text(json.dumps({"layout": layout, "rows": rows},
+                                                           indent=1) + "\n")
+    log("table written to build/bench-sweep.json")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (pip install matplotlib for build/bench-sweep.png)")
+        return 0 if all(r.get("suite_ok", True) for r in rows) else 1
+    panels = [("boot_instructions", "boot instructions"), ("pagetable_ppm", "page tables (ppm)")]
+    if not args.no_suite:
+        panels.append(("suite_s", "suite wall time (s)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    mem_bytes = {m: int(m[:-1]) << (30 if m[-1] in "Gg" else 20) for m in sizes}
+    for ax, (key, title) in zip(axes, panels):
+        for n in cpus:
+            pts = [(mem_bytes[r["memory"]] / 2**20, r[key]) for r in rows
+                   if r["cpus"] == n and r.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{n} CPUs")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("memory (MiB)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(BUILD_DIR / "bench-sweep.png")
+    log("plot written to build/bench-sweep.png")
+    return 0 if all(r.get("suite_ok", True) for r in rows) else 1
+
+
 def cmd_bench(args):
     """Boot the benchmarks under -icount (1 ns of virtual time per guest
     instruction): TOD deltas are instruction counts, identical run to run.
     Both layouts (--memdesc: memdesc only), each from its own target dir,
     under the same QEMU command, compared in one report."""
+    if args.sweep:
+        return cmd_bench_sweep(args)
     ensure_apt(QEMU, "qemu-system-misc")
     layouts = ["memdesc"] if args.memdesc else list(LAYOUTS)
     elfs = {layout: build_layout(layout, release=True, quiet=True, features=["kernel/bench"])
@@ -2271,6 +2377,17 @@ def selftest(args):
     check("fail.alloc=N that the run never reaches says how many allocations it made",
           s.never is not None and s.never < 5 and not s.problems() and not s.failed and not probs,
           f"never {s.never}, problems {s.problems()} {probs}")
+    # 15. A CPU whose bring-up timed out reports in later: the end of the
+    # run must stop it too, or QEMU runs on until its timeout.
+    # The late CPU says hello 2 s in, after the run's end: only a stop of
+    # every started CPU ends QEMU before the 20 s timeout.
+    k, r, probs, log_path = qemu_suite_run(elf, "128M", 2, "clock", 20, "latecpu", quiet=True,
+                                           extra_append="smp.bringup_us=0 smp.late_hello_us=2000000")
+    late = any("did not start: Timeout" in line for line in r.lines)
+    check("a CPU that timed out at bring-up and reports in later is stopped at the end",
+          late and not r.timed_out and k.status == 0,
+          f"timed out at bring-up {late}, QEMU timed out {r.timed_out}, status {k.status}, "
+          f"problems {probs}")
     # 8. Input that does nothing fails loudly.
     k, r, probs, _ = qemu_suite_run(elf, "128M", 1, "sclp,nosuch*", 60, "nomatch", quiet=True)
     check("a filter glob that matches no case fails the run and is named",
@@ -2540,6 +2657,17 @@ def main():
     sp.add_argument("--check", action="store_true",
                     help="exit non-zero when a target is missed")
     add_memdesc(sp, "benchmark the memdesc layout only (default: both layouts, compared)")
+    sp.add_argument("--sweep", action="store_true",
+                    help="growth curves instead: for each memory size and CPU count, boot "
+                    "instructions, memmap and page-table overhead (under -icount) and the "
+                    "whole suite's wall time; a table, build/bench-sweep.json, and "
+                    "build/bench-sweep.png when matplotlib is installed")
+    sp.add_argument("--sweep-memory", default=",".join(SWEEP_MEMORY), metavar="SIZES",
+                    help=f"--sweep: memory sizes (default {','.join(SWEEP_MEMORY)})")
+    sp.add_argument("--sweep-cpus", default=",".join(map(str, SWEEP_CPUS)), metavar="LIST",
+                    help=f"--sweep: CPU counts (default {','.join(map(str, SWEEP_CPUS))})")
+    sp.add_argument("--no-suite", action="store_true",
+                    help="--sweep: skip the suite runs (boot figures only)")
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("lint", help="cargo fmt --check, clippy (host and s390x) and "

@@ -58,6 +58,21 @@ pub const PARAMS: &[(&str, Kind, &str)] = &[
         "run the benchmarks instead of the tests",
     ),
     (
+        "smp.bringup_us",
+        Kind::Size,
+        "how long the boot CPU waits for each other CPU to report in (default 5000000; 0: not at all)",
+    ),
+    (
+        "smp.late_hello_us",
+        Kind::Size,
+        "each other CPU waits this long before it reports in (to test a late CPU)",
+    ),
+    (
+        "bench.boot",
+        Kind::Flag,
+        "with bench: only the boot figures (instructions, memmap and page tables), for x.py bench --sweep",
+    ),
+    (
         "dat.local_clearing",
         Kind::Flag,
         "0: every IPTE and IDTE clears all CPUs' TLBs, as without facility 51 (default 1)",

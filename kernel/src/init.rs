@@ -59,7 +59,17 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         }
     }
     mm::log_summary();
-    crate::smp::init(&info);
+    let bringup_us = machine::cmdline()
+        .size("smp.bringup_us")
+        .ok()
+        .flatten()
+        .unwrap_or(5_000_000);
+    let late_us = machine::cmdline()
+        .size("smp.late_hello_us")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    crate::smp::init(&info, bringup_us, late_us);
     let suites = ktest::suites();
     pr_info!(
         "zdat: image {:#x}-{:#x}, {} exception-table entries, {} test suites ({} run by default, {} only when named)",
@@ -130,7 +140,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         exit(ExitStatus::TestsFailed);
     }
     if cmd.flag("bench") {
-        crate::bench::run();
+        crate::bench::run(cmd.flag("bench.boot"));
         exit(ExitStatus::Success);
     }
     if cmd.flag("ktest.list") {

@@ -23,6 +23,9 @@ use crate::sclp::info::{SclpInfo, MAX_CPUS};
 struct CpuSlot {
     addr: AtomicU64,
     online: AtomicBool,
+    /// Sent its SIGP RESTART: it may come online at any time, even after
+    /// its bring-up timed out, so the end of the run stops it too.
+    started: AtomicBool,
     work: Mutex<Option<fn(usize)>>,
     done: AtomicU64,
     /// Handed work it has not finished.
@@ -33,6 +36,7 @@ static CPUS: [CpuSlot; MAX_CPUS] = [const {
     CpuSlot {
         addr: AtomicU64::new(0),
         online: AtomicBool::new(false),
+        started: AtomicBool::new(false),
         work: Mutex::new(None),
         done: AtomicU64::new(0),
         busy: AtomicBool::new(false),
@@ -148,6 +152,13 @@ pub(crate) fn lock_kick(key: u64, ticket: u64) {
     }
 }
 
+/// The clock comparator during a bring-up wait: only a wake-up (the wait
+/// loop checks the deadline); pushed out of reach, since the condition
+/// stays pending while TOD >= CKC.
+fn bring_up_deadline(_f: &mut InterruptFrame) {
+    tod::sckc(u64::MAX);
+}
+
 fn external_call(_f: &mut InterruptFrame) {
     // Only a wake-up: the idle loop looks for work after every interruption.
 }
@@ -159,7 +170,10 @@ fn cr0_for_cpus() {
 }
 
 /// Bring up every other CPU. Called once on the boot CPU with DAT on.
-pub(crate) fn init(info: &SclpInfo) {
+/// Each waited for `bringup_us` microseconds at most (`smp.bringup_us`).
+/// Secondaries wait `late_us` before they report in (`smp.late_hello_us`).
+pub(crate) fn init(info: &SclpInfo, bringup_us: u64, late_us: u64) {
+    LATE_HELLO_TOD.store(tod::usecs_to_tod(late_us), Ordering::Relaxed);
     // SAFETY: CPU_NR is our software slot; 0 is the boot CPU.
     unsafe { insn::lowcore_write_u64(lowcore::CPU_NR, 0) };
     let me = insn::stap() as u64;
@@ -178,7 +192,7 @@ pub(crate) fn init(info: &SclpInfo) {
         if addr as u64 == me {
             continue;
         }
-        match start_secondary(next, addr) {
+        match start_secondary(next, addr, bringup_us) {
             Ok(()) => {}
             Err(e) => pr_info!("smp: CPU address {} did not start: {:?}", addr, e),
         }
@@ -193,7 +207,7 @@ fn write_lc(base: u64, off: usize, v: u64) {
     unsafe { core::ptr::write_volatile((base + off as u64) as *mut u64, v) };
 }
 
-fn start_secondary(i: usize, addr: u16) -> Result<(), SmpError> {
+fn start_secondary(i: usize, addr: u16, bringup_us: u64) -> Result<(), SmpError> {
     let lc = mm::alloc_pages(1, AllocFlags::ZERO).map_err(|_| SmpError::NoMemory)?;
     let stack = mm::alloc_pages(5, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
     let irq = mm::alloc_pages(4, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
@@ -268,20 +282,51 @@ fn start_secondary(i: usize, addr: u16) -> Result<(), SmpError> {
     if cc != 0 {
         return Err(SmpError::Sigp(cc, st));
     }
+    CPUS[i].started.store(true, Ordering::Release);
     // SAFETY: its restart new PSW leads to zdat_secondary_entry.
     let (cc, st) = unsafe { sigp_retry(addr, order::RESTART, 0) };
     if cc != 0 {
         return Err(SmpError::Sigp(cc, st));
     }
-    let deadline = tod::stck() + tod::usecs_to_tod(5_000_000);
+    // Wait in an enabled wait, not a spin: the new CPU's hello is an
+    // external call, and the clock comparator bounds the wait. A spinning
+    // boot CPU would keep a round-robin TCG (one host thread, as under
+    // -icount) from ever running the new one until the deadline.
+    if bringup_us == 0 {
+        // Not waited for at all: the CPU reports in whenever it does, as
+        // one that timed out would (the selftest of the end-of-run stop).
+        return Err(SmpError::Timeout);
+    }
+    let deadline = tod::stck() + tod::usecs_to_tod(bringup_us);
+    let waited = interrupt::register_ext_handler(ext::CLOCK_COMPARATOR, bring_up_deadline).is_ok();
+    if waited {
+        tod::sckc(deadline);
+        // SAFETY: the handler is registered; it disarms the comparator.
+        unsafe { cr::cr0_set(cr0::CLOCK_COMPARATOR) };
+    }
+    let mut r = Ok(());
     while !CPUS[i].online.load(Ordering::Acquire) {
         if tod::stck() > deadline {
-            return Err(SmpError::Timeout);
+            r = Err(SmpError::Timeout);
+            break;
         }
-        core::hint::spin_loop();
+        if waited {
+            insn::enabled_wait(mask::EXT);
+        } else {
+            core::hint::spin_loop();
+        }
     }
-    Ok(())
+    if waited {
+        // SAFETY: closing the subclass is always safe.
+        unsafe { cr::cr0_clear(cr0::CLOCK_COMPARATOR) };
+        tod::sckc(u64::MAX);
+        interrupt::unregister_ext_handler(ext::CLOCK_COMPARATOR);
+    }
+    r
 }
+
+/// How long a secondary waits before it reports in (TOD units).
+static LATE_HELLO_TOD: AtomicU64 = AtomicU64::new(0);
 
 /// A secondary CPU's first Rust code: say hello, then wait for work.
 #[no_mangle]
@@ -294,8 +339,24 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
         insn::lowcore_write_u64(lowcore::NEW_PSW[0] + 8, rp.addr);
     }
     cr0_for_cpus();
+    let late = LATE_HELLO_TOD.load(Ordering::Relaxed);
+    if late != 0 {
+        let t0 = tod::stck();
+        while tod::stck().wrapping_sub(t0) < late {
+            core::hint::spin_loop();
+        }
+    }
     pr_info!("smp: CPU {} (address {}) says hello", cpu, insn::stap());
     CPUS[cpu].online.store(true, Ordering::Release);
+    // Wake the boot CPU, which waits (enabled) for this.
+    // SAFETY: an external call only ends the boot CPU's wait.
+    unsafe {
+        sigp_retry(
+            CPUS[0].addr.load(Ordering::Relaxed) as u16,
+            order::EXTERNAL_CALL,
+            0,
+        )
+    };
     loop {
         let w = CPUS[cpu].work.lock().take();
         match w {
@@ -372,7 +433,10 @@ pub(crate) mod testing {
 pub fn stop_others() {
     let me = cpu_nr();
     for (i, c) in CPUS.iter().enumerate() {
-        if i == me || !c.online.load(Ordering::Acquire) {
+        // Online, or started and maybe about to be: a CPU whose bring-up
+        // timed out may report in later, and would keep QEMU running.
+        let live = i == 0 || c.online.load(Ordering::Acquire) || c.started.load(Ordering::Acquire);
+        if i == me || !live {
             continue;
         }
         let addr = c.addr.load(Ordering::Relaxed) as u16;

@@ -301,6 +301,12 @@ fn layout_figures(boot_tod: u64) {
     value("memmap_ppm", ppm(l.memmap_bytes, l.memory), "ppm");
     value("desc_bytes_boot", desc_bytes(), "bytes");
     value("desc_ppm_boot", ppm(desc_bytes(), l.memory), "ppm");
+    // Page-table memory at boot (the identity map, mostly).
+    value(
+        "pagetable_ppm_boot",
+        ppm(mm::ptdesc::nr_pagetable() * PAGE_SIZE, l.memory),
+        "ppm",
+    );
 }
 
 /// Memory full of page tables: every page the allocator gives made a PTE
@@ -639,11 +645,16 @@ fn ptl_uncontended() {
     });
 }
 
-/// Run every benchmark; the kernel exits afterwards.
-pub fn run() {
+/// Run every benchmark (only the boot figures with `boot_only`, for
+/// `x.py bench --sweep`); the kernel exits afterwards.
+pub fn run(boot_only: bool) {
     let boot_tod = crate::log::uptime_tod();
     kprintln!("BENCH-START");
     layout_figures(boot_tod);
+    if boot_only {
+        kprintln!("BENCH-END");
+        return;
+    }
     baseline();
     memmap_init();
     buddy_order::<0>("buddy_order0_alloc_free");
