@@ -208,7 +208,10 @@ fn write_lc(base: u64, off: usize, v: u64) {
 }
 
 fn start_secondary(i: usize, addr: u16, bringup_us: u64) -> Result<(), SmpError> {
-    let lc = mm::alloc_pages(1, AllocFlags::ZERO).map_err(|_| SmpError::NoMemory)?;
+    // The prefix register holds a 31-bit address: the lowcore must lie
+    // below 2 GiB (SIGP SET PREFIX drops the higher bits; the CPU would
+    // then run on whatever is there, and never report in).
+    let lc = mm::alloc_pages_below(1, 1 << 31, AllocFlags::ZERO).map_err(|_| SmpError::NoMemory)?;
     let stack = mm::alloc_pages(5, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
     let irq = mm::alloc_pages(4, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;
     let panic = mm::alloc_pages(3, AllocFlags::empty()).map_err(|_| SmpError::NoMemory)?;

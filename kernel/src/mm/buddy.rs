@@ -361,6 +361,50 @@ impl<'a> BuddyAllocator<'a> {
         Ok(Pfn(pfn))
     }
 
+    /// `alloc`, but only a block that ends at or below frame `max_pfn` (as
+    /// Linux's GFP_DMA takes ZONE_DMA, below 2 GiB on s390, for what a
+    /// 31-bit address must reach: a CPU's prefix area). The free lists are
+    /// searched from `order` up for the first block low enough, which is
+    /// split like any other.
+    pub fn alloc_below(
+        &mut self,
+        order: u32,
+        max_pfn: u64,
+        flags: AllocFlags,
+    ) -> Result<Pfn, AllocError> {
+        if order > MAX_ORDER {
+            return Err(AllocError::BadOrder);
+        }
+        let mut found = None;
+        'search: for o in order..=MAX_ORDER {
+            let mut pfn = self.free_area[o as usize].head;
+            while pfn != NIL {
+                if pfn + (1 << o) <= max_pfn {
+                    found = Some((o, pfn));
+                    break 'search;
+                }
+                pfn = self.page(pfn).buddy_next();
+            }
+        }
+        let (mut o, pfn) = found.ok_or(AllocError::NoMemory)?;
+        self.list_del(o, pfn);
+        while o > order {
+            o -= 1;
+            let half = pfn + (1 << o);
+            self.page(half).make_buddy(o);
+            self.list_add(o, half);
+        }
+        self.page(pfn).make_free();
+        self.prep_new_block(pfn, order);
+        self.nr_free_pages -= 1 << order;
+        if flags.contains(AllocFlags::ZERO) {
+            let ptr = self.map.frame_ptr(Pfn(pfn));
+            // SAFETY: the block was just taken off the free lists.
+            unsafe { crate::mm::clear_frames(ptr, (1u64 << order) * super::addr::PAGE_SIZE) };
+        }
+        Ok(Pfn(pfn))
+    }
+
     /// The checks Linux's free_pages_check/bad_page makes, without changing
     /// anything.
     pub fn free_check(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {

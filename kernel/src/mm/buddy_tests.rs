@@ -550,3 +550,39 @@ fn pcp_high_orders() {
     assert_eq!(zone.lock().nr_free_pages(), start);
     assert!(zone.lock().check().is_ok());
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "needs 32 MiB of simulated RAM, too slow under Miri")]
+fn alloc_below_takes_a_low_block_and_refuses_when_none_is_left() {
+    let frames = 8 * 1024;
+    let sim = Sim::new(frames);
+    let map = sim.map();
+    let mut b = BuddyAllocator::new(&map);
+    b.reserve_range(Pfn(0), Pfn(2));
+    b.add_free_range(Pfn(2), map.end_pfn());
+    let free0 = b.nr_free_pages();
+    // Below frame 2048: from block 1 at the most (block 0 starts reserved).
+    let mut got = Vec::new();
+    while let Ok(pfn) = b.alloc_below(1, 2048, AllocFlags::empty()) {
+        assert!(pfn.0 + 2 <= 2048, "{pfn:?} ends above the limit");
+        got.push(pfn);
+    }
+    // Everything below the limit but the 2 reserved frames, in pairs.
+    assert_eq!(got.len() as u64, (2048 - 2) / 2);
+    assert_eq!(
+        b.alloc_below(1, 2048, AllocFlags::empty()),
+        Err(AllocError::NoMemory)
+    );
+    // Above it, memory is left: a plain alloc still works.
+    assert!(b.alloc(1, AllocFlags::empty()).is_ok_and(|p| p.0 >= 2048));
+    assert!(b.check().is_ok());
+    assert_eq!(
+        b.alloc_below(11, 1 << 20, AllocFlags::empty()),
+        Err(AllocError::BadOrder)
+    );
+    for p in got {
+        b.free(p, 1).unwrap();
+    }
+    assert!(b.check().is_ok());
+    assert_eq!(b.nr_free_pages(), free0 - 2);
+}

@@ -48,7 +48,9 @@ use buddy::{BuddyAllocator, CheckError, CheckStats};
 pub use dump::{dump, log_summary};
 use memmap::MemMap;
 use page::Page;
-pub use pages::{alloc_pages, expect_refusals, free_pages, free_pages_raw, Pages};
+pub use pages::{
+    alloc_pages, alloc_pages_below, expect_refusals, free_pages, free_pages_raw, Pages,
+};
 pub use percpu::{drain_pcp, nr_pcp_pages};
 #[cfg(target_arch = "s390x")]
 pub(crate) use percpu::{init_boot_cpu_pcp, pcp_slot_value};

@@ -180,6 +180,17 @@ pub fn alloc_pages(order: u32, flags: AllocFlags) -> Result<Pages, AllocError> {
     alloc_pages_slow(order, flags).ok_or(AllocError::NoMemory)
 }
 
+/// `alloc_pages` of a block that lies wholly below real address `limit`
+/// (the zone directly: the per-CPU lists hold blocks from anywhere).
+pub fn alloc_pages_below(order: u32, limit: u64, flags: AllocFlags) -> Result<Pages, AllocError> {
+    if fail::should_fail() {
+        return Err(AllocError::NoMemory);
+    }
+    let map = memmap();
+    let pfn = zone().lock().alloc_below(order, limit / PAGE_SIZE, flags)?;
+    Ok(Pages::new(&map.pages()[pfn.0 as usize], order))
+}
+
 #[cold]
 #[inline(never)]
 fn alloc_pages_slow(order: u32, flags: AllocFlags) -> Option<Pages> {
