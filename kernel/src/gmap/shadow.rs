@@ -1118,12 +1118,7 @@ impl ShadowGmap {
         {
             return Ok(());
         }
-        h.populate(vm, false).map_err(|e| {
-            Retry::Fault(match e {
-                crate::dat::space::SpaceError::NoMemory => ShadowFault::NoMemory,
-                e => ShadowFault::Host(super::space_error(e)),
-            })
-        })?;
+        h.populate(vm, false).map_err(host_refused)?;
         h.space()
             .force_prot_vsie(vm)
             .map_err(|e| Retry::Fault(ShadowFault::Host(super::space_error(e))))?;
@@ -1206,17 +1201,7 @@ impl ShadowGmap {
                 (t, raw, ck)
             }
         };
-        s.tables.insert(
-            child_key,
-            ShadowTable {
-                table: child,
-                parent: Some((ea, level)),
-            },
-        );
-        // Invalid → valid needs no invalidation.
-        // SAFETY: an entry of a live shadow table, under the shadow lock.
-        unsafe { entry(ea) }.store(new_raw, Ordering::Release);
-        s.stats.tables_made += 1;
+        s.link_child(ea, level, child_key, child, new_raw);
         Ok(())
     }
 
@@ -1262,15 +1247,7 @@ impl ShadowGmap {
                 (t, raw, ck)
             }
         };
-        s.tables.insert(
-            child_key,
-            ShadowTable {
-                table: child,
-                parent: Some((ea, level)),
-            },
-        );
-        slot.store(new_raw, Ordering::Release);
-        s.stats.tables_made += 1;
+        s.link_child(ea, level, child_key, child, new_raw);
         Ok(())
     }
 
@@ -1292,12 +1269,8 @@ impl ShadowGmap {
             .lock()
             .translate(g1page)
             .map_err(|_| Retry::Fault(ShadowFault::Reflect(code::ADDRESSING)))?;
-        h.populate(vm, write && !g2_protected).map_err(|e| {
-            Retry::Fault(match e {
-                crate::dat::space::SpaceError::NoMemory => ShadowFault::NoMemory,
-                e => ShadowFault::Host(super::space_error(e)),
-            })
-        })?;
+        h.populate(vm, write && !g2_protected)
+            .map_err(host_refused)?;
         let (frame, pprot) = h.space().lookup(vm).ok_or(Retry::Again)?;
         // The host's protection is its PTE's and its segment entry's.
         let hprot = if h.space().segment_entry(vm).is_protected() {
@@ -1343,4 +1316,37 @@ impl ShadowGmap {
 enum Retry {
     Again,
     Fault(ShadowFault),
+}
+
+/// A host refusal as a fault's result.
+fn host_refused(e: crate::dat::space::SpaceError) -> Retry {
+    Retry::Fault(match e {
+        crate::dat::space::SpaceError::NoMemory => ShadowFault::NoMemory,
+        e => ShadowFault::Host(super::space_error(e)),
+    })
+}
+
+impl ShadowInner {
+    /// Own `child` (the shadow table `key`) and make the invalid entry at
+    /// `ea`, in the shadow table of `level`, point at it (`raw`). Invalid
+    /// to valid needs no invalidation.
+    fn link_child(
+        &mut self,
+        ea: PhysAddr,
+        level: Level,
+        key: ShadowKey,
+        child: GmapTable,
+        raw: u64,
+    ) {
+        self.tables.insert(
+            key,
+            ShadowTable {
+                table: child,
+                parent: Some((ea, level)),
+            },
+        );
+        // SAFETY: an entry of a live shadow table, under the shadow lock.
+        unsafe { entry(ea) }.store(raw, Ordering::Release);
+        self.stats.tables_made += 1;
+    }
 }

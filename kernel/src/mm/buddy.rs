@@ -285,8 +285,14 @@ impl<'a> BuddyAllocator<'a> {
             return None;
         }
         let pfn = self.free_area[o as usize].head;
+        self.take_split(o, pfn, order);
+        Some(pfn)
+    }
+
+    /// Take the free block `pfn` of order `o` off its list and give back
+    /// its upper halves until it is of `order` (Linux `expand`).
+    fn take_split(&mut self, mut o: u32, pfn: u64, order: u32) {
         self.list_del(o, pfn);
-        // Give back the upper halves until the block is of `order`.
         while o > order {
             o -= 1;
             let half = pfn + (1 << o);
@@ -294,7 +300,20 @@ impl<'a> BuddyAllocator<'a> {
             self.list_add(o, half);
         }
         self.page(pfn).make_free();
-        Some(pfn)
+    }
+
+    /// A block just taken off the lists becomes the caller's: allocated,
+    /// counted, zeroed if asked.
+    fn hand_out(&mut self, pfn: u64, order: u32, flags: AllocFlags) -> Pfn {
+        self.prep_new_block(pfn, order);
+        self.nr_free_pages -= 1 << order;
+        if flags.contains(AllocFlags::ZERO) {
+            let ptr = self.map.frame_ptr(Pfn(pfn));
+            // SAFETY: the block was just taken off the free lists: nobody
+            // else references its memory, which the memmap vouches for.
+            unsafe { crate::mm::clear_frames(ptr, (1u64 << order) * super::addr::PAGE_SIZE) };
+        }
+        Pfn(pfn)
     }
 
     /// Make a block allocated: head Allocated with refcount 1 and its
@@ -350,15 +369,7 @@ impl<'a> BuddyAllocator<'a> {
             return Err(AllocError::BadOrder);
         }
         let pfn = self.rmqueue(order).ok_or(AllocError::NoMemory)?;
-        self.prep_new_block(pfn, order);
-        self.nr_free_pages -= 1 << order;
-        if flags.contains(AllocFlags::ZERO) {
-            let ptr = self.map.frame_ptr(Pfn(pfn));
-            // SAFETY: the block was just taken off the free lists: nobody
-            // else references its memory, which the memmap vouches for.
-            unsafe { crate::mm::clear_frames(ptr, (1u64 << order) * super::addr::PAGE_SIZE) };
-        }
-        Ok(Pfn(pfn))
+        Ok(self.hand_out(pfn, order, flags))
     }
 
     /// `alloc`, but only a block that ends at or below frame `max_pfn` (as
@@ -386,23 +397,9 @@ impl<'a> BuddyAllocator<'a> {
                 pfn = self.page(pfn).buddy_next();
             }
         }
-        let (mut o, pfn) = found.ok_or(AllocError::NoMemory)?;
-        self.list_del(o, pfn);
-        while o > order {
-            o -= 1;
-            let half = pfn + (1 << o);
-            self.page(half).make_buddy(o);
-            self.list_add(o, half);
-        }
-        self.page(pfn).make_free();
-        self.prep_new_block(pfn, order);
-        self.nr_free_pages -= 1 << order;
-        if flags.contains(AllocFlags::ZERO) {
-            let ptr = self.map.frame_ptr(Pfn(pfn));
-            // SAFETY: the block was just taken off the free lists.
-            unsafe { crate::mm::clear_frames(ptr, (1u64 << order) * super::addr::PAGE_SIZE) };
-        }
-        Ok(Pfn(pfn))
+        let (o, pfn) = found.ok_or(AllocError::NoMemory)?;
+        self.take_split(o, pfn, order);
+        Ok(self.hand_out(pfn, order, flags))
     }
 
     /// The checks Linux's free_pages_check/bad_page makes, without changing
