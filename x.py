@@ -304,7 +304,10 @@ MUTANTS = [
         let new = f(old)?;""",
         "smp": 2,
         "filter": "smp",
-        "expect": ["smp.remap_and_protect_of_one_pte_lose_nothing"],
+        "expect": [
+            "smp.pte_writers_wait_for_a_held_page_table_lock",
+            "smp.remap_and_protect_of_one_pte_lose_nothing",
+        ],
     },
     {
         "name": "map-existing-no-ptlock",
@@ -319,7 +322,10 @@ MUTANTS = [
         let slot""",
         "smp": 2,
         "filter": "smp",
-        "expect": ["smp.cpus_race_map_protect_unmap_of_one_address"],
+        "expect": [
+            "smp.pte_writers_wait_for_a_held_page_table_lock",
+            "smp.cpus_race_map_protect_unmap_of_one_address",
+        ],
     },
     {
         "name": "no-ipte-guest-alias-smp",

@@ -105,6 +105,13 @@ impl PtLock {
         let _ = (serving, queued);
     }
 
+    /// Linux `spin_is_contended`: a CPU other than the holder has taken a
+    /// ticket and waits.
+    pub fn is_contended(&self) -> bool {
+        let v = self.locked.load(Ordering::Relaxed);
+        ((v >> 32) as u32).wrapping_sub(v as u32) > 1
+    }
+
     pub fn is_locked(&self) -> bool {
         let v = self.locked.load(Ordering::Relaxed);
         v as u32 != (v >> 32) as u32

@@ -13,6 +13,7 @@ use crate::{kassert_eq, kskip, ktest_suite};
 mod allocator;
 mod attach;
 mod gmaps;
+mod ptlock;
 mod shared_space;
 mod warm;
 
@@ -24,6 +25,7 @@ use gmaps::{
     concurrent_gmap_faults_link_a_segment_once,
     guest_store_faults_after_a_host_protect_on_another_cpu,
 };
+use ptlock::pte_writers_wait_for_a_held_page_table_lock;
 use shared_space::{
     cpus_update_ptes_of_shared_tables_in_parallel, map_unmap_while_another_cpu_reads,
     shared_space_refuses_to_grow,
@@ -107,6 +109,7 @@ ktest_suite!(
         concurrent_gmap_faults_link_a_segment_once,
         cpus_race_map_protect_unmap_of_one_address,
         remap_and_protect_of_one_pte_lose_nothing,
+        pte_writers_wait_for_a_held_page_table_lock,
         flush_asce_purges_the_tlb_of_every_cpu,
         shared_space_refuses_to_grow,
         guest_store_faults_after_a_host_protect_on_another_cpu,
