@@ -25,6 +25,7 @@ pub mod panic;
 pub mod sclp;
 #[cfg(target_arch = "s390x")]
 pub mod smp;
+pub mod sync;
 
 #[cfg(target_arch = "s390x")]
 mod init;

@@ -129,15 +129,39 @@ pub(crate) fn lock_sleep(key: u64, ticket: u64, ready: impl Fn() -> bool) {
     LOCK_WAIT[me].store(0, Ordering::Relaxed);
 }
 
+/// `lock_kick` with this ticket kicks every CPU sleeping for the key.
+pub(crate) const ANY_TICKET: u64 = u64::MAX;
+
+/// Wait, asleep after a few spins, until `cond()` holds; whoever makes it
+/// hold calls `wake(key)` afterwards. `key` names what is waited for (an
+/// address). For waits on other CPUs' progress: a flag, a count, a
+/// barrier generation.
+pub fn wait_until(key: u64, cond: impl Fn() -> bool) {
+    for _ in 0..64 {
+        if cond() {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    lock_sleep(key, ANY_TICKET, cond);
+}
+
+/// Kick every CPU in `wait_until(key, ..)`: call after the change that
+/// makes its condition hold.
+pub fn wake(key: u64) {
+    lock_kick(key, ANY_TICKET);
+}
+
 /// The lock `key` now serves `ticket`: kick the CPU sleeping for it, if
-/// any (after the caller's release, ordered by the fence).
+/// any (after the caller's release, ordered by the fence). `ANY_TICKET`
+/// kicks every CPU sleeping for `key`.
 pub(crate) fn lock_kick(key: u64, ticket: u64) {
     core::sync::atomic::fence(Ordering::SeqCst);
     let me = cpu_nr() % MAX_CPUS;
     for (i, w) in LOCK_WAIT.iter().enumerate() {
         if i != me
             && w.load(Ordering::Relaxed) == key
-            && LOCK_TICKET[i].load(Ordering::Relaxed) == ticket
+            && (ticket == ANY_TICKET || LOCK_TICKET[i].load(Ordering::Relaxed) == ticket)
         {
             LOCK_KICKS.fetch_add(1, Ordering::Relaxed);
             // SAFETY: an external call only ends the target's wait.
@@ -369,6 +393,7 @@ pub extern "C" fn zdat_secondary_main(cpu: u64) -> ! {
                 // may hand out the next work (and set busy) at once.
                 CPUS[cpu].busy.store(false, Ordering::Release);
                 CPUS[cpu].done.fetch_add(1, Ordering::AcqRel);
+                wake(core::ptr::from_ref(&CPUS[cpu].done).addr() as u64);
             }
             None => insn::enabled_wait(mask::EXT),
         }
@@ -405,9 +430,9 @@ pub fn run_on_all(f: fn(usize)) {
         let Some(started) = given else {
             continue;
         };
-        while c.done.load(Ordering::Acquire) == started {
-            core::hint::spin_loop();
-        }
+        wait_until(core::ptr::from_ref(&c.done).addr() as u64, || {
+            c.done.load(Ordering::Acquire) != started
+        });
     }
 }
 

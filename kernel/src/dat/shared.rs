@@ -6,20 +6,18 @@
 //! tables (a map that needs a table, unmap) hold the space lock exclusive,
 //! so no table goes away under a shared holder.
 
-use core::sync::atomic::{AtomicU32, Ordering};
-
-use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::context::AsceRef;
 use super::entry::{Asce, Prot};
 use super::space::{AddressSpace, SpaceCheck, SpaceCheckError, SpaceError, UnmapStats};
 use crate::mm::addr::PhysAddr;
 
+/// The lock serves readers and writers in arrival order and its waiters
+/// sleep (`sync::RwLock`): a steady stream of readers cannot starve an
+/// unmap, and a vCPU waiting gives its host core back.
 pub struct SharedSpace {
     inner: RwLock<AddressSpace>,
-    /// Writers waiting: new readers hold back until they got in, so a
-    /// steady stream of readers cannot starve an unmap.
-    writers: AtomicU32,
 }
 
 impl SharedSpace {
@@ -29,22 +27,15 @@ impl SharedSpace {
         space.fix_top();
         SharedSpace {
             inner: RwLock::new(space),
-            writers: AtomicU32::new(0),
         }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, AddressSpace> {
-        while self.writers.load(Ordering::Acquire) != 0 {
-            core::hint::spin_loop();
-        }
         self.inner.read()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, AddressSpace> {
-        self.writers.fetch_add(1, Ordering::AcqRel);
-        let g = self.inner.write();
-        self.writers.fetch_sub(1, Ordering::AcqRel);
-        g
+        self.inner.write()
     }
 
     /// The ASCE (fixed: a shared space never grows its top).

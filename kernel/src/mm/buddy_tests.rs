@@ -12,7 +12,7 @@ use super::buddy::{AllocError, AllocFlags, BuddyAllocator, FreeError, MAX_ORDER}
 use super::memmap::MemMap;
 use super::page::{Page, PageType};
 use super::pcp::{PcpList, PCP_HIGH, PCP_MAX_ORDER};
-use spin::Mutex;
+use crate::sync::Mutex;
 
 #[repr(C, align(4096))]
 struct Frame([u8; PAGE_SIZE as usize]);

@@ -38,7 +38,9 @@ mod ktests;
 #[cfg(target_os = "none")]
 mod layout_ktests;
 
-use spin::{Mutex, Once};
+use spin::Once;
+
+use crate::sync::Mutex;
 
 #[cfg(any(test, target_arch = "s390x"))]
 use addr::PAGE_SIZE;

@@ -27,7 +27,7 @@ use core::marker::PhantomData;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::addr::Pfn;
 use super::buddy::{AllocError, BuddyAllocator, FreeError};

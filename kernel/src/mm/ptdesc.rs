@@ -36,12 +36,8 @@ use super::{AllocError, AllocFlags, Pages};
 /// TCG gives its host core back to the holder.
 #[repr(C)]
 pub struct PtLock {
-    locked: AtomicU64,
+    locked: crate::sync::TicketLock,
 }
-
-/// Spins before a waiter sleeps.
-#[cfg(target_arch = "s390x")]
-const PTL_SPINS: u32 = 64;
 
 impl PtLock {
     /// Wait for our turn. SMP: interruptions are disabled in all code
@@ -50,76 +46,23 @@ impl PtLock {
     /// reached through a raw table address could outlive its table, and a
     /// guard left over would unlock the next table's.
     pub(crate) fn lock(&self) -> PtLockGuard<'_> {
-        let old = self.locked.fetch_add(1 << 32, Ordering::Acquire);
-        let ticket = (old >> 32) as u32;
-        if old as u32 != ticket {
-            self.wait(ticket);
-        }
+        self.locked.acquire();
         PtLockGuard { lock: self }
     }
 
-    fn serving(&self) -> u32 {
-        self.locked.load(Ordering::Acquire) as u32
-    }
-
-    #[cold]
-    fn wait(&self, ticket: u32) {
-        #[cfg(target_arch = "s390x")]
-        {
-            for _ in 0..PTL_SPINS {
-                if self.serving() == ticket {
-                    return;
-                }
-                core::hint::spin_loop();
-            }
-            let key = core::ptr::from_ref(self).addr() as u64;
-            crate::smp::lock_sleep(key, ticket as u64, || self.serving() == ticket);
-        }
-        #[cfg(not(target_arch = "s390x"))]
-        while self.serving() != ticket {
-            core::hint::spin_loop();
-        }
-    }
-
-    /// Pass the lock to the next ticket (the holder alone changes the low
-    /// half, so it wraps without carrying into the next-ticket half).
-    fn unlock(&self) {
-        let mut v = self.locked.load(Ordering::Relaxed);
-        loop {
-            let next = (v & !0xffff_ffff) | u64::from((v as u32).wrapping_add(1));
-            match self
-                .locked
-                .compare_exchange_weak(v, next, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => v = now,
-            }
-        }
-        let (serving, queued) = ((v as u32).wrapping_add(1), (v >> 32) as u32);
-        // Someone took a ticket after ours: kick the one served now.
-        #[cfg(target_arch = "s390x")]
-        if serving != queued {
-            crate::smp::lock_kick(core::ptr::from_ref(self).addr() as u64, serving as u64);
-        }
-        #[cfg(not(target_arch = "s390x"))]
-        let _ = (serving, queued);
+    pub fn is_locked(&self) -> bool {
+        self.locked.is_locked()
     }
 
     /// Linux `spin_is_contended`: a CPU other than the holder has taken a
     /// ticket and waits.
     pub fn is_contended(&self) -> bool {
-        let v = self.locked.load(Ordering::Relaxed);
-        ((v >> 32) as u32).wrapping_sub(v as u32) > 1
-    }
-
-    pub fn is_locked(&self) -> bool {
-        let v = self.locked.load(Ordering::Relaxed);
-        v as u32 != (v >> 32) as u32
+        self.locked.is_contended()
     }
 
     /// Reset to unlocked (`ptlock_init`, the ctor's job only).
     fn init(&self) {
-        self.locked.store(0, Ordering::Release);
+        self.locked.reset();
     }
 }
 
@@ -129,7 +72,8 @@ pub struct PtLockGuard<'a> {
 
 impl Drop for PtLockGuard<'_> {
     fn drop(&mut self) {
-        self.lock.unlock();
+        // SAFETY: the guard was made by `lock`, which acquired it.
+        unsafe { self.lock.locked.release() };
     }
 }
 

@@ -40,13 +40,15 @@ impl Barrier {
     fn wait(&self) {
         let n = smp::nr_online() as u64;
         let g = self.generation.load(Ordering::Acquire);
+        let key = core::ptr::from_ref(&self.generation).addr() as u64;
         if self.count.fetch_add(1, Ordering::AcqRel) + 1 == n {
             self.count.store(0, Ordering::Release);
             self.generation.fetch_add(1, Ordering::AcqRel);
+            smp::wake(key);
         } else {
-            while self.generation.load(Ordering::Acquire) == g {
-                core::hint::spin_loop();
-            }
+            // Asleep: a spinning vCPU would take the host core from the
+            // ones still on their way here.
+            smp::wait_until(key, || self.generation.load(Ordering::Acquire) != g);
         }
     }
 }
