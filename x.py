@@ -1067,7 +1067,8 @@ def bench_parse(r):
         # Loop overhead is subtracted from the timed loops (not from the
         # whole-run figures, which have no loop of their own to subtract).
         # dat_map_range times map_range alone, with no loop per page.
-        looped = name.startswith(("buddy_order", "peer_", "dat_", "ptl_")) \
+        looped = name.startswith(("buddy_order", "peer_", "dat_", "ptl_", "mutex_lock_",
+                                  "rwlock_")) \
             and not name.startswith("dat_map_range")
         per_op = v - base if looped else v
         table[name] = round(per_op, 1)
@@ -1224,8 +1225,14 @@ def cmd_bench(args):
         log(f"  {layout + ' ELF:':13} {elf.relative_to(ROOT)}")
     # Both at once: under -icount with sleep=off the figures are guest
     # instruction counts, whatever else the host is doing.
+    # The lock hand-off figures need a second CPU: a boot of their own
+    # (`bench.locks`), so the other figures keep their one-CPU machine.
+    lock_cmds = {layout: qemu_cmd(elf, args.memory, 2, "bench bench.locks", icount)
+                 for layout, elf in elfs.items()}
     with ThreadPoolExecutor(max_workers=len(layouts)) as pool:
         runs = dict(zip(layouts, pool.map(lambda l: boot(cmds[l], args.timeout), layouts)))
+        lock_runs = dict(zip(layouts, pool.map(lambda l: boot(lock_cmds[l], args.timeout),
+                                               layouts)))
     got = {}
     for layout, r in runs.items():
         parsed = bench_parse(r)
@@ -1236,6 +1243,17 @@ def cmd_bench(args):
             die(f"the {layout} benchmark run did not finish"
                 + (f" (killed after {args.timeout} s)" if r.timed_out else ""))
         got[layout] = parsed
+        lr = lock_runs[layout]
+        lparsed = bench_parse(lr)
+        if lparsed is None:
+            for line in lr.lines[-30:]:
+                print(line)
+            die(f"the {layout} lock benchmark run (2 CPUs) did not finish")
+        parsed[0].update(lparsed[0])
+        parsed[1].update(lparsed[1])
+        for line in lr.lines:
+            if line.startswith("BENCH-NOTE "):
+                log(f"[{layout}] note: {line[len('BENCH-NOTE '):]}")
         # What the kernel could not measure, it says: shown, never dropped.
         for line in r.lines:
             if line.startswith("BENCH-NOTE "):

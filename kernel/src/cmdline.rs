@@ -73,6 +73,11 @@ pub const PARAMS: &[(&str, Kind, &str)] = &[
         "with bench: only the boot figures (instructions, memmap and page tables), for x.py bench --sweep",
     ),
     (
+        "bench.locks",
+        Kind::Flag,
+        "with bench: only the lock hand-off figures (boot with 2 CPUs for the contended one)",
+    ),
+    (
         "dat.local_clearing",
         Kind::Flag,
         "0: every IPTE and IDTE clears all CPUs' TLBs, as without facility 51 (default 1)",

@@ -140,7 +140,7 @@ pub fn start_kernel(boot: BootInfo) -> ! {
         exit(ExitStatus::TestsFailed);
     }
     if cmd.flag("bench") {
-        crate::bench::run(cmd.flag("bench.boot"));
+        crate::bench::run(cmd.flag("bench.boot"), cmd.flag("bench.locks"));
         exit(ExitStatus::Success);
     }
     if cmd.flag("ktest.list") {

@@ -211,6 +211,11 @@ impl<T: ?Sized> Mutex<T> {
         self.lock.is_locked()
     }
 
+    /// Another CPU waits for the lock.
+    pub fn is_contended(&self) -> bool {
+        self.lock.is_contended()
+    }
+
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }
