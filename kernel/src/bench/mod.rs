@@ -369,7 +369,10 @@ mod gmaps {
 
     /// Protect and unprotect each page of host segment 0 `rounds` times:
     /// TOD per PTE change.
-    fn host_changes(host: &alloc::sync::Arc<spin::Mutex<HostMm>>, rounds: u64) -> (u64, u64) {
+    fn host_changes(
+        host: &alloc::sync::Arc<crate::sync::Mutex<HostMm>>,
+        rounds: u64,
+    ) -> (u64, u64) {
         let mut h = host.lock();
         let pages = SEGMENT_SIZE / PAGE_SIZE;
         let t0 = stck();

@@ -7,7 +7,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::{seg, table, GmapInner, GMAPS};
 use crate::dat::entry::SegmentEntry;

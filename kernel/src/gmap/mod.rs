@@ -44,7 +44,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use crate::dat::context::MmContext;
 use crate::dat::entry::{Asce, Level, RegionEntry, SEGMENT_SIZE};
@@ -198,7 +198,7 @@ pub fn gmap_level(limit: u64) -> Level {
 
 /// Lock a gmap's host (the first lock of the lock order; never from a
 /// space hook, which runs with the host locked already).
-fn lock_host(parent: &Arc<Mutex<HostMm>>) -> spin::MutexGuard<'_, HostMm> {
+fn lock_host(parent: &Arc<Mutex<HostMm>>) -> crate::sync::MutexGuard<'_, HostMm> {
     debug_assert!(
         !space::in_space_hook(),
         "BUG: gmap takes a host lock inside a space hook"

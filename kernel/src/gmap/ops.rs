@@ -6,9 +6,9 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::sync::Mutex;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use spin::Mutex;
 
 use super::{lock_host, report_bug, seg, space_error, Access, Gmap, GmapError, HostMm};
 use crate::dat::context::{AsceRef, MmContext};

@@ -43,7 +43,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::table::{gmap_free_table, GmapTable};
 use super::{lock_host, report_bug, GmapError, GmapInner, HostMm};

@@ -11,8 +11,8 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::sync::Mutex;
 use linked_list_allocator::Heap;
-use spin::Mutex;
 
 use super::addr::{Pfn, PAGE_SIZE};
 use super::buddy::{MAX_ORDER, MAX_ORDER_PAGES};

@@ -6,7 +6,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::{gmap, host, kassert_ok, snapshot, VM_BASE};
 use crate::dat::entry::{Level, SEGMENT_SIZE};

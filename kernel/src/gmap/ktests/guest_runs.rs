@@ -4,7 +4,7 @@
 
 use alloc::sync::Arc;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::{gmap, host, kassert_ok, VM_BASE};
 use crate::arch::pgm::code;

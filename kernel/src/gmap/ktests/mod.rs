@@ -4,7 +4,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::table;
 use super::{gmap_create, Gmap, GmapCheckError, GmapError, HostMm};

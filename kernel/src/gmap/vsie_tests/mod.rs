@@ -6,7 +6,7 @@
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 
-use spin::Mutex;
+use crate::sync::Mutex;
 
 use super::shadow::{gmap_shadow, ShadowGmap};
 use super::{gmap_create, Gmap, HostMm};
