@@ -243,20 +243,37 @@ fn pass(
 ) -> Pass {
     let mut p = Pass::default();
     let asce = s.asce_ref();
-    for i in 0..n {
-        let a = g2_addr(r);
-        let store = i % 8 == 0;
-        // SAFETY: the shadow lives across the call; it maps guest-1 data
-        // memory of this case (stores write back what they read).
-        let hv = unsafe { with_secondary_lctlg(&asce, || hardware(s, a, store, &mut p.stuck)) };
+    let addrs: Vec<(u64, bool)> = (0..n).map(|i| (g2_addr(r), i % 8 == 0)).collect();
+    // Each side in one load of its ASCE (every LCTLG purges QEMU's whole
+    // TLB): the shadow side keeps a warm TLB across the shadow faults and
+    // unshadows of the pass, as a guest-2 that runs on would.
+    // SAFETY: the shadow lives across the call; it maps guest-1 data
+    // memory of this case (stores write back what they read).
+    let hvs: Vec<Verdict> = unsafe {
+        with_secondary_lctlg(&asce, || {
+            let mut stuck = 0;
+            let v = addrs
+                .iter()
+                .map(|&(a, store)| hardware(s, a, store, &mut stuck))
+                .collect();
+            p.stuck += stuck;
+            v
+        })
+    };
+    // SAFETY: the eager copy's tables live across the call; it maps the
+    // same guest-1 data memory (stores write back).
+    let evs: Option<Vec<Verdict>> = eager.map(|e| unsafe {
+        with_secondary_lctlg(e, || {
+            addrs.iter().map(|&(a, store)| direct(a, store)).collect()
+        })
+    });
+    for (i, &(a, store)) in addrs.iter().enumerate() {
+        let hv = hvs[i];
         let sv = software(w, t, a, store, edat1);
         if hv != sv && p.bad.len() < 8 {
             p.bad.push((a, store, hv, sv));
         }
-        if let Some(e) = eager {
-            // SAFETY: the eager copy's tables live across the call; it
-            // maps the same guest-1 data memory (stores write back).
-            let ev = unsafe { with_secondary_lctlg(e, || direct(a, store)) };
+        if let Some(ev) = evs.as_ref().map(|v| v[i]) {
             if ev != hv && p.bad_eager.len() < 8 {
                 p.bad_eager.push((a, store, hv, ev));
             }
