@@ -26,6 +26,7 @@
 //! On the host (unit tests) there is nobody to kick: waiters only spin.
 
 use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -117,7 +118,12 @@ impl TicketLock {
             return false;
         }
         self.word
-            .compare_exchange(v, v + (1 << 32), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                v,
+                v.wrapping_add(1 << 32),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 
@@ -159,7 +165,12 @@ impl TicketLock {
     }
 
     /// Back to unlocked, whoever held it (a constructor's job only).
-    pub fn reset(&self) {
+    ///
+    /// # Safety
+    /// Nobody holds the lock or waits for it: a holder would have company
+    /// and its release would run ahead of the tickets; a waiter's ticket
+    /// would never come up.
+    pub unsafe fn reset(&self) {
         self.word.store(0, Ordering::Release);
     }
 }
@@ -198,13 +209,19 @@ impl<T: Default> Default for Mutex<T> {
 impl<T: ?Sized> Mutex<T> {
     pub fn lock(&self) -> MutexGuard<'_, T> {
         self.lock.acquire();
-        MutexGuard { mutex: self }
+        MutexGuard {
+            mutex: self,
+            _data: PhantomData,
+        }
     }
 
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        self.lock
-            .try_acquire()
-            .then_some(MutexGuard { mutex: self })
+        // `then`, not `then_some`: a guard built before the check would be
+        // dropped on failure and release the other holder's lock.
+        self.lock.try_acquire().then(|| MutexGuard {
+            mutex: self,
+            _data: PhantomData,
+        })
     }
 
     pub fn is_locked(&self) -> bool {
@@ -221,8 +238,11 @@ impl<T: ?Sized> Mutex<T> {
     }
 }
 
+/// Sync only for `T: Sync` and Send only for `T: Send` (the marker): a
+/// shared guard hands out `&T` on every CPU that holds a reference to it.
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
+    _data: PhantomData<&'a mut T>,
 }
 
 impl<T: ?Sized> Deref for MutexGuard<'_, T> {
@@ -408,6 +428,32 @@ mod tests {
         }
         assert_eq!(*m.lock(), 8_000);
         assert!(m.try_lock().is_some());
+    }
+
+    #[test]
+    fn failed_try_lock_leaves_the_holder_alone() {
+        let m = Mutex::new(1u64);
+        let g = m.lock();
+        assert!(m.try_lock().is_none());
+        assert!(m.try_lock().is_none());
+        assert!(m.is_locked() && !m.is_contended());
+        drop(g);
+        assert!(!m.is_locked());
+        *m.lock() += 1;
+        assert_eq!(*m.try_lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn try_acquire_wraps_the_ticket_halves() {
+        let l = TicketLock::new();
+        l.word.store(0xffff_ffff_ffff_ffff, Ordering::Relaxed);
+        assert!(!l.is_locked());
+        assert!(l.try_acquire());
+        assert!(l.is_locked() && !l.is_contended());
+        // SAFETY: held.
+        unsafe { l.release() };
+        assert!(!l.is_locked());
+        assert_eq!(l.word.load(Ordering::Relaxed), 0);
     }
 
     #[test]

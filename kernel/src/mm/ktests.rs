@@ -25,12 +25,14 @@ fn frame(pfn: Pfn) -> *mut u64 {
 /// pages, verify them all, free them all. The blocks are chained through
 /// their first word, so the test needs no memory of its own.
 ///
-/// Order 0 writes every page of memory. A larger order writes the first
-/// and the last page of each block, its extent: every page's memory was
-/// proved at order 0, two aligned blocks of one order that share a page
-/// share their first, and `mm::check` (after each order) verifies the
-/// struct pages of every block. Writing all of them again at every order
-/// cost 11 of the 4G boot's 28 seconds and could catch nothing more.
+/// Order 0 writes every page of memory. A larger order writes three pages
+/// of each block: the first and the last (its extent) and one inside it,
+/// at an offset that moves from block to block, so that across the blocks
+/// every offset is written and a stray write into allocated memory (a
+/// descriptor or list write one frame off, say) is still likely to show.
+/// `mm::check` (after each order) verifies the struct pages of every
+/// block. Writing every page again at every order cost 11 of the 4G
+/// boot's 28 seconds.
 /// Blocks chained through word 0 of their first page (the test cannot
 /// hold a `Pages` per block: it allocates all of memory). Dropping it
 /// frees what is still chained, so a failed assertion leaks nothing.
@@ -67,11 +69,17 @@ impl Drop for Chain {
     }
 }
 
-/// The pages of the block at `pfn` that `exhaust` writes: all at order
-/// 0, else the first and the last.
+/// The pages of the block at `pfn` that `exhaust` writes: the page at
+/// order 0; else the first, the last and, from order 2, the inner page at
+/// the block's number modulo its size (skipped where that is the first or
+/// the last).
 fn patterned(pfn: Pfn, order: u32) -> impl Iterator<Item = u64> {
-    let last = pfn.0 + (1 << order) - 1;
-    core::iter::once(pfn.0).chain((order > 0).then_some(last))
+    let size = 1u64 << order;
+    let last = pfn.0 + size - 1;
+    let inner = pfn.0 + ((pfn.0 >> order) & (size - 1));
+    core::iter::once(pfn.0)
+        .chain((order > 0).then_some(last))
+        .chain((inner != pfn.0 && inner != last).then_some(inner))
 }
 
 fn exhaust(order: u32) -> KResult {
@@ -82,6 +90,7 @@ fn exhaust(order: u32) -> KResult {
         order,
     };
     let mut blocks = 0u64;
+    let mut patterned_pages = 0u64;
     loop {
         let p = match alloc_pages(order, AllocFlags::empty()) {
             Ok(p) => p,
@@ -100,6 +109,7 @@ fn exhaust(order: u32) -> KResult {
             order
         );
         for pg in patterned(pfn, order) {
+            patterned_pages += 1;
             let base = frame(Pfn(pg));
             for w in (PATTERN_STRIDE / 8..512).step_by(PATTERN_STRIDE / 8) {
                 // SAFETY: the block is allocated to this test; w < 512 words.
@@ -115,8 +125,9 @@ fn exhaust(order: u32) -> KResult {
         kassert_eq!((o, *n), (o, 0));
     }
     kassert!(blocks > 0);
-    // Verify every page (a page handed out twice would show the other
-    // block's pattern), then free.
+    // Verify the patterned pages (memory written by anyone else since
+    // shows), then free. A block handed out twice would be chained twice,
+    // and the chain would not come back as `blocks` links.
     let mut seen = 0u64;
     while let Some(pfn) = chain.pop() {
         let mut bad = None;
@@ -151,7 +162,7 @@ fn exhaust(order: u32) -> KResult {
         order,
         blocks,
         blocks << order,
-        blocks * if order == 0 { 1 } else { 2 }
+        patterned_pages
     ));
     Ok(())
 }
