@@ -29,18 +29,38 @@ static STALE: AtomicU64 = AtomicU64::new(0);
 static CHECKED_FAULTS: AtomicU64 = AtomicU64::new(0);
 static CHECKED_READS: AtomicU64 = AtomicU64::new(0);
 static POISONED: AtomicU64 = AtomicU64::new(0);
+/// The reader's verdicts on stable states, of any kind.
+static JUDGED: AtomicU64 = AtomicU64::new(0);
 const MAP_ROUNDS: u64 = 1_000;
 const TEST_VA: u64 = 0x40_0000;
 const MAGIC: u64 = 0x5ca1_ab1e_0000_0042;
 
-/// Spin until `counter` moves (bounded: the reader may be slow to start).
+/// The mapper sleeps in `wait_for`: the reader wakes it after a count.
+static MAPPER_WAITS: AtomicBool = AtomicBool::new(false);
+
+fn key(counter: &AtomicU64) -> u64 {
+    core::ptr::from_ref(counter).addr() as u64
+}
+
+/// Wait (asleep) until the reader judged the state in place: every state
+/// gets its look. A bounded spin here once gave up before the reader's
+/// vCPU had run at all, on a busy host, and the case saw no unmapped page
+/// in 1,000 rounds. The reader never blocks, so the wait ends.
 fn wait_for(counter: &AtomicU64) {
     let c = counter.load(Ordering::Acquire);
-    for _ in 0..200_000 {
-        if counter.load(Ordering::Acquire) != c {
-            return;
-        }
-        core::hint::spin_loop();
+    MAPPER_WAITS.store(true, Ordering::SeqCst);
+    smp::wait_until(key(counter), || counter.load(Ordering::Acquire) != c);
+    MAPPER_WAITS.store(false, Ordering::Relaxed);
+}
+
+/// The reader's count, and the mapper's wake-up if it waits: the count
+/// and a fence before the flag is read, as `wait_for` sets the flag before
+/// its wait checks the count (fenced), so one of them sees the other.
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::SeqCst);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    if MAPPER_WAITS.load(Ordering::Relaxed) {
+        smp::wake(key(counter));
     }
 }
 
@@ -59,14 +79,14 @@ fn mapper(cpu: usize) {
             MAPPED.store(true, Ordering::Release);
             SEQ.fetch_add(1, Ordering::AcqRel);
             // Give the reader a look at each state before it changes.
-            wait_for(&CHECKED_READS);
+            wait_for(&JUDGED);
             SEQ.fetch_add(1, Ordering::AcqRel);
             // Unmap the whole segment now and then: the page table goes too.
             let len = if round % 4 == 0 { 1 << 20 } else { 0x1000 };
             let _ = space.unmap_range(TEST_VA, len);
             MAPPED.store(false, Ordering::Release);
             SEQ.fetch_add(1, Ordering::AcqRel);
-            wait_for(&CHECKED_FAULTS);
+            wait_for(&JUDGED);
         } else {
             // Other CPUs map and unmap their own pages of the same segment.
             let va = TEST_VA + 0x1000 * (cpu as u64 + 1);
@@ -117,6 +137,8 @@ fn reader() {
                         STALE.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                // Judged, whatever the verdict: the mapper goes on.
+                count(&JUDGED);
             }
         })
     }
@@ -129,7 +151,7 @@ pub(super) fn map_unmap_while_another_cpu_reads() -> KResult {
     FRAME_PA.store(f.phys().0, Ordering::Relaxed);
     let s = AddressSpace::new(1 << 31, 1 << 31, false).map_err(|_| Outcome::Fail)?;
     *SPACE.lock() = Some(Arc::new(SharedSpace::new(s)));
-    for a in [&STALE, &CHECKED_FAULTS, &CHECKED_READS, &POISONED] {
+    for a in [&STALE, &CHECKED_FAULTS, &CHECKED_READS, &POISONED, &JUDGED] {
         a.store(0, Ordering::Relaxed);
     }
     STOP_READERS.store(false, Ordering::Relaxed);
