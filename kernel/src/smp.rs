@@ -9,6 +9,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
+use crate::sync::ANY_TICKET;
+
 use crate::arch::lowcore;
 use crate::arch::psw::{mask, Psw};
 use crate::arch::s390x::cr::{self, cr0};
@@ -129,27 +131,18 @@ pub(crate) fn lock_sleep(key: u64, ticket: u64, ready: impl Fn() -> bool) {
     LOCK_WAIT[me].store(0, Ordering::Relaxed);
 }
 
-/// `lock_kick` with this ticket kicks every CPU sleeping for the key.
-pub(crate) const ANY_TICKET: u64 = u64::MAX;
-
 /// Wait, asleep after a few spins, until `cond()` holds; whoever makes it
 /// hold calls `wake(key)` afterwards. `key` names what is waited for (an
 /// address). For waits on other CPUs' progress: a flag, a count, a
 /// barrier generation.
 pub fn wait_until(key: u64, cond: impl Fn() -> bool) {
-    for _ in 0..64 {
-        if cond() {
-            return;
-        }
-        core::hint::spin_loop();
-    }
-    lock_sleep(key, ANY_TICKET, cond);
+    crate::sync::wait_for(key, ANY_TICKET, cond);
 }
 
 /// Kick every CPU in `wait_until(key, ..)`: call after the change that
 /// makes its condition hold.
 pub fn wake(key: u64) {
-    lock_kick(key, ANY_TICKET);
+    crate::sync::kick(key, ANY_TICKET);
 }
 
 /// The lock `key` now serves `ticket`: kick the CPU sleeping for it, if

@@ -36,8 +36,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 const SPINS: u32 = 64;
 
 /// Wait for `ready()`, spinning briefly, then asleep until a kick for
-/// `key` (and `ticket`, or any ticket) arrives.
-fn wait_for(key: u64, ticket: u64, ready: impl Fn() -> bool) {
+/// `key` (and `ticket`, or any ticket) arrives. Also `smp::wait_until`.
+pub(crate) fn wait_for(key: u64, ticket: u64, ready: impl Fn() -> bool) {
     #[cfg(target_arch = "s390x")]
     {
         for _ in 0..SPINS {
@@ -57,17 +57,19 @@ fn wait_for(key: u64, ticket: u64, ready: impl Fn() -> bool) {
     }
 }
 
-/// Kick the CPU sleeping for `key` with `ticket` (`smp::ANY_TICKET`: every
-/// CPU sleeping for `key`).
-fn kick(key: u64, ticket: u64) {
+/// Kick the CPU sleeping for `key` with `ticket` (`ANY_TICKET`: every
+/// CPU sleeping for `key`). Also `smp::wake`.
+pub(crate) fn kick(key: u64, ticket: u64) {
     #[cfg(target_arch = "s390x")]
     crate::smp::lock_kick(key, ticket);
     #[cfg(not(target_arch = "s390x"))]
     let _ = (key, ticket);
 }
 
-/// Any waiter of a key (the reader-drain wait of [`RwLock`]).
-const ANY_TICKET: u64 = u64::MAX;
+/// Any waiter of a key (the reader-drain wait of [`RwLock`],
+/// `smp::wait_until`): `smp::lock_kick` with it kicks every CPU sleeping
+/// for the key. No 32-bit ticket equals it.
+pub(crate) const ANY_TICKET: u64 = u64::MAX;
 
 /// A ticket lock in one word: the high half is the next ticket, the low
 /// half the ticket served. No data, no guard: the building block.

@@ -17,7 +17,6 @@ use spin::Mutex;
 
 use super::need_smp;
 use crate::arch::pgm::{code, ProgramCheck, TeidAccess};
-use crate::arch::s390x::tod;
 use crate::dat::entry::Prot;
 use crate::dat::kernel::warm_secondary;
 use crate::dat::shared::SharedSpace;
@@ -45,17 +44,9 @@ static SPACE: Mutex<Option<Arc<SharedSpace>>> = Mutex::new(None);
 static STEP: AtomicU64 = AtomicU64::new(0);
 static STEP1: AtomicU64 = AtomicU64::new(0);
 
-/// Spin until `at` reaches `n` (20 s of TOD at most: a vCPU may be slow to
-/// get going on a busy host). No control-register load, no print.
+/// `at` reaches `n` within 20 s.
 fn wait_for(at: &AtomicU64, n: u64) -> bool {
-    let t0 = tod::stck();
-    while at.load(Ordering::Acquire) < n {
-        if tod::stck().wrapping_sub(t0) > 20_000_000 << 12 {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    super::wait_reaches(at, n, 20)
 }
 
 fn space_with_page(tag: u64) -> Result<(Arc<SharedSpace>, crate::mm::Pages), Outcome> {

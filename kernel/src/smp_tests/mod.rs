@@ -36,6 +36,20 @@ use warm::{
     remap_and_protect_of_one_pte_lose_nothing,
 };
 
+/// Spin until `at` reaches `n`, for at most `secs` seconds of TOD (a vCPU
+/// may be slow to get going on a busy host); false if it did not. No
+/// control-register load, no print: safe inside a warm-TLB window.
+fn wait_reaches(at: &AtomicU64, n: u64, secs: u64) -> bool {
+    let deadline = tod::stck() + tod::usecs_to_tod(secs * 1_000_000);
+    while at.load(Ordering::Acquire) < n {
+        if tod::stck() > deadline {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
 fn need_smp() -> KResult {
     if smp::nr_online() < 2 {
         kskip!("one CPU: run with --smp 2 or more");

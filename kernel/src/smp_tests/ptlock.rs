@@ -51,14 +51,7 @@ const OPS: usize = 3;
 const OP_NAMES: [&str; OPS] = ["protect", "remap", "map into the existing table"];
 
 fn wait_step(step: u64) -> bool {
-    let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
-    while STEP.load(Ordering::Acquire) < step {
-        if tod::stck() > deadline {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    super::wait_reaches(&STEP, step, 10)
 }
 
 /// The address each op changes.

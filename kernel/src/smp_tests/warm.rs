@@ -10,7 +10,6 @@ use spin::Mutex;
 
 use super::need_smp;
 use crate::arch::pgm::code;
-use crate::arch::s390x::tod;
 use crate::dat::entry::Prot;
 use crate::dat::entry::{Asce, Pte};
 use crate::dat::kernel::warm_secondary;
@@ -304,14 +303,7 @@ static FLUSH_SEEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 const FLUSH_VA: u64 = 0x70_0000;
 
 fn flush_wait(step: u64) -> bool {
-    let deadline = tod::stck() + tod::usecs_to_tod(10_000_000);
-    while FLUSH_STEP.load(Ordering::Acquire) < step {
-        if tod::stck() > deadline {
-            return false;
-        }
-        core::hint::spin_loop();
-    }
-    true
+    super::wait_reaches(&FLUSH_STEP, step, 10)
 }
 
 /// Round r: CPU 0 points the PTE at frame `FLUSH_NEXT[r]` without IPTE
