@@ -214,11 +214,23 @@ impl HostMm {
         self.frames.get(&(vmaddr & !(PAGE_SIZE - 1)))
     }
 
-    /// The bytes of the frame populated at `vmaddr`, to fill or check it.
-    pub fn frame_bytes(&mut self, vmaddr: u64) -> Option<&mut [u8]> {
+    /// The bytes of the frame populated at `vmaddr`, to fill it. Handing
+    /// them out is a store to the page, so the page is made writable first,
+    /// as for a guest-1 store (`make_writable`): a shadow's protection is
+    /// lifted, which tells the shadows built from the page before anything
+    /// can change it. A page the host itself made read-only (or its
+    /// segment) is refused with `Protected`, one it did not populate with
+    /// `NotMapped`; nothing changed then.
+    pub fn frame_bytes(&mut self, vmaddr: u64) -> Result<&mut [u8], SpaceError> {
+        let va = vmaddr & !(PAGE_SIZE - 1);
+        if !self.frames.contains_key(&va) {
+            return Err(SpaceError::NotMapped);
+        }
+        self.make_writable(va)?;
         self.frames
-            .get_mut(&(vmaddr & !(PAGE_SIZE - 1)))
+            .get_mut(&va)
             .map(Pages::as_mut_slice)
+            .ok_or(SpaceError::NotMapped)
     }
 
     /// Unmap `[vmaddr, vmaddr + len)` and free the frames populated there;

@@ -612,9 +612,11 @@ impl ShadowInner {
         kind: u8,
         base: u64,
         ptes: &mut u64,
+        reached: &mut usize,
     ) -> Result<(), ShadowCheckError> {
         let key = ShadowKey { kind, base };
         let rec = self.tables.get(&key).ok_or(ShadowCheckError::Table(tbl))?;
+        *reached += 1;
         let t = &rec.table;
         let raw_level = if kind == KIND_PGT {
             GMAP_PTE_LEVEL
@@ -708,7 +710,7 @@ impl ShadowInner {
                     return Err(ShadowCheckError::Stale { kind, g2 });
                 }
             }
-            self.check_table(rd, child, child_kind, g2, ptes)?;
+            self.check_table(rd, child, child_kind, g2, ptes, reached)?;
         }
         Ok(())
     }
@@ -818,6 +820,9 @@ pub enum ShadowCheckError {
     Rmap(ShadowKey),
     /// A removed shadow that still holds tables below its top, or rmaps.
     Removed,
+    /// Tables the shadow keeps that no valid entry below its top reaches
+    /// (how many).
+    Unreachable { tables: usize },
     /// A valid shadow entry (guest-2 address, kind) that is not a copy of
     /// guest-2's entry as it is now (another origin, other bits, an
     /// invalid entry, a page no longer guest-2's there).
@@ -960,9 +965,23 @@ impl ShadowGmap {
         };
         let tr = |g1: u64| pg.translate(g1).ok();
         let rd = G1Reader { tr: &tr, host: &h };
-        let mut ptes = 0;
+        let (mut ptes, mut reached) = (0, 0);
         let top = s.asce.level();
-        s.check_table(&rd, s.asce.origin(), crst_kind(top), 0, &mut ptes)?;
+        s.check_table(
+            &rd,
+            s.asce.origin(),
+            crst_kind(top),
+            0,
+            &mut ptes,
+            &mut reached,
+        )?;
+        // Every table the shadow keeps hangs below its top (a table no
+        // valid entry points at is leaked until the shadow goes).
+        if reached != s.tables.len() {
+            return Err(ShadowCheckError::Unreachable {
+                tables: s.tables.len() - reached,
+            });
+        }
         // Every rmap names a live structure, both directions agree.
         for (k, vms) in &s.sources {
             let live = if k.kind == KIND_PAGE {

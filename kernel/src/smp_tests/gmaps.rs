@@ -223,7 +223,7 @@ pub(super) fn guest_store_faults_after_a_host_protect_on_another_cpu() -> KResul
             kassert!(hm.populate(GUEST_VM + a, true).is_ok());
         }
         let code = guest_store_loop();
-        let Some(f) = hm.frame_bytes(GUEST_VM + GUEST_CODE) else {
+        let Ok(f) = hm.frame_bytes(GUEST_VM + GUEST_CODE) else {
             return Err(Outcome::Fail);
         };
         f[..code.len()].copy_from_slice(code);

@@ -11,7 +11,7 @@ use crate::arch::pgm::code;
 use crate::dat::entry::SEGMENT_SIZE;
 use crate::gmap::{gmap_remove, Gmap, HostMm};
 use crate::ktest::{KResult, Outcome};
-use crate::{kassert, kassert_eq, kassert_matches};
+use crate::{kassert, kassert_eq, kassert_matches, kfail};
 
 // The guest program: sum r3 doublewords from r2 into r4, then SVC 1.
 // Position-independent (relative branch only), copied into guest memory.
@@ -81,9 +81,10 @@ pub(super) fn guest_cannot_reach_kernel_memory_by_changing_space() -> KResult {
     {
         let mut hm = h.lock();
         kassert_ok(hm.populate(VM_BASE + CODE_GADDR, true).map(|_| ()))?;
-        if let Some(f) = hm.frame_bytes(VM_BASE + CODE_GADDR) {
-            f[..code.len()].copy_from_slice(code);
-        }
+        let f = hm
+            .frame_bytes(VM_BASE + CODE_GADDR)
+            .or_else(|e| kfail!("frame_bytes: {e:?}"))?;
+        f[..code.len()].copy_from_slice(code);
     }
     for mode in [256u64, 768] {
         let mut cpu = Vcpu::new(&g, CODE_GADDR);
@@ -141,15 +142,19 @@ fn guest_setup(
     let mut hm = h.lock();
     kassert_ok(hm.populate(VM_BASE + CODE_GADDR, true).map(|_| ()))?;
     let code = guest_code();
-    if let Some(f) = hm.frame_bytes(VM_BASE + CODE_GADDR) {
-        f[..code.len()].copy_from_slice(code);
-    }
+    let f = hm
+        .frame_bytes(VM_BASE + CODE_GADDR)
+        .or_else(|e| kfail!("frame_bytes: {e:?}"))?;
+    f[..code.len()].copy_from_slice(code);
     let mut sum = 0u64;
     for s in 0..segs - 1 {
         for p in 0..256u64 {
             let va = VM_BASE + ARRAY_GADDR + s * SEGMENT_SIZE + p * 0x1000;
             kassert_ok(hm.populate(va, true).map(|_| ()))?;
-            if let Some(f) = hm.frame_bytes(va) {
+            {
+                let f = hm
+                    .frame_bytes(va)
+                    .or_else(|e| kfail!("frame_bytes: {e:?}"))?;
                 for (i, w) in f.chunks_exact_mut(8).enumerate() {
                     let v = s * 1_000_000 + p * 1000 + i as u64;
                     w.copy_from_slice(&v.to_be_bytes());

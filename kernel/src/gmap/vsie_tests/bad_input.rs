@@ -5,7 +5,7 @@
 
 use super::{world, G2Tables, World, G1_DATA, G1_SIZE};
 use crate::arch::pgm::code;
-use crate::dat::entry::{Level, Prot, Pte, RegionEntry};
+use crate::dat::entry::{Level, Prot, Pte, RegionEntry, CRST_INVALID_BIT};
 use crate::dat::space::PGSTE_VSIE_BIT;
 use crate::dat::table::entry;
 use crate::gmap::shadow::{ShadowCheckError, ShadowFault};
@@ -196,6 +196,76 @@ pub(super) fn checker_catches_a_shadow_entry_whose_source_is_writable() -> KResu
         })
     );
     kassert_eq!(s.check(), Ok(1));
+    // A shadow page table no valid entry reaches any more (its segment
+    // entry made invalid without dropping the table below): the checker
+    // counts it as unreachable.
+    let se_addr = PhysAddr(s.asce().origin().0 + Level::Segment.index(g2) as u64 * 8);
+    // SAFETY: an entry of the shadow's live top (segment) table; put back
+    // below, and nothing runs guest-2 meanwhile.
+    let se = unsafe { entry(se_addr) };
+    let old = se.load(core::sync::atomic::Ordering::Acquire);
+    kassert_eq!(old & CRST_INVALID_BIT, 0);
+    se.store(
+        old | CRST_INVALID_BIT,
+        core::sync::atomic::Ordering::Release,
+    );
+    let broken = s.check();
+    se.store(old, core::sync::atomic::Ordering::Release);
+    kassert_eq!(broken, Err(ShadowCheckError::Unreachable { tables: 1 }));
+    kassert_eq!(s.check(), Ok(1));
+    Ok(())
+}
+
+/// A store into a guest-1 page through the host's back door
+/// (`HostMm::frame_bytes`, how a test or a device fills a frame) is a
+/// store like any other: the shadows built from the page hear of it
+/// before the bytes are handed out, so rewriting guest-2's PTE there
+/// leaves no stale shadow PTE (before the fix, `check` said `Stale` and
+/// guest-2 kept the old frame).
+pub(super) fn host_store_through_frame_bytes_unshadows_first() -> KResult {
+    let w = world()?;
+    let mut t = G2Tables::new(&w, Level::Segment)?;
+    let g2 = 0x1234_5000;
+    t.map(&w, g2, G1_DATA, Prot::ReadWrite)?;
+    let s = w.shadow(t.asce())?;
+    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    kassert!(!s.pte(g2).is_invalid());
+    let Some(pte_g1) = t.entry_g1(&w, g2, None, false)? else {
+        return kfail!("no PTE");
+    };
+    let moved =
+        Pte::new(PhysAddr(G1_DATA + 0x5000), Prot::ReadWrite).or_else(|e| kfail!("{e:?}"))?;
+    {
+        let mut h = w.h.lock();
+        let f = h
+            .frame_bytes(w.vm(pte_g1))
+            .or_else(|e| kfail!("frame_bytes: {e:?}"))?;
+        let at = (pte_g1 & 0xfff) as usize;
+        f[at..at + 8].copy_from_slice(&moved.raw().to_be_bytes());
+    }
+    // The shadow PTE went before the store, and the shadow is consistent
+    // with guest-2's tables as they are now.
+    kassert!(s.pte(g2).is_invalid());
+    kassert_eq!(s.check(), Ok(0));
+    // The next fault shadows the new frame.
+    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    let h = w.h.lock();
+    let want = h.space().lookup(w.vm(G1_DATA + 0x5000)).map(|(f, _)| f);
+    drop(h);
+    kassert_eq!(Some(s.pte(g2).frame()), want);
+    // A page the host itself made read-only is refused, unchanged.
+    let mut h = w.h.lock();
+    kassert_eq!(h.protect(w.vm(G1_DATA + 0x5000), Prot::ReadOnly), Ok(()));
+    kassert_eq!(
+        h.frame_bytes(w.vm(G1_DATA + 0x5000)).map(|_| ()),
+        Err(crate::dat::space::SpaceError::Protected)
+    );
+    kassert_eq!(
+        h.frame_bytes(w.vm(G1_SIZE + 0x1000)).map(|_| ()),
+        Err(crate::dat::space::SpaceError::NotMapped)
+    );
     Ok(())
 }
 
