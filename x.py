@@ -631,6 +631,15 @@ MUTANTS = [
         "expect": ["vsie.*"],
     },
     {
+        "name": "reflected-teid-page-only",
+        "why": "guest-1 is given only the page of guest-2's TEID: no fetch/store or address-space bits",
+        "file": "kernel/src/gmap/vsie.rs",
+        "find": "    } else {\n        exit_teid\n    }",
+        "replace": "    } else {\n        exit_teid & !0xfff\n    }",
+        "filter": "vsie.*",
+        "expect": ["vsie.random_guest2_addresses_agree_with_a_two_stage_walk"],
+    },
+    {
         "name": "shadow-page-skips-vsie-bit",
         "why": "a shadow PTE is made without the VSIE bit on the host PTE of its frame",
         "file": "kernel/src/gmap/shadow.rs",
