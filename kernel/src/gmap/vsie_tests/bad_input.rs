@@ -8,9 +8,10 @@ use crate::arch::pgm::code;
 use crate::dat::entry::{Level, Prot, Pte, RegionEntry, CRST_INVALID_BIT};
 use crate::dat::space::PGSTE_VSIE_BIT;
 use crate::dat::table::entry;
-use crate::gmap::shadow::{ShadowCheckError, ShadowFault};
+use crate::gmap::shadow::{gmap_shadow, ShadowCheckError, ShadowError, ShadowFault};
 use crate::ktest::KResult;
 use crate::mm::addr::PhysAddr;
+use crate::mm::fail;
 use crate::{kassert, kassert_eq, kassert_matches, kfail};
 
 /// What a refused shadow fault must leave as it was on the host side.
@@ -266,6 +267,68 @@ pub(super) fn host_store_through_frame_bytes_unshadows_first() -> KResult {
         h.frame_bytes(w.vm(G1_SIZE + 0x1000)).map(|_| ()),
         Err(crate::dat::space::SpaceError::NotMapped)
     );
+    Ok(())
+}
+
+/// Fault injection over every allocation a shadow makes: `gmap_shadow`
+/// and a first-touch fault through a region-first guest-2 ASCE (the top
+/// table and the four shadow tables below it, each with its descriptor in
+/// memdesc), failing allocation n for n = 1, 2, ... until one runs
+/// untouched. Guest-1's pages are populated before, so every allocation
+/// counted is the shadow's. Each failure is `NoMemory` and leaves a shadow
+/// its checker accepts; the same fault then completes it; tearing the
+/// world down gives back every page (counted here, per n, besides the
+/// runner's leak check of the whole case).
+pub(super) fn every_shadow_allocation_failure_leaves_a_clean_shadow() -> KResult {
+    let g2 = (1u64 << 53) | (2 << 42) | (3 << 31) | (4 << 20) | 0x5000;
+    let mut n = 1u64;
+    loop {
+        let free0 = crate::mm::nr_free_pages_and_desc_slabs();
+        let w = world()?;
+        w.w(G1_DATA, 5)?;
+        let mut t = G2Tables::new(&w, Level::Region1)?;
+        t.map(&w, g2, G1_DATA, Prot::ReadWrite)?;
+        fail::fail_alloc_nth(n);
+        let made = gmap_shadow(&w.g, t.asce(), 0);
+        let r = made
+            .as_ref()
+            .map(|s| s.shadow_fault(g2, false))
+            .map_err(|e| *e);
+        let untouched = fail::pending();
+        fail::fail_alloc_off();
+        match (untouched, made) {
+            (true, Ok(s)) => {
+                kassert_eq!(r, Ok(Ok(())));
+                kassert_eq!(s.check(), Ok(1));
+                kassert_eq!(s.table_counts().0, 5);
+                break;
+            }
+            (false, Err(e)) => kassert_eq!(e, ShadowError::NoMemory, "allocation {}", n),
+            (false, Ok(s)) => {
+                kassert_eq!(r, Ok(Err(ShadowFault::NoMemory)), "allocation {}", n);
+                kassert!(s.check().is_ok(), "allocation {}: {:?}", n, s.check());
+                kassert_eq!(s.shadow_fault(g2, false), Ok(()), "allocation {}", n);
+                kassert_eq!(s.check(), Ok(1), "allocation {}", n);
+            }
+            (true, Err(e)) => return kfail!("gmap_shadow failed untouched: {e:?}"),
+        }
+        let World { h, g } = w;
+        kassert_eq!(crate::gmap::gmap_remove(g), Ok(()));
+        drop(h);
+        kassert_eq!(
+            crate::mm::nr_free_pages_and_desc_slabs(),
+            free0,
+            "allocation {}: pages not given back",
+            n
+        );
+        n += 1;
+    }
+    // The top table and four below it, at least.
+    kassert!(n > 5, "only {} allocations", n - 1);
+    crate::ktest::diag(format_args!(
+        "gmap_shadow + shadow_fault: {} injected failures, each clean",
+        n - 1
+    ));
     Ok(())
 }
 

@@ -236,6 +236,7 @@ impl super::vsie::Guest1 for LazyGuest1<'_> {
 
 use bad_input::{
     checker_catches_a_shadow_entry_whose_source_is_writable,
+    every_shadow_allocation_failure_leaves_a_clean_shadow,
     host_store_through_frame_bytes_unshadows_first,
     malformed_guest2_tables_are_reflected_and_change_no_host_table,
     teardown_with_live_shadows_returns_every_page,
@@ -292,6 +293,7 @@ ktest_suite!(
         malformed_guest2_tables_are_reflected_and_change_no_host_table,
         checker_catches_a_shadow_entry_whose_source_is_writable,
         host_store_through_frame_bytes_unshadows_first,
+        every_shadow_allocation_failure_leaves_a_clean_shadow,
         teardown_with_live_shadows_returns_every_page,
         random_guest2_addresses_agree_with_a_two_stage_walk,
     ]
