@@ -70,7 +70,8 @@ pub enum ShadowFault {
     /// interruption code to guest-1 (with the exit's TEID).
     Reflect(u16),
     /// The shadow was removed (a change of its top table, or its parent
-    /// went): get the shadow again with `gmap_shadow` and retry.
+    /// went), or guest-2's entries kept moving under a load's walk: get
+    /// the shadow again with `gmap_shadow` and retry.
     Again,
     NoMemory,
     /// The host refused (a write to a page the host made read-only).
@@ -85,7 +86,8 @@ pub enum ShadowFault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShadowError {
     NoMemory,
-    /// An EDAT level above 1, or a real-space ASCE: not modelled.
+    /// An EDAT level above 1: not modelled (EDAT-2's region-third
+    /// large pages have no shadow form here).
     Unsupported,
 }
 
@@ -928,12 +930,18 @@ impl ShadowGmap {
                 }
             }
         }
-        // The fault keeps unshadowing its own path: guest-2 stores into a
-        // page that holds a table on the store's own translation path, so
-        // lifting the page's protection drops that table and shadowing it
-        // again protects the page again. zdat refuses to leave a writable
-        // shadow PTE of a protected page (which would end the loop), and
-        // says so.
+        // A load only retries when guest-2's entries kept moving under
+        // the walk (stores by CPUs that hold no lock): let guest-2 run
+        // again and fault anew, as Linux's -EAGAIN does.
+        if !write {
+            return Err(ShadowFault::Again);
+        }
+        // A store that keeps unshadowing its own path: guest-2 stores into
+        // a page that holds a table on the store's own translation path,
+        // so lifting the page's protection drops that table and shadowing
+        // it again protects the page again. zdat refuses to leave a
+        // writable shadow PTE of a protected page (which would end the
+        // loop), and says so.
         Err(ShadowFault::SelfMapped)
     }
 

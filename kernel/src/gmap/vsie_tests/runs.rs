@@ -240,8 +240,8 @@ fn sum_pages(code: u64, data: u64) -> BTreeMap<u64, (u64, Prot)> {
 
 /// Guest-2 sums 1536 doublewords over tables guest-1 fills only when a
 /// reflected translation exception asks, for a segment-table ASCE and each
-/// region type: the sum is right, every page was reflected once, and the
-/// shadow's checker passes.
+/// region type: the sum is right, every page was reflected (at least
+/// once: guest-1 maps it then), and the shadow's checker passes.
 pub(super) fn guest2_sums_an_array_over_tables_guest1_fills_lazily() -> KResult {
     for top in [
         Level::Segment,
