@@ -8,8 +8,8 @@ use crate::arch::pgm::code;
 use crate::dat::entry::{Level, Prot, Pte, RegionEntry, CRST_INVALID_BIT};
 use crate::dat::space::PGSTE_VSIE_BIT;
 use crate::dat::table::entry;
-use crate::gmap::shadow::{gmap_shadow, ShadowCheckError, ShadowError, ShadowFault};
-use crate::ktest::KResult;
+use crate::gmap::shadow::{gmap_shadow, ShadowCheckError, ShadowError, ShadowFault, ShadowGmap};
+use crate::ktest::{KResult, Outcome};
 use crate::mm::addr::PhysAddr;
 use crate::mm::fail;
 use crate::{kassert, kassert_eq, kassert_matches, kfail};
@@ -125,19 +125,27 @@ pub(super) fn malformed_guest2_tables_are_reflected_and_change_no_host_table() -
     Ok(())
 }
 
+/// One guest-2 page (segment-table ASCE) mapped to `G1_DATA` and
+/// shadowed: the shadow, the page's guest-2 address, and the guest-1
+/// address of guest-2's PTE for it.
+fn one_shadowed_page(w: &World) -> Result<(ShadowGmap, u64, u64), Outcome> {
+    let mut t = G2Tables::new(w, Level::Segment)?;
+    let g2 = 0x1234_5000;
+    t.map(w, g2, G1_DATA, Prot::ReadWrite)?;
+    let s = w.shadow(t.asce())?;
+    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
+    kassert_eq!(s.check(), Ok(1));
+    let Some(pte_g1) = t.entry_g1(w, g2, None, false)? else {
+        return kfail!("no PTE");
+    };
+    Ok((s, g2, pte_g1))
+}
+
 /// The checker is not a tautology: a source page made writable behind
 /// the shadow's back, or a shadowed page's VSIE bit lost, is reported.
 pub(super) fn checker_catches_a_shadow_entry_whose_source_is_writable() -> KResult {
     let w = world()?;
-    let mut t = G2Tables::new(&w, Level::Segment)?;
-    let g2 = 0x1234_5000;
-    t.map(&w, g2, G1_DATA, Prot::ReadWrite)?;
-    let s = w.shadow(t.asce())?;
-    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
-    kassert_eq!(s.check(), Ok(1));
-    let Some(pte_g1) = t.entry_g1(&w, g2, None, false)? else {
-        return kfail!("no PTE");
-    };
+    let (s, g2, pte_g1) = one_shadowed_page(&w)?;
     // The host PTE of the page holding guest-2's PTE table, made writable
     // without the space's API (so nobody is notified).
     let h = w.h.lock();
@@ -225,16 +233,8 @@ pub(super) fn checker_catches_a_shadow_entry_whose_source_is_writable() -> KResu
 /// guest-2 kept the old frame).
 pub(super) fn host_store_through_frame_bytes_unshadows_first() -> KResult {
     let w = world()?;
-    let mut t = G2Tables::new(&w, Level::Segment)?;
-    let g2 = 0x1234_5000;
-    t.map(&w, g2, G1_DATA, Prot::ReadWrite)?;
-    let s = w.shadow(t.asce())?;
-    kassert_eq!(s.shadow_fault(g2, false), Ok(()));
-    kassert_eq!(s.check(), Ok(1));
+    let (s, g2, pte_g1) = one_shadowed_page(&w)?;
     kassert!(!s.pte(g2).is_invalid());
-    let Some(pte_g1) = t.entry_g1(&w, g2, None, false)? else {
-        return kfail!("no PTE");
-    };
     let moved =
         Pte::new(PhysAddr(G1_DATA + 0x5000), Prot::ReadWrite).or_else(|e| kfail!("{e:?}"))?;
     {
